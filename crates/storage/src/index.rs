@@ -1,0 +1,235 @@
+//! Sparse offset and time indexes of a segment, each a memory-mapped file of fixed-size entries.
+//!
+//! Offset index entry (8 bytes): `relative base offset u32 BE, file position u32 BE` of a batch.
+//! Time index entry (12 bytes): `max timestamp so far i64 BE, relative last offset u32 BE`:
+//! every record at or before that offset has a timestamp at most that value.
+//!
+//! Both are rebuilt from the log whenever they cannot be trusted, so they are flushed on seal and
+//! close but never fsynced on the append path.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut};
+
+use crate::error::{IoContext, Result};
+use crate::mmap::{map_index, map_index_mut};
+
+pub(crate) const OFFSET_ENTRY_LEN: usize = 8;
+pub(crate) const TIME_ENTRY_LEN: usize = 12;
+
+pub(crate) fn offset_entry(entries: &[u8], i: usize) -> (u32, u32) {
+    let e = &entries[i * OFFSET_ENTRY_LEN..(i + 1) * OFFSET_ENTRY_LEN];
+    (u32::from_be_bytes(e[..4].try_into().unwrap()), u32::from_be_bytes(e[4..].try_into().unwrap()))
+}
+
+pub(crate) fn time_entry(entries: &[u8], i: usize) -> (i64, u32) {
+    let e = &entries[i * TIME_ENTRY_LEN..(i + 1) * TIME_ENTRY_LEN];
+    (i64::from_be_bytes(e[..8].try_into().unwrap()), u32::from_be_bytes(e[8..].try_into().unwrap()))
+}
+
+pub(crate) fn encode_offset_entry(relative_offset: u32, position: u32) -> [u8; OFFSET_ENTRY_LEN] {
+    let mut e = [0; OFFSET_ENTRY_LEN];
+    e[..4].copy_from_slice(&relative_offset.to_be_bytes());
+    e[4..].copy_from_slice(&position.to_be_bytes());
+    e
+}
+
+pub(crate) fn encode_time_entry(timestamp: i64, relative_offset: u32) -> [u8; TIME_ENTRY_LEN] {
+    let mut e = [0; TIME_ENTRY_LEN];
+    e[..8].copy_from_slice(&timestamp.to_be_bytes());
+    e[8..].copy_from_slice(&relative_offset.to_be_bytes());
+    e
+}
+
+/// File position of the last indexed batch that starts at or before `relative_offset`; 0 when
+/// no entry does (scanning then starts at the head of the segment).
+pub(crate) fn position_for(entries: &[u8], relative_offset: u32) -> u32 {
+    let n = entries.len() / OFFSET_ENTRY_LEN;
+    let after = partition_point(n, |i| offset_entry(entries, i).0 <= relative_offset);
+    if after == 0 { 0 } else { offset_entry(entries, after - 1).1 }
+}
+
+/// The relative offset from which a search for the first record at or after `timestamp` must
+/// start: just past the last entry whose timestamp is below it, or 0.
+pub(crate) fn time_search_start(entries: &[u8], timestamp: i64) -> u32 {
+    let n = entries.len() / TIME_ENTRY_LEN;
+    let after = partition_point(n, |i| time_entry(entries, i).0 < timestamp);
+    if after == 0 { 0 } else { time_entry(entries, after - 1).1 + 1 }
+}
+
+fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) { lo = mid + 1 } else { hi = mid }
+    }
+    lo
+}
+
+/// Checks an offset index read from disk: entries strictly increasing in both fields, within
+/// the segment. A failed check means the index is rebuilt from the log.
+pub(crate) fn offset_index_is_sane(entries: &[u8], segment_len: u64, max_relative: u64) -> bool {
+    if entries.len() % OFFSET_ENTRY_LEN != 0 {
+        return false;
+    }
+    let mut prev: Option<(u32, u32)> = None;
+    for i in 0..entries.len() / OFFSET_ENTRY_LEN {
+        let (rel, pos) = offset_entry(entries, i);
+        if u64::from(pos) >= segment_len || u64::from(rel) > max_relative {
+            return false;
+        }
+        if let Some((prel, ppos)) = prev
+            && (rel <= prel || pos <= ppos)
+        {
+            return false;
+        }
+        prev = Some((rel, pos));
+    }
+    true
+}
+
+/// Checks a time index read from disk: timestamps and offsets non-decreasing, within range.
+pub(crate) fn time_index_is_sane(entries: &[u8], max_relative: u64) -> bool {
+    if entries.len() % TIME_ENTRY_LEN != 0 {
+        return false;
+    }
+    let mut prev: Option<(i64, u32)> = None;
+    for i in 0..entries.len() / TIME_ENTRY_LEN {
+        let (ts, rel) = time_entry(entries, i);
+        if u64::from(rel) > max_relative {
+            return false;
+        }
+        if let Some((pts, prel)) = prev
+            && (ts < pts || rel < prel)
+        {
+            return false;
+        }
+        prev = Some((ts, rel));
+    }
+    true
+}
+
+/// The index of the active segment: a preallocated file mapped read-write.
+#[derive(Debug)]
+pub(crate) struct WritableIndex {
+    path: PathBuf,
+    file: File,
+    map: MmapMut,
+    used: usize,
+    entry_len: usize,
+}
+
+impl WritableIndex {
+    /// Opens (creating if needed) the index at `path` for `capacity` entries, keeping the first
+    /// `keep` entries already in the file and discarding the rest.
+    pub(crate) fn open(path: &Path, entry_len: usize, capacity: usize, keep: usize) -> Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).at(path)?;
+        let used = keep * entry_len;
+        let len = (capacity.max(keep) * entry_len) as u64;
+        // Zero what is past the kept entries so a stale tail can never be read as entries.
+        file.set_len(used as u64).at(path)?;
+        file.set_len(len).at(path)?;
+        let map = map_index_mut(&file, len as usize).at(path)?;
+        Ok(WritableIndex { path: path.to_owned(), file, map, used, entry_len })
+    }
+
+    /// Writes a new, empty index of `capacity` entries to a temporary file and renames it to
+    /// `path`: whatever map of the previous file exists keeps the old inode.
+    pub(crate) fn create_new(path: &Path, entry_len: usize, capacity: usize) -> Result<Self> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
+        let len = capacity * entry_len;
+        file.set_len(len as u64).at(&tmp)?;
+        std::fs::rename(&tmp, path).at(path)?;
+        let map = map_index_mut(&file, len).at(path)?;
+        Ok(WritableIndex { path: path.to_owned(), file, map, used: 0, entry_len })
+    }
+
+    pub(crate) fn entries(&self) -> &[u8] {
+        &self.map[..self.used]
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.used + self.entry_len > self.map.len()
+    }
+
+    /// Appends an entry; the caller checked `is_full` (a full index makes the segment roll).
+    pub(crate) fn push(&mut self, entry: &[u8]) {
+        debug_assert_eq!(entry.len(), self.entry_len);
+        self.map[self.used..self.used + self.entry_len].copy_from_slice(entry);
+        self.used += self.entry_len;
+    }
+
+    /// Writes the entries back, trims the file to them, fsyncs, and reopens it read-only.
+    pub(crate) fn seal(self) -> Result<ReadOnlyIndex> {
+        let WritableIndex { path, file, map, used, .. } = self;
+        map.flush().at(&path)?;
+        drop(map);
+        file.set_len(used as u64).at(&path)?;
+        file.sync_all().at(&path)?;
+        let map = map_index(&file, used).at(&path)?;
+        Ok(ReadOnlyIndex { map })
+    }
+}
+
+/// The index of a sealed segment, mapped read-only.
+#[derive(Debug)]
+pub(crate) struct ReadOnlyIndex {
+    map: Option<Mmap>,
+}
+
+impl ReadOnlyIndex {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).at(path)?;
+        let len = file.metadata().at(path)?.len() as usize;
+        Ok(ReadOnlyIndex { map: map_index(&file, len).at(path)? })
+    }
+
+    pub(crate) fn entries(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(entries: &[(u32, u32)]) -> Vec<u8> {
+        entries.iter().flat_map(|&(r, p)| encode_offset_entry(r, p)).collect()
+    }
+
+    #[test]
+    fn position_lookup() {
+        let idx = offsets(&[(10, 4096), (25, 8200), (40, 12300)]);
+        assert_eq!(position_for(&idx, 0), 0);
+        assert_eq!(position_for(&idx, 9), 0);
+        assert_eq!(position_for(&idx, 10), 4096);
+        assert_eq!(position_for(&idx, 39), 8200);
+        assert_eq!(position_for(&idx, 1000), 12300);
+        assert_eq!(position_for(&[], 5), 0);
+    }
+
+    #[test]
+    fn time_lookup() {
+        let idx: Vec<u8> =
+            [(100i64, 9u32), (200, 19), (200, 25), (300, 29)].iter().flat_map(|&(t, r)| encode_time_entry(t, r)).collect();
+        assert_eq!(time_search_start(&idx, 50), 0);
+        assert_eq!(time_search_start(&idx, 100), 0);
+        assert_eq!(time_search_start(&idx, 101), 10);
+        assert_eq!(time_search_start(&idx, 250), 26);
+        assert_eq!(time_search_start(&idx, 301), 30);
+        assert!(time_index_is_sane(&idx, 29));
+        assert!(!time_index_is_sane(&idx, 28));
+    }
+
+    #[test]
+    fn sanity_checks() {
+        assert!(offset_index_is_sane(&offsets(&[(1, 10), (2, 20)]), 100, 5));
+        assert!(!offset_index_is_sane(&offsets(&[(2, 10), (2, 20)]), 100, 5));
+        assert!(!offset_index_is_sane(&offsets(&[(1, 10), (2, 200)]), 100, 5));
+        assert!(!offset_index_is_sane(&[0; 7], 100, 5));
+    }
+}

@@ -1,0 +1,499 @@
+//! [`Log`]: one partition's append-only log, the storage contract the broker and the
+//! replication layer drive.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_record::{Offset, RecordBatch, Timestamp};
+
+use crate::checkpoint::{self, Checkpoint, sync_dir};
+use crate::config::{Durability, LogConfig};
+use crate::error::{IoContext, Result, StorageError};
+use crate::read::{self, collect_batches, offset_for_time, segment_for};
+use crate::recovery::{self, CLEAN_SHUTDOWN_FILE, remove_segment_files};
+use crate::segment::{ActiveSegment, LOG_SUFFIX, ScanMode, SealedSegment, SegmentRef, segment_file};
+
+const LOCK_FILE: &str = ".lock";
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub max_timestamp: Timestamp,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+/// One partition's log: a directory of segments, appended at the end, read from anywhere
+/// between its start and end offsets.
+///
+/// All methods take `&self`; a `Log` is shared between threads. Appends, truncation and
+/// retention serialise on a write lock; reads take a read lock only long enough to slice the
+/// maps, then check CRCs outside it. Fsyncs run outside the write lock, one at a time, so
+/// appends that arrive during an fsync share the next one (group commit).
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    state: RwLock<State>,
+    /// Serialises fsyncs and remembers when the last one finished.
+    sync: Mutex<Instant>,
+    /// Every offset below this is on disk.
+    durable_end: AtomicU64,
+    /// Set once, by the first failed write or fsync; from then on writes are refused.
+    failure: OnceLock<String>,
+    /// Held (flock) for the log's life; released when the file is closed.
+    _lock: File,
+}
+
+#[derive(Debug)]
+struct State {
+    sealed: Vec<SealedSegment>,
+    active: ActiveSegment,
+    log_start: Offset,
+}
+
+impl State {
+    fn end(&self) -> Offset {
+        self.active.core.next
+    }
+
+    fn segments(&self) -> Vec<SegmentRef<'_>> {
+        self.sealed.iter().map(SealedSegment::as_ref).chain([self.active.as_ref()]).collect()
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint { log_start: self.log_start, recovery_point: self.active.core.base }
+    }
+
+    fn check_readable(&self, offset: Offset) -> Result<()> {
+        if offset < self.log_start || offset > self.end() {
+            return Err(StorageError::OffsetOutOfRange { offset, start: self.log_start, end: self.end() });
+        }
+        Ok(())
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating the directory if needed, and recovers it: see
+    /// `docs/on-disk-format.md` for what is trusted and what is scanned. Fails with
+    /// [`StorageError::Locked`] if the directory is already open.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).at(&dir)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).at(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StorageError::Locked { path: dir }),
+            Err(TryLockError::Error(e)) => return Err(e).at(&lock_path),
+        }
+        let recovered = recovery::open(&dir, &config)?;
+        // Bytes a crashed process wrote may still sit in the page cache only.
+        recovered.active.sync_handle().sync_data().at(&recovered.active.core.log_path)?;
+        let end = recovered.active.core.next;
+        tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
+        Ok(Log {
+            dir,
+            config,
+            state: RwLock::new(State {
+                sealed: recovered.sealed,
+                active: recovered.active,
+                log_start: recovered.log_start,
+            }),
+            sync: Mutex::new(Instant::now()),
+            durable_end: AtomicU64::new(end.0),
+            failure: OnceLock::new(),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sync_guard(&self) -> MutexGuard<'_, Instant> {
+        self.sync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// First offset that can be read.
+    pub fn start_offset(&self) -> Offset {
+        self.read_state().log_start
+    }
+
+    /// Offset the next appended record gets.
+    pub fn end_offset(&self) -> Offset {
+        self.read_state().end()
+    }
+
+    /// Every offset below this has been fsynced.
+    pub fn durable_end_offset(&self) -> Offset {
+        Offset(self.durable_end.load(Ordering::Acquire))
+    }
+
+    /// Bytes in all segment files.
+    pub fn size_bytes(&self) -> u64 {
+        let state = self.read_state();
+        state.sealed.iter().map(|s| s.core.size).sum::<u64>() + state.active.core.size
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.read_state().sealed.len() + 1
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.read_state().segments().iter().map(|s| s.core.base).collect()
+    }
+
+    fn ensure_writable(&self) -> Result<()> {
+        match self.failure.get() {
+            Some(reason) => Err(StorageError::Failed { dir: self.dir.clone(), reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the first write failure; the log refuses writes from then on, because after a
+    /// failed write or fsync the kernel's view of the file can no longer be trusted.
+    fn fail(&self, err: StorageError) -> StorageError {
+        tracing::error!(dir = %self.dir.display(), error = %err, "log failed; refusing further writes");
+        let _ = self.failure.set(err.to_string());
+        err
+    }
+
+    /// Appends a batch, giving it the next offsets (its base offset field is overwritten on
+    /// the way to disk). The batch must be one whole, valid RecordBatch v2.
+    pub fn append(&self, batch: &[u8]) -> Result<AppendInfo> {
+        self.append_batch(batch, false)
+    }
+
+    /// Appends a batch at the base offset it already carries, which must equal the log's end
+    /// offset: the replication layer uses this to copy a leader's log exactly.
+    pub fn append_at(&self, batch: &[u8]) -> Result<AppendInfo> {
+        self.append_batch(batch, true)
+    }
+
+    fn append_batch(&self, batch: &[u8], keep_offset: bool) -> Result<AppendInfo> {
+        self.ensure_writable()?;
+        if batch.len() > self.config.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge { size: batch.len(), limit: self.config.max_batch_bytes });
+        }
+        let header = *RecordBatch::new(batch)?.header();
+        let info = {
+            let mut state = self.write_state();
+            let end = state.end();
+            let base = if keep_offset { header.base_offset() } else { end };
+            if base != end {
+                return Err(StorageError::NonSequentialOffset { got: base, expected: end });
+            }
+            if base.0.checked_add(header.offset_count()).is_none_or(|next| next > i64::MAX as u64) {
+                return Err(StorageError::OffsetOutOfRange { offset: base, start: state.log_start, end });
+            }
+            if self.needs_roll(&state.active, batch.len()) {
+                self.roll(&mut state)?;
+            }
+            state.active.append(base, &header, batch).map_err(|e| self.fail(e))?;
+            AppendInfo {
+                base_offset: base,
+                last_offset: base.plus(header.offset_count() - 1),
+                max_timestamp: header.max_timestamp(),
+            }
+        };
+        match self.config.durability {
+            Durability::EveryAppend => self.sync_through(info.last_offset.plus(1))?,
+            Durability::Interval(every) => self.sync_if_older_than(every)?,
+            Durability::Never => {}
+        }
+        Ok(info)
+    }
+
+    fn needs_roll(&self, active: &ActiveSegment, incoming: usize) -> bool {
+        !active.is_empty()
+            && (active.core.size + incoming as u64 > self.config.segment_bytes
+                || self.config.segment_age.is_some_and(|age| active.age() >= age)
+                || active.index_full())
+    }
+
+    /// Seals the active segment (fsyncing it) and starts a new one at the end offset.
+    fn roll(&self, state: &mut State) -> Result<()> {
+        let next = state.end();
+        let fresh = ActiveSegment::create(&self.dir, next, &self.config)?;
+        sync_dir(&self.dir)?;
+        let old = std::mem::replace(&mut state.active, fresh);
+        let sealed = old.seal().map_err(|e| self.fail(e))?;
+        state.sealed.push(sealed);
+        checkpoint::write(&self.dir, state.checkpoint()).map_err(|e| self.fail(e))?;
+        self.durable_end.fetch_max(next.0, Ordering::AcqRel);
+        tracing::debug!(dir = %self.dir.display(), base = %next, "rolled segment");
+        Ok(())
+    }
+
+    /// Makes every offset below `target` durable, sharing an fsync with concurrent callers.
+    fn sync_through(&self, target: Offset) -> Result<()> {
+        if self.durable_end.load(Ordering::Acquire) >= target.0 {
+            return Ok(());
+        }
+        let mut last_sync = self.sync_guard();
+        if self.durable_end.load(Ordering::Acquire) >= target.0 {
+            return Ok(()); // someone else's fsync covered us while we waited
+        }
+        self.sync_locked(&mut last_sync)
+    }
+
+    fn sync_locked(&self, last_sync: &mut Instant) -> Result<()> {
+        let (file, end, path) = {
+            let state = self.read_state();
+            (state.active.sync_handle(), state.end(), state.active.core.log_path.clone())
+        };
+        file.sync_data().at(&path).map_err(|e| self.fail(e))?;
+        self.durable_end.fetch_max(end.0, Ordering::AcqRel);
+        *last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn sync_if_older_than(&self, every: Duration) -> Result<()> {
+        let mut last_sync = self.sync_guard();
+        if last_sync.elapsed() >= every && self.durable_end_offset() < self.end_offset() {
+            self.sync_locked(&mut last_sync)?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs everything appended so far.
+    pub fn flush(&self) -> Result<()> {
+        self.ensure_writable()?;
+        self.sync_through(self.end_offset())
+    }
+
+    /// With [`Durability::Interval`], fsyncs if the interval has passed since the last fsync and
+    /// something is pending. The owner calls this from a timer so that an idle log is flushed
+    /// too. A no-op in the other modes.
+    pub fn flush_if_due(&self) -> Result<()> {
+        match self.config.durability {
+            Durability::Interval(every) => {
+                self.ensure_writable()?;
+                self.sync_if_older_than(every)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whole batches starting with the one that holds `from`, up to `max_bytes` (at least one
+    /// batch is returned if any exists, whatever its size). Each batch is a `Bytes` slice of the
+    /// segment map: no copy. Every batch's CRC is checked; a corrupt batch is never returned
+    /// (an error if it is the first, otherwise the read stops before it).
+    pub fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
+        self.read_until(from, Offset(u64::MAX), max_bytes)
+    }
+
+    /// Like [`Log::read`], but never returns a batch that holds `until` or anything past it:
+    /// the broker passes the high watermark so consumers see only committed records.
+    pub fn read_until(&self, from: Offset, until: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
+        let slices = {
+            let state = self.read_state();
+            state.check_readable(from)?;
+            if from == state.end() {
+                return Ok(Vec::new());
+            }
+            collect_batches(&state.segments(), from, until, max_bytes)?
+        };
+        read::verify(slices)
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp`, or `None` if every
+    /// record is older (Kafka's ListOffsets by timestamp).
+    pub fn offset_for_time(&self, timestamp: Timestamp) -> Result<Option<Offset>> {
+        let state = self.read_state();
+        let found = offset_for_time(&state.segments(), timestamp.0)?;
+        Ok(found.map(|offset| offset.max(state.log_start)))
+    }
+
+    /// Removes every record at or after `offset`, which must be the first offset of a batch
+    /// (Raft truncates conflicting entries this way). The segment that holds `offset` is
+    /// rewritten to its kept prefix under a new inode, so batches already handed out stay valid.
+    pub fn truncate_from(&self, offset: Offset) -> Result<()> {
+        self.ensure_writable()?;
+        let _sync = self.sync_guard();
+        let mut state = self.write_state();
+        if offset == state.end() {
+            return Ok(());
+        }
+        state.check_readable(offset)?;
+        let segments = state.segments();
+        let index = segment_for(&segments, offset);
+        let target = segments[index];
+        let position = batch_position(target, offset)?;
+        let base = target.core.base;
+        let later: Vec<Offset> = segments[index + 1..].iter().map(|s| s.core.base).collect();
+        drop(segments);
+        // Lower the recovery point first: a crash from here on rescans this segment.
+        checkpoint::write(&self.dir, Checkpoint { log_start: state.log_start, recovery_point: base })?;
+        let result = self.rewrite_prefix(base, position, &later);
+        let active = result.map_err(|e| self.fail(e))?;
+        state.sealed.truncate(index);
+        state.active = active;
+        self.durable_end.fetch_min(offset.0, Ordering::AcqRel);
+        tracing::info!(dir = %self.dir.display(), from = %offset, "truncated log suffix");
+        Ok(())
+    }
+
+    /// Copies the first `keep` bytes of segment `base` to a new file renamed over it, deletes
+    /// the segments at `later`, and reopens the segment as the active one.
+    fn rewrite_prefix(&self, base: Offset, keep: u64, later: &[Offset]) -> Result<ActiveSegment> {
+        let path = segment_file(&self.dir, base, LOG_SUFFIX);
+        let tmp = self.dir.join(format!("{:020}.{LOG_SUFFIX}.tmp", base.0));
+        {
+            let mut source = io::Read::take(File::open(&path).at(&path)?, keep);
+            let mut copy = File::create(&tmp).at(&tmp)?;
+            io::copy(&mut source, &mut copy).at(&tmp)?;
+            copy.flush().at(&tmp)?;
+            copy.sync_all().at(&tmp)?;
+        }
+        fs::rename(&tmp, &path).at(&path)?;
+        for &later in later {
+            remove_segment_files(&self.dir, later)?;
+        }
+        sync_dir(&self.dir)?;
+        let (active, outcome) = ActiveSegment::open_scanning(&self.dir, base, &self.config, ScanMode::VerifyAndTruncate)?;
+        if outcome.valid_len != keep {
+            return Err(StorageError::Corrupt {
+                path,
+                position: outcome.valid_len,
+                reason: outcome.stop_reason.unwrap_or_else(|| "kept prefix does not scan".into()),
+            });
+        }
+        Ok(active)
+    }
+
+    /// Makes `offset` the new start of the log: reads below it fail, and sealed segments that
+    /// hold only older offsets are deleted. Past the end offset, the log is emptied and
+    /// restarts at `offset` (a replica installing a snapshot).
+    pub fn delete_before(&self, offset: Offset) -> Result<()> {
+        self.ensure_writable()?;
+        let _sync = self.sync_guard();
+        let mut state = self.write_state();
+        if offset <= state.log_start {
+            return Ok(());
+        }
+        if offset > state.end() {
+            let fresh = ActiveSegment::create(&self.dir, offset, &self.config)?;
+            let old: Vec<Offset> = state.segments().iter().map(|s| s.core.base).collect();
+            state.sealed.clear();
+            state.active = fresh;
+            state.log_start = offset;
+            checkpoint::write(&self.dir, state.checkpoint()).map_err(|e| self.fail(e))?;
+            for base in old.into_iter().filter(|&b| b != offset) {
+                remove_segment_files(&self.dir, base)?;
+            }
+            sync_dir(&self.dir)?;
+            self.durable_end.store(offset.0, Ordering::Release);
+            return Ok(());
+        }
+        state.log_start = offset;
+        let doomed = state.sealed.iter().take_while(|s| s.core.next <= offset).count();
+        self.drop_oldest(&mut state, doomed)?;
+        Ok(())
+    }
+
+    /// Deletes the `count` oldest sealed segments, moving the log start past them.
+    fn drop_oldest(&self, state: &mut State, count: usize) -> Result<RetentionOutcome> {
+        let removed: Vec<SealedSegment> = state.sealed.drain(..count).collect();
+        if let Some(first) = state.segments().first() {
+            state.log_start = state.log_start.max(first.core.base);
+        }
+        checkpoint::write(&self.dir, state.checkpoint()).map_err(|e| self.fail(e))?;
+        let mut outcome = RetentionOutcome::default();
+        for segment in removed {
+            remove_segment_files(&self.dir, segment.core.base)?;
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += segment.core.size;
+        }
+        if outcome.segments_deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes the oldest sealed segments whose newest record is older than the retention age,
+    /// or while the log would still hold at least the retention size without them. The active
+    /// segment is never deleted.
+    pub fn apply_retention(&self, now: Timestamp) -> Result<RetentionOutcome> {
+        self.ensure_writable()?;
+        let mut state = self.write_state();
+        let mut total: u64 = state.sealed.iter().map(|s| s.core.size).sum::<u64>() + state.active.core.size;
+        let cutoff = self.config.retention_age.map(|age| now.0.saturating_sub(age.as_millis() as i64));
+        let mut doomed = 0;
+        for segment in &state.sealed {
+            let too_old = cutoff.is_some_and(|cutoff| segment.core.max_timestamp < cutoff);
+            let too_big = self.config.retention_bytes.is_some_and(|limit| total - segment.core.size >= limit);
+            if !(too_old || too_big) {
+                break;
+            }
+            total -= segment.core.size;
+            doomed += 1;
+        }
+        if doomed == 0 {
+            return Ok(RetentionOutcome::default());
+        }
+        let outcome = self.drop_oldest(&mut state, doomed)?;
+        tracing::info!(
+            dir = %self.dir.display(), segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
+            "retention deleted segments"
+        );
+        Ok(outcome)
+    }
+
+    /// Flushes and closes the log, leaving a clean-shutdown marker so the next open skips the
+    /// recovery scan. A log that failed is closed without the marker.
+    pub fn close(self) -> Result<()> {
+        self.ensure_writable()?;
+        let state = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        let checkpoint = state.checkpoint();
+        state.active.seal()?;
+        drop(state.sealed);
+        checkpoint::write(&self.dir, checkpoint)?;
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        File::create(&marker).and_then(|f| f.sync_all()).at(&marker)?;
+        sync_dir(&self.dir)?;
+        tracing::debug!(dir = %self.dir.display(), "log closed cleanly");
+        Ok(())
+    }
+}
+
+/// File position of the batch that starts exactly at `offset` in `segment`.
+fn batch_position(segment: SegmentRef<'_>, offset: Offset) -> Result<u64> {
+    if offset == segment.core.base {
+        return Ok(0);
+    }
+    let batches = collect_batches(&[segment], offset, Offset(u64::MAX), 0)?;
+    match batches.first() {
+        Some(slice) if strata_record::BatchHeader::parse(&slice.bytes)?.base_offset() == offset => {
+            Ok(slice.position)
+        }
+        _ => Err(StorageError::NotBatchBoundary { offset }),
+    }
+}

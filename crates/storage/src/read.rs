@@ -1,0 +1,155 @@
+//! Reading batches and searching by time across a log's segments. Runs under the log's read
+//! lock; CRCs are checked by the caller after the lock is released.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_record::{BatchHeader, Compression, Offset, RecordBatch};
+
+use crate::error::{Result, StorageError};
+use crate::index::{position_for, time_search_start};
+use crate::segment::SegmentRef;
+
+/// One batch sliced out of a segment map, with where it came from for error reports.
+#[derive(Debug)]
+pub(crate) struct BatchSlice {
+    pub(crate) bytes: Bytes,
+    pub(crate) path: Arc<Path>,
+    pub(crate) position: u64,
+}
+
+/// Walks the batches of `segment` from the indexed position at or before `from`, checking
+/// that headers chain (each batch starts where the previous one ended, at the next offset).
+struct BatchWalk<'a> {
+    segment: SegmentRef<'a>,
+    data: Bytes,
+    position: u64,
+    expected: Option<Offset>,
+}
+
+impl<'a> BatchWalk<'a> {
+    fn starting_at(segment: SegmentRef<'a>, relative_offset: u32) -> Result<Self> {
+        let data = segment.core.data.view(segment.core.size)?;
+        let position = u64::from(position_for(segment.offset_entries, relative_offset));
+        let expected = (position == 0).then_some(segment.core.base);
+        Ok(BatchWalk { segment, data, position, expected })
+    }
+
+    /// The next batch header and its position, or `None` at the end of the segment.
+    fn next_header(&mut self) -> Result<Option<(BatchHeader, u64)>> {
+        let size = self.segment.core.size;
+        if self.position >= size {
+            return Ok(None);
+        }
+        let at = self.position;
+        let bytes = &self.data[at as usize..size as usize];
+        let header = BatchHeader::parse(bytes).map_err(|e| self.segment.core.corrupt(at, e.to_string()))?;
+        let len = header.total_len() as u64;
+        if len > size - at {
+            return Err(self.segment.core.corrupt(at, "batch runs past the end of the segment"));
+        }
+        if let Some(expected) = self.expected
+            && header.base_offset() != expected
+        {
+            return Err(self.segment.core.corrupt(
+                at,
+                format!("batch base offset {} where {expected} was expected", header.base_offset),
+            ));
+        }
+        if header.last_offset() >= self.segment.core.next {
+            return Err(self.segment.core.corrupt(at, "batch runs past the segment's last offset"));
+        }
+        self.expected = Some(header.last_offset().plus(1));
+        self.position = at + len;
+        Ok(Some((header, at)))
+    }
+
+    fn slice(&self, position: u64, len: usize) -> Bytes {
+        self.data.slice(position as usize..position as usize + len)
+    }
+}
+
+/// Index of the segment that holds `offset`: the last one whose base is at or below it.
+pub(crate) fn segment_for(segments: &[SegmentRef<'_>], offset: Offset) -> usize {
+    segments.partition_point(|s| s.core.base <= offset).saturating_sub(1)
+}
+
+/// Whole batches from the one containing `from`, stopping before any batch that reaches
+/// `until`, once `max_bytes` would be exceeded (but always at least one batch), or at the end.
+pub(crate) fn collect_batches(
+    segments: &[SegmentRef<'_>],
+    from: Offset,
+    until: Offset,
+    max_bytes: usize,
+) -> Result<Vec<BatchSlice>> {
+    let mut out = Vec::new();
+    let mut budget = max_bytes;
+    for segment in segments.iter().skip(segment_for(segments, from)) {
+        if segment.core.base >= until {
+            break;
+        }
+        let mut walk = BatchWalk::starting_at(*segment, segment.core.relative(from))?;
+        while let Some((header, position)) = walk.next_header()? {
+            if header.last_offset() < from {
+                continue;
+            }
+            let len = header.total_len();
+            if header.last_offset() >= until || (!out.is_empty() && len > budget) {
+                return Ok(out);
+            }
+            out.push(BatchSlice { bytes: walk.slice(position, len), path: segment.core.log_path.clone(), position });
+            budget = budget.saturating_sub(len);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the CRC of every slice, keeping the good ones before the first bad one. A bad first
+/// batch is an error: corrupt data is never served.
+pub(crate) fn verify(slices: Vec<BatchSlice>) -> Result<Vec<Bytes>> {
+    let mut out = Vec::with_capacity(slices.len());
+    for slice in slices {
+        if let Err(err) = RecordBatch::new(&slice.bytes) {
+            if out.is_empty() {
+                return Err(StorageError::Corrupt {
+                    path: slice.path.to_path_buf(),
+                    position: slice.position,
+                    reason: err.to_string(),
+                });
+            }
+            break;
+        }
+        out.push(slice.bytes);
+    }
+    Ok(out)
+}
+
+/// First offset whose record timestamp is at or after `timestamp`, or `None` if every record
+/// is older. Inside a compressed batch the batch's base offset is returned.
+pub(crate) fn offset_for_time(segments: &[SegmentRef<'_>], timestamp: i64) -> Result<Option<Offset>> {
+    let Some(segment) = segments.iter().find(|s| s.core.max_timestamp >= timestamp) else {
+        return Ok(None);
+    };
+    let start = time_search_start(segment.time_entries, timestamp);
+    let mut walk = BatchWalk::starting_at(*segment, start)?;
+    let start = segment.core.base.plus(u64::from(start));
+    while let Some((header, position)) = walk.next_header()? {
+        if header.last_offset() < start || header.max_timestamp < timestamp {
+            continue;
+        }
+        let bytes = walk.slice(position, header.total_len());
+        let batch = RecordBatch::new(&bytes).map_err(|e| segment.core.corrupt(position, e.to_string()))?;
+        if header.attributes.compression()? != Compression::None {
+            return Ok(Some(header.base_offset()));
+        }
+        for record in batch.records()? {
+            let record = record.map_err(|e| segment.core.corrupt(position, e.to_string()))?;
+            if record.timestamp().0 >= timestamp {
+                return Ok(Some(record.offset()));
+            }
+        }
+        return Err(segment.core.corrupt(position, "batch max timestamp exceeds all its records"));
+    }
+    Ok(None)
+}
