@@ -87,7 +87,11 @@ impl Attributes {
     }
 
     pub fn timestamp_type(self) -> TimestampType {
-        if self.0 & 0x8 == 0 { TimestampType::CreateTime } else { TimestampType::LogAppendTime }
+        if self.0 & 0x8 == 0 {
+            TimestampType::CreateTime
+        } else {
+            TimestampType::LogAppendTime
+        }
     }
 
     pub fn is_transactional(self) -> bool {
@@ -135,7 +139,9 @@ pub fn batch_len_at(buf: &[u8]) -> Option<u64> {
         return None;
     }
     let declared = be_i32(buf, LENGTH_AT);
-    u64::try_from(declared).ok().map(|len| len + LOG_OVERHEAD as u64)
+    u64::try_from(declared)
+        .ok()
+        .map(|len| len + LOG_OVERHEAD as u64)
 }
 
 impl BatchHeader {
@@ -144,7 +150,10 @@ impl BatchHeader {
     /// The CRC is not checked here (see [`RecordBatch::new`]).
     pub fn parse(buf: &[u8]) -> Result<BatchHeader> {
         if buf.len() < BATCH_HEADER_LEN {
-            return Err(RecordError::Truncated { needed: BATCH_HEADER_LEN, available: buf.len() });
+            return Err(RecordError::Truncated {
+                needed: BATCH_HEADER_LEN,
+                available: buf.len(),
+            });
         }
         let header = BatchHeader {
             base_offset: be_i64(buf, BASE_OFFSET_AT),
@@ -165,19 +174,29 @@ impl BatchHeader {
             return Err(RecordError::BadMagic(header.magic));
         }
         if (header.batch_length as i64) < (BATCH_HEADER_LEN - LOG_OVERHEAD) as i64 {
-            return Err(RecordError::InvalidHeader("batchLength shorter than the header"));
+            return Err(RecordError::InvalidHeader(
+                "batchLength shorter than the header",
+            ));
         }
         if header.base_offset < 0 {
             return Err(RecordError::InvalidHeader("negative baseOffset"));
         }
         if header.record_count <= 0 {
-            return Err(RecordError::InvalidHeader("a batch must hold at least one record"));
+            return Err(RecordError::InvalidHeader(
+                "a batch must hold at least one record",
+            ));
         }
         // Strata never compacts, so offsets inside a batch are dense.
         if i64::from(header.last_offset_delta) != i64::from(header.record_count) - 1 {
-            return Err(RecordError::InvalidHeader("lastOffsetDelta must be recordCount - 1"));
+            return Err(RecordError::InvalidHeader(
+                "lastOffsetDelta must be recordCount - 1",
+            ));
         }
-        if header.base_offset.checked_add(i64::from(header.last_offset_delta)).is_none() {
+        if header
+            .base_offset
+            .checked_add(i64::from(header.last_offset_delta))
+            .is_none()
+        {
             return Err(RecordError::InvalidHeader("last offset overflows"));
         }
         header.attributes.compression()?;
@@ -233,7 +252,10 @@ impl<'a> RecordBatch<'a> {
         }
         let computed = crc_of(bytes);
         if computed != header.crc {
-            return Err(RecordError::CrcMismatch { stored: header.crc, computed });
+            return Err(RecordError::CrcMismatch {
+                stored: header.crc,
+                computed,
+            });
         }
         Ok(RecordBatch { header, bytes })
     }
@@ -250,10 +272,13 @@ impl<'a> RecordBatch<'a> {
     /// cannot open yet.
     pub fn records(&self) -> Result<Records<'a>> {
         match self.header.attributes.compression()? {
-            Compression::None if self.header.record_count as usize * MIN_RECORD_LEN
-                > self.bytes.len() - BATCH_HEADER_LEN =>
+            Compression::None
+                if self.header.record_count as usize * MIN_RECORD_LEN
+                    > self.bytes.len() - BATCH_HEADER_LEN =>
             {
-                Err(RecordError::InvalidHeader("record count larger than the batch can hold"))
+                Err(RecordError::InvalidHeader(
+                    "record count larger than the batch can hold",
+                ))
             }
             Compression::None => Ok(Records::new(
                 &self.bytes[BATCH_HEADER_LEN..],
@@ -277,7 +302,10 @@ impl<'a> RecordBatch<'a> {
         for record in records.by_ref() {
             let record = record?;
             if record.offset_delta() != index as i32 {
-                return Err(RecordError::InvalidRecord { index, reason: "offsetDelta out of order" });
+                return Err(RecordError::InvalidRecord {
+                    index,
+                    reason: "offsetDelta out of order",
+                });
             }
             for header in record.headers() {
                 header?;
@@ -313,7 +341,12 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut builder = BatchBuilder::new();
-        builder.push(Timestamp(1_000), Some(b"k1"), Some(b"v1"), &[("h", Some(b"x".as_slice()))]);
+        builder.push(
+            Timestamp(1_000),
+            Some(b"k1"),
+            Some(b"v1"),
+            &[("h", Some(b"x".as_slice()))],
+        );
         builder.push(Timestamp(1_005), None, Some(b"v2"), &[]);
         builder.build(Offset(7)).to_vec()
     }
@@ -349,7 +382,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(RecordBatch::new(&bad).is_err(), "flip at byte {byte} bit {bit}");
+                assert!(
+                    RecordBatch::new(&bad).is_err(),
+                    "flip at byte {byte} bit {bit}"
+                );
             }
         }
     }
@@ -361,10 +397,16 @@ mod tests {
             RecordBatch::new(&bytes[..bytes.len() - 1]),
             Err(RecordError::LengthMismatch { .. })
         ));
-        assert!(matches!(RecordBatch::new(&bytes[..10]), Err(RecordError::Truncated { .. })));
+        assert!(matches!(
+            RecordBatch::new(&bytes[..10]),
+            Err(RecordError::Truncated { .. })
+        ));
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(RecordBatch::new(&longer), Err(RecordError::LengthMismatch { .. })));
+        assert!(matches!(
+            RecordBatch::new(&longer),
+            Err(RecordError::LengthMismatch { .. })
+        ));
     }
 
     #[test]

@@ -118,7 +118,11 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[(&str, Option<&[u8]>)],
     ) -> usize {
-        let base = if self.count == 0 { timestamp.0 } else { self.base_timestamp };
+        let base = if self.count == 0 {
+            timestamp.0
+        } else {
+            self.base_timestamp
+        };
         1 + varlong_len(timestamp.0.wrapping_sub(base))
             + varlong_len(i64::from(self.count))
             + nullable_len(key)
@@ -177,11 +181,13 @@ impl BatchBuilder {
             .copy_from_slice(&(self.count - 1).to_be_bytes());
         b[BASE_TIMESTAMP_AT..BASE_TIMESTAMP_AT + 8]
             .copy_from_slice(&self.base_timestamp.to_be_bytes());
-        b[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        b[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8]
+            .copy_from_slice(&self.max_timestamp.to_be_bytes());
         b[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&self.producer_id.to_be_bytes());
         b[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
             .copy_from_slice(&self.producer_epoch.to_be_bytes());
-        b[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&self.base_sequence.to_be_bytes());
+        b[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
+            .copy_from_slice(&self.base_sequence.to_be_bytes());
         b[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&self.count.to_be_bytes());
         let base = i64::try_from(base_offset.0).expect("offset fits in i64");
         set_base_offset(b, base);
@@ -207,6 +213,9 @@ mod tests {
             assert_eq!(builder.size() - before, predicted);
         }
         let bytes = builder.build(Offset(0));
-        RecordBatch::new(&bytes).unwrap().validate_records().unwrap();
+        RecordBatch::new(&bytes)
+            .unwrap()
+            .validate_records()
+            .unwrap();
     }
 }

@@ -24,7 +24,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn fail<T>(&self, reason: &'static str) -> Result<T> {
-        Err(RecordError::InvalidRecord { index: self.index, reason })
+        Err(RecordError::InvalidRecord {
+            index: self.index,
+            reason,
+        })
     }
 
     fn varint(&mut self, what: &'static str) -> Result<i32> {
@@ -63,7 +66,9 @@ impl<'a> Cursor<'a> {
         if len == -1 {
             return Ok(None);
         }
-        let Ok(len) = usize::try_from(len) else { return self.fail(what) };
+        let Ok(len) = usize::try_from(len) else {
+            return self.fail(what);
+        };
         if len > self.buf.len() {
             return self.fail(what);
         }
@@ -138,10 +143,15 @@ impl<'a> Iterator for Headers<'a> {
             return None;
         }
         self.remaining -= 1;
-        let mut cursor = Cursor { buf: self.buf, index: self.record_index };
+        let mut cursor = Cursor {
+            buf: self.buf,
+            index: self.record_index,
+        };
         let header = (|| {
             let key = cursor.nullable_bytes("bad header key length")?;
-            let Some(key) = key else { return cursor.fail("null header key") };
+            let Some(key) = key else {
+                return cursor.fail("null header key");
+            };
             let Ok(key) = std::str::from_utf8(key) else {
                 return cursor.fail("header key is not UTF-8");
             };
@@ -173,7 +183,13 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub(crate) fn new(buf: &'a [u8], count: u32, base_offset: i64, base_timestamp: i64) -> Self {
-        Records { buf, remaining: count, index: 0, base_offset, base_timestamp }
+        Records {
+            buf,
+            remaining: count,
+            index: 0,
+            base_offset,
+            base_timestamp,
+        }
     }
 
     /// Bytes not yet consumed; after the last record of a well-formed batch this is empty.
@@ -182,14 +198,22 @@ impl<'a> Records<'a> {
     }
 
     fn decode_next(&mut self) -> Result<Record<'a>> {
-        let mut outer = Cursor { buf: self.buf, index: self.index };
+        let mut outer = Cursor {
+            buf: self.buf,
+            index: self.index,
+        };
         let len = outer.varint("bad record length")?;
-        let Ok(len) = usize::try_from(len) else { return outer.fail("negative record length") };
+        let Ok(len) = usize::try_from(len) else {
+            return outer.fail("negative record length");
+        };
         if len > outer.buf.len() {
             return outer.fail("record length runs past the batch");
         }
         let (body, rest) = outer.buf.split_at(len);
-        let mut c = Cursor { buf: body, index: self.index };
+        let mut c = Cursor {
+            buf: body,
+            index: self.index,
+        };
         let _attributes = c.byte("missing record attributes")?;
         let timestamp_delta = c.varlong("bad timestamp delta")?;
         let offset_delta = c.varint("bad offset delta")?;
@@ -207,7 +231,11 @@ impl<'a> Records<'a> {
         if header_count as usize > c.buf.len() / 2 {
             return c.fail("header count larger than the record");
         }
-        let headers = Headers { buf: c.buf, remaining: header_count, record_index: self.index };
+        let headers = Headers {
+            buf: c.buf,
+            remaining: header_count,
+            record_index: self.index,
+        };
         let mut walk = headers;
         for header in walk.by_ref() {
             header?;
@@ -220,12 +248,21 @@ impl<'a> Records<'a> {
             .checked_add(i64::from(offset_delta))
             .and_then(|o| u64::try_from(o).ok())
             .map(Offset);
-        let Some(offset) = offset else { return c.fail("offset overflows") };
+        let Some(offset) = offset else {
+            return c.fail("offset overflows");
+        };
         let Some(timestamp) = self.base_timestamp.checked_add(timestamp_delta) else {
             return c.fail("timestamp overflows");
         };
         self.buf = rest;
-        Ok(Record { offset_delta, offset, timestamp: Timestamp(timestamp), key, value, headers })
+        Ok(Record {
+            offset_delta,
+            offset,
+            timestamp: Timestamp(timestamp),
+            key,
+            value,
+            headers,
+        })
     }
 }
 
@@ -257,7 +294,12 @@ mod tests {
     use crate::{BatchBuilder, Offset, RecordBatch, Timestamp};
     use proptest::prelude::*;
 
-    type OwnedRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>);
+    type OwnedRecord = (
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(String, Option<Vec<u8>>)>,
+    );
 
     fn record_strategy() -> impl Strategy<Value = OwnedRecord> {
         (
@@ -265,7 +307,10 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
             proptest::collection::vec(
-                ("[a-z]{0,8}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))),
+                (
+                    "[a-z]{0,8}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+                ),
                 0..4,
             ),
         )

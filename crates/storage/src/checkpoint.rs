@@ -36,8 +36,10 @@ pub(crate) fn read(dir: &Path) -> Option<Checkpoint> {
         let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
         let version = u32::from_be_bytes(bytes[4..8].try_into().unwrap());
         let crc = u32::from_be_bytes(bytes[24..28].try_into().unwrap());
-        (version == VERSION && crc == crc32c::crc32c(&bytes[..24]))
-            .then(|| Checkpoint { log_start: Offset(u64_at(8)), recovery_point: Offset(u64_at(16)) })
+        (version == VERSION && crc == crc32c::crc32c(&bytes[..24])).then(|| Checkpoint {
+            log_start: Offset(u64_at(8)),
+            recovery_point: Offset(u64_at(16)),
+        })
     })();
     if parsed.is_none() {
         tracing::warn!(path = %path.display(), "ignoring unreadable checkpoint; the whole log will be scanned");
@@ -74,7 +76,10 @@ mod tests {
     fn roundtrip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()), None);
-        let cp = Checkpoint { log_start: Offset(5), recovery_point: Offset(77) };
+        let cp = Checkpoint {
+            log_start: Offset(5),
+            recovery_point: Offset(77),
+        };
         write(dir.path(), cp).unwrap();
         assert_eq!(read(dir.path()), Some(cp));
         let path = dir.path().join(CHECKPOINT_FILE);

@@ -60,13 +60,19 @@ impl LogConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(StorageError::InvalidConfig(msg));
         if !(1024..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
-            return bad(format!("segment_bytes {} not in [1024, {MAX_SEGMENT_BYTES}]", self.segment_bytes));
+            return bad(format!(
+                "segment_bytes {} not in [1024, {MAX_SEGMENT_BYTES}]",
+                self.segment_bytes
+            ));
         }
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be positive".into());
         }
         if !(strata_record::BATCH_HEADER_LEN..=MAX_BATCH_BYTES).contains(&self.max_batch_bytes) {
-            return bad(format!("max_batch_bytes {} not in [61, {MAX_BATCH_BYTES}]", self.max_batch_bytes));
+            return bad(format!(
+                "max_batch_bytes {} not in [61, {MAX_BATCH_BYTES}]",
+                self.max_batch_bytes
+            ));
         }
         if let Some(age) = self.segment_age
             && age.is_zero()

@@ -20,12 +20,18 @@ pub(crate) const TIME_ENTRY_LEN: usize = 12;
 
 pub(crate) fn offset_entry(entries: &[u8], i: usize) -> (u32, u32) {
     let e = &entries[i * OFFSET_ENTRY_LEN..(i + 1) * OFFSET_ENTRY_LEN];
-    (u32::from_be_bytes(e[..4].try_into().unwrap()), u32::from_be_bytes(e[4..].try_into().unwrap()))
+    (
+        u32::from_be_bytes(e[..4].try_into().unwrap()),
+        u32::from_be_bytes(e[4..].try_into().unwrap()),
+    )
 }
 
 pub(crate) fn time_entry(entries: &[u8], i: usize) -> (i64, u32) {
     let e = &entries[i * TIME_ENTRY_LEN..(i + 1) * TIME_ENTRY_LEN];
-    (i64::from_be_bytes(e[..8].try_into().unwrap()), u32::from_be_bytes(e[8..].try_into().unwrap()))
+    (
+        i64::from_be_bytes(e[..8].try_into().unwrap()),
+        u32::from_be_bytes(e[8..].try_into().unwrap()),
+    )
 }
 
 pub(crate) fn encode_offset_entry(relative_offset: u32, position: u32) -> [u8; OFFSET_ENTRY_LEN] {
@@ -42,12 +48,12 @@ pub(crate) fn encode_time_entry(timestamp: i64, relative_offset: u32) -> [u8; TI
     e
 }
 
-/// File position of the last indexed batch that starts at or before `relative_offset`; 0 when
-/// no entry does (scanning then starts at the head of the segment).
-pub(crate) fn position_for(entries: &[u8], relative_offset: u32) -> u32 {
+/// The last indexed batch that starts at or before `relative_offset`, as (relative base
+/// offset, file position); `None` when no entry does (scanning then starts at the head).
+pub(crate) fn entry_at_or_before(entries: &[u8], relative_offset: u32) -> Option<(u32, u32)> {
     let n = entries.len() / OFFSET_ENTRY_LEN;
     let after = partition_point(n, |i| offset_entry(entries, i).0 <= relative_offset);
-    if after == 0 { 0 } else { offset_entry(entries, after - 1).1 }
+    (after > 0).then(|| offset_entry(entries, after - 1))
 }
 
 /// The relative offset from which a search for the first record at or after `timestamp` must
@@ -55,7 +61,11 @@ pub(crate) fn position_for(entries: &[u8], relative_offset: u32) -> u32 {
 pub(crate) fn time_search_start(entries: &[u8], timestamp: i64) -> u32 {
     let n = entries.len() / TIME_ENTRY_LEN;
     let after = partition_point(n, |i| time_entry(entries, i).0 < timestamp);
-    if after == 0 { 0 } else { time_entry(entries, after - 1).1 + 1 }
+    if after == 0 {
+        0
+    } else {
+        time_entry(entries, after - 1).1 + 1
+    }
 }
 
 fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
@@ -70,7 +80,7 @@ fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
 /// Checks an offset index read from disk: entries strictly increasing in both fields, within
 /// the segment. A failed check means the index is rebuilt from the log.
 pub(crate) fn offset_index_is_sane(entries: &[u8], segment_len: u64, max_relative: u64) -> bool {
-    if entries.len() % OFFSET_ENTRY_LEN != 0 {
+    if !entries.len().is_multiple_of(OFFSET_ENTRY_LEN) {
         return false;
     }
     let mut prev: Option<(u32, u32)> = None;
@@ -91,7 +101,7 @@ pub(crate) fn offset_index_is_sane(entries: &[u8], segment_len: u64, max_relativ
 
 /// Checks a time index read from disk: timestamps and offsets non-decreasing, within range.
 pub(crate) fn time_index_is_sane(entries: &[u8], max_relative: u64) -> bool {
-    if entries.len() % TIME_ENTRY_LEN != 0 {
+    if !entries.len().is_multiple_of(TIME_ENTRY_LEN) {
         return false;
     }
     let mut prev: Option<(i64, u32)> = None;
@@ -123,15 +133,32 @@ pub(crate) struct WritableIndex {
 impl WritableIndex {
     /// Opens (creating if needed) the index at `path` for `capacity` entries, keeping the first
     /// `keep` entries already in the file and discarding the rest.
-    pub(crate) fn open(path: &Path, entry_len: usize, capacity: usize, keep: usize) -> Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).at(path)?;
+    pub(crate) fn open(
+        path: &Path,
+        entry_len: usize,
+        capacity: usize,
+        keep: usize,
+    ) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .at(path)?;
         let used = keep * entry_len;
         let len = (capacity.max(keep) * entry_len) as u64;
         // Zero what is past the kept entries so a stale tail can never be read as entries.
         file.set_len(used as u64).at(path)?;
         file.set_len(len).at(path)?;
         let map = map_index_mut(&file, len as usize).at(path)?;
-        Ok(WritableIndex { path: path.to_owned(), file, map, used, entry_len })
+        Ok(WritableIndex {
+            path: path.to_owned(),
+            file,
+            map,
+            used,
+            entry_len,
+        })
     }
 
     /// Writes a new, empty index of `capacity` entries to a temporary file and renames it to
@@ -140,12 +167,24 @@ impl WritableIndex {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .at(&tmp)?;
         let len = capacity * entry_len;
         file.set_len(len as u64).at(&tmp)?;
         std::fs::rename(&tmp, path).at(path)?;
         let map = map_index_mut(&file, len).at(path)?;
-        Ok(WritableIndex { path: path.to_owned(), file, map, used: 0, entry_len })
+        Ok(WritableIndex {
+            path: path.to_owned(),
+            file,
+            map,
+            used: 0,
+            entry_len,
+        })
     }
 
     pub(crate) fn entries(&self) -> &[u8] {
@@ -165,7 +204,13 @@ impl WritableIndex {
 
     /// Writes the entries back, trims the file to them, fsyncs, and reopens it read-only.
     pub(crate) fn seal(self) -> Result<ReadOnlyIndex> {
-        let WritableIndex { path, file, map, used, .. } = self;
+        let WritableIndex {
+            path,
+            file,
+            map,
+            used,
+            ..
+        } = self;
         map.flush().at(&path)?;
         drop(map);
         file.set_len(used as u64).at(&path)?;
@@ -185,7 +230,9 @@ impl ReadOnlyIndex {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).at(path)?;
         let len = file.metadata().at(path)?.len() as usize;
-        Ok(ReadOnlyIndex { map: map_index(&file, len).at(path)? })
+        Ok(ReadOnlyIndex {
+            map: map_index(&file, len).at(path)?,
+        })
     }
 
     pub(crate) fn entries(&self) -> &[u8] {
@@ -198,24 +245,29 @@ mod tests {
     use super::*;
 
     fn offsets(entries: &[(u32, u32)]) -> Vec<u8> {
-        entries.iter().flat_map(|&(r, p)| encode_offset_entry(r, p)).collect()
+        entries
+            .iter()
+            .flat_map(|&(r, p)| encode_offset_entry(r, p))
+            .collect()
     }
 
     #[test]
     fn position_lookup() {
         let idx = offsets(&[(10, 4096), (25, 8200), (40, 12300)]);
-        assert_eq!(position_for(&idx, 0), 0);
-        assert_eq!(position_for(&idx, 9), 0);
-        assert_eq!(position_for(&idx, 10), 4096);
-        assert_eq!(position_for(&idx, 39), 8200);
-        assert_eq!(position_for(&idx, 1000), 12300);
-        assert_eq!(position_for(&[], 5), 0);
+        assert_eq!(entry_at_or_before(&idx, 0), None);
+        assert_eq!(entry_at_or_before(&idx, 9), None);
+        assert_eq!(entry_at_or_before(&idx, 10), Some((10, 4096)));
+        assert_eq!(entry_at_or_before(&idx, 39), Some((25, 8200)));
+        assert_eq!(entry_at_or_before(&idx, 1000), Some((40, 12300)));
+        assert_eq!(entry_at_or_before(&[], 5), None);
     }
 
     #[test]
     fn time_lookup() {
-        let idx: Vec<u8> =
-            [(100i64, 9u32), (200, 19), (200, 25), (300, 29)].iter().flat_map(|&(t, r)| encode_time_entry(t, r)).collect();
+        let idx: Vec<u8> = [(100i64, 9u32), (200, 19), (200, 25), (300, 29)]
+            .iter()
+            .flat_map(|&(t, r)| encode_time_entry(t, r))
+            .collect();
         assert_eq!(time_search_start(&idx, 50), 0);
         assert_eq!(time_search_start(&idx, 100), 0);
         assert_eq!(time_search_start(&idx, 101), 10);
@@ -229,7 +281,11 @@ mod tests {
     fn sanity_checks() {
         assert!(offset_index_is_sane(&offsets(&[(1, 10), (2, 20)]), 100, 5));
         assert!(!offset_index_is_sane(&offsets(&[(2, 10), (2, 20)]), 100, 5));
-        assert!(!offset_index_is_sane(&offsets(&[(1, 10), (2, 200)]), 100, 5));
+        assert!(!offset_index_is_sane(
+            &offsets(&[(1, 10), (2, 200)]),
+            100,
+            5
+        ));
         assert!(!offset_index_is_sane(&[0; 7], 100, 5));
     }
 }

@@ -16,7 +16,9 @@ use crate::config::{Durability, LogConfig};
 use crate::error::{IoContext, Result, StorageError};
 use crate::read::{self, collect_batches, offset_for_time, segment_for};
 use crate::recovery::{self, CLEAN_SHUTDOWN_FILE, remove_segment_files};
-use crate::segment::{ActiveSegment, LOG_SUFFIX, ScanMode, SealedSegment, SegmentRef, segment_file};
+use crate::segment::{
+    ActiveSegment, LOG_SUFFIX, ScanMode, SealedSegment, SegmentRef, segment_file,
+};
 
 const LOCK_FILE: &str = ".lock";
 
@@ -70,16 +72,27 @@ impl State {
     }
 
     fn segments(&self) -> Vec<SegmentRef<'_>> {
-        self.sealed.iter().map(SealedSegment::as_ref).chain([self.active.as_ref()]).collect()
+        self.sealed
+            .iter()
+            .map(SealedSegment::as_ref)
+            .chain([self.active.as_ref()])
+            .collect()
     }
 
     fn checkpoint(&self) -> Checkpoint {
-        Checkpoint { log_start: self.log_start, recovery_point: self.active.core.base }
+        Checkpoint {
+            log_start: self.log_start,
+            recovery_point: self.active.core.base,
+        }
     }
 
     fn check_readable(&self, offset: Offset) -> Result<()> {
         if offset < self.log_start || offset > self.end() {
-            return Err(StorageError::OffsetOutOfRange { offset, start: self.log_start, end: self.end() });
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start: self.log_start,
+                end: self.end(),
+            });
         }
         Ok(())
     }
@@ -94,7 +107,12 @@ impl Log {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).at(&dir)?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).at(&lock_path)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(StorageError::Locked { path: dir }),
@@ -102,7 +120,11 @@ impl Log {
         }
         let recovered = recovery::open(&dir, &config)?;
         // Bytes a crashed process wrote may still sit in the page cache only.
-        recovered.active.sync_handle().sync_data().at(&recovered.active.core.log_path)?;
+        recovered
+            .active
+            .sync_handle()
+            .sync_data()
+            .at(&recovered.active.core.log_path)?;
         let end = recovered.active.core.next;
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
@@ -167,12 +189,19 @@ impl Log {
 
     /// Base offsets of the segments, oldest first.
     pub fn segment_bases(&self) -> Vec<Offset> {
-        self.read_state().segments().iter().map(|s| s.core.base).collect()
+        self.read_state()
+            .segments()
+            .iter()
+            .map(|s| s.core.base)
+            .collect()
     }
 
     fn ensure_writable(&self) -> Result<()> {
         match self.failure.get() {
-            Some(reason) => Err(StorageError::Failed { dir: self.dir.clone(), reason: reason.clone() }),
+            Some(reason) => Err(StorageError::Failed {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -200,23 +229,44 @@ impl Log {
     fn append_batch(&self, batch: &[u8], keep_offset: bool) -> Result<AppendInfo> {
         self.ensure_writable()?;
         if batch.len() > self.config.max_batch_bytes {
-            return Err(StorageError::BatchTooLarge { size: batch.len(), limit: self.config.max_batch_bytes });
+            return Err(StorageError::BatchTooLarge {
+                size: batch.len(),
+                limit: self.config.max_batch_bytes,
+            });
         }
         let header = *RecordBatch::new(batch)?.header();
         let info = {
             let mut state = self.write_state();
             let end = state.end();
-            let base = if keep_offset { header.base_offset() } else { end };
+            let base = if keep_offset {
+                header.base_offset()
+            } else {
+                end
+            };
             if base != end {
-                return Err(StorageError::NonSequentialOffset { got: base, expected: end });
+                return Err(StorageError::NonSequentialOffset {
+                    got: base,
+                    expected: end,
+                });
             }
-            if base.0.checked_add(header.offset_count()).is_none_or(|next| next > i64::MAX as u64) {
-                return Err(StorageError::OffsetOutOfRange { offset: base, start: state.log_start, end });
+            if base
+                .0
+                .checked_add(header.offset_count())
+                .is_none_or(|next| next > i64::MAX as u64)
+            {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset: base,
+                    start: state.log_start,
+                    end,
+                });
             }
             if self.needs_roll(&state.active, batch.len()) {
                 self.roll(&mut state)?;
             }
-            state.active.append(base, &header, batch).map_err(|e| self.fail(e))?;
+            state
+                .active
+                .append(base, &header, batch)
+                .map_err(|e| self.fail(e))?;
             AppendInfo {
                 base_offset: base,
                 last_offset: base.plus(header.offset_count() - 1),
@@ -234,7 +284,10 @@ impl Log {
     fn needs_roll(&self, active: &ActiveSegment, incoming: usize) -> bool {
         !active.is_empty()
             && (active.core.size + incoming as u64 > self.config.segment_bytes
-                || self.config.segment_age.is_some_and(|age| active.age() >= age)
+                || self
+                    .config
+                    .segment_age
+                    .is_some_and(|age| active.age() >= age)
                 || active.index_full())
     }
 
@@ -267,7 +320,11 @@ impl Log {
     fn sync_locked(&self, last_sync: &mut Instant) -> Result<()> {
         let (file, end, path) = {
             let state = self.read_state();
-            (state.active.sync_handle(), state.end(), state.active.core.log_path.clone())
+            (
+                state.active.sync_handle(),
+                state.end(),
+                state.active.core.log_path.clone(),
+            )
         };
         file.sync_data().at(&path).map_err(|e| self.fail(e))?;
         self.durable_end.fetch_max(end.0, Ordering::AcqRel);
@@ -324,12 +381,11 @@ impl Log {
         read::verify(slices)
     }
 
-    /// The first offset whose record timestamp is at or after `timestamp`, or `None` if every
-    /// record is older (Kafka's ListOffsets by timestamp).
+    /// The first offset (at or after the log start) whose record timestamp is at or after
+    /// `timestamp`, or `None` if every record is older (Kafka's ListOffsets by timestamp).
     pub fn offset_for_time(&self, timestamp: Timestamp) -> Result<Option<Offset>> {
         let state = self.read_state();
-        let found = offset_for_time(&state.segments(), timestamp.0)?;
-        Ok(found.map(|offset| offset.max(state.log_start)))
+        offset_for_time(&state.segments(), timestamp.0, state.log_start)
     }
 
     /// Removes every record at or after `offset`, which must be the first offset of a batch
@@ -351,7 +407,13 @@ impl Log {
         let later: Vec<Offset> = segments[index + 1..].iter().map(|s| s.core.base).collect();
         drop(segments);
         // Lower the recovery point first: a crash from here on rescans this segment.
-        checkpoint::write(&self.dir, Checkpoint { log_start: state.log_start, recovery_point: base })?;
+        checkpoint::write(
+            &self.dir,
+            Checkpoint {
+                log_start: state.log_start,
+                recovery_point: base,
+            },
+        )?;
         let result = self.rewrite_prefix(base, position, &later);
         let active = result.map_err(|e| self.fail(e))?;
         state.sealed.truncate(index);
@@ -378,12 +440,19 @@ impl Log {
             remove_segment_files(&self.dir, later)?;
         }
         sync_dir(&self.dir)?;
-        let (active, outcome) = ActiveSegment::open_scanning(&self.dir, base, &self.config, ScanMode::VerifyAndTruncate)?;
+        let (active, outcome) = ActiveSegment::open_scanning(
+            &self.dir,
+            base,
+            &self.config,
+            ScanMode::VerifyAndTruncate,
+        )?;
         if outcome.valid_len != keep {
             return Err(StorageError::Corrupt {
                 path,
                 position: outcome.valid_len,
-                reason: outcome.stop_reason.unwrap_or_else(|| "kept prefix does not scan".into()),
+                reason: outcome
+                    .stop_reason
+                    .unwrap_or_else(|| "kept prefix does not scan".into()),
             });
         }
         Ok(active)
@@ -414,7 +483,11 @@ impl Log {
             return Ok(());
         }
         state.log_start = offset;
-        let doomed = state.sealed.iter().take_while(|s| s.core.next <= offset).count();
+        let doomed = state
+            .sealed
+            .iter()
+            .take_while(|s| s.core.next <= offset)
+            .count();
         self.drop_oldest(&mut state, doomed)?;
         Ok(())
     }
@@ -444,12 +517,19 @@ impl Log {
     pub fn apply_retention(&self, now: Timestamp) -> Result<RetentionOutcome> {
         self.ensure_writable()?;
         let mut state = self.write_state();
-        let mut total: u64 = state.sealed.iter().map(|s| s.core.size).sum::<u64>() + state.active.core.size;
-        let cutoff = self.config.retention_age.map(|age| now.0.saturating_sub(age.as_millis() as i64));
+        let mut total: u64 =
+            state.sealed.iter().map(|s| s.core.size).sum::<u64>() + state.active.core.size;
+        let cutoff = self
+            .config
+            .retention_age
+            .map(|age| now.0.saturating_sub(age.as_millis() as i64));
         let mut doomed = 0;
         for segment in &state.sealed {
             let too_old = cutoff.is_some_and(|cutoff| segment.core.max_timestamp < cutoff);
-            let too_big = self.config.retention_bytes.is_some_and(|limit| total - segment.core.size >= limit);
+            let too_big = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total - segment.core.size >= limit);
             if !(too_old || too_big) {
                 break;
             }
@@ -477,7 +557,9 @@ impl Log {
         drop(state.sealed);
         checkpoint::write(&self.dir, checkpoint)?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
-        File::create(&marker).and_then(|f| f.sync_all()).at(&marker)?;
+        File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .at(&marker)?;
         sync_dir(&self.dir)?;
         tracing::debug!(dir = %self.dir.display(), "log closed cleanly");
         Ok(())

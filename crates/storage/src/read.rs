@@ -8,7 +8,7 @@ use bytes::Bytes;
 use strata_record::{BatchHeader, Compression, Offset, RecordBatch};
 
 use crate::error::{Result, StorageError};
-use crate::index::{position_for, time_search_start};
+use crate::index::{entry_at_or_before, time_search_start};
 use crate::segment::SegmentRef;
 
 /// One batch sliced out of a segment map, with where it came from for error reports.
@@ -25,15 +25,22 @@ struct BatchWalk<'a> {
     segment: SegmentRef<'a>,
     data: Bytes,
     position: u64,
-    expected: Option<Offset>,
+    expected: Offset,
 }
 
 impl<'a> BatchWalk<'a> {
     fn starting_at(segment: SegmentRef<'a>, relative_offset: u32) -> Result<Self> {
         let data = segment.core.data.view(segment.core.size)?;
-        let position = u64::from(position_for(segment.offset_entries, relative_offset));
-        let expected = (position == 0).then_some(segment.core.base);
-        Ok(BatchWalk { segment, data, position, expected })
+        // Start at the indexed batch, which must carry the offset the index recorded for it.
+        let (relative, position) =
+            entry_at_or_before(segment.offset_entries, relative_offset).unwrap_or((0, 0));
+        let expected = segment.core.base.plus(u64::from(relative));
+        Ok(BatchWalk {
+            segment,
+            data,
+            position: u64::from(position),
+            expected,
+        })
     }
 
     /// The next batch header and its position, or `None` at the end of the segment.
@@ -44,23 +51,31 @@ impl<'a> BatchWalk<'a> {
         }
         let at = self.position;
         let bytes = &self.data[at as usize..size as usize];
-        let header = BatchHeader::parse(bytes).map_err(|e| self.segment.core.corrupt(at, e.to_string()))?;
+        let header =
+            BatchHeader::parse(bytes).map_err(|e| self.segment.core.corrupt(at, e.to_string()))?;
         let len = header.total_len() as u64;
         if len > size - at {
-            return Err(self.segment.core.corrupt(at, "batch runs past the end of the segment"));
+            return Err(self
+                .segment
+                .core
+                .corrupt(at, "batch runs past the end of the segment"));
         }
-        if let Some(expected) = self.expected
-            && header.base_offset() != expected
-        {
+        if header.base_offset() != self.expected {
             return Err(self.segment.core.corrupt(
                 at,
-                format!("batch base offset {} where {expected} was expected", header.base_offset),
+                format!(
+                    "batch base offset {} where {} was expected",
+                    header.base_offset, self.expected
+                ),
             ));
         }
         if header.last_offset() >= self.segment.core.next {
-            return Err(self.segment.core.corrupt(at, "batch runs past the segment's last offset"));
+            return Err(self
+                .segment
+                .core
+                .corrupt(at, "batch runs past the segment's last offset"));
         }
-        self.expected = Some(header.last_offset().plus(1));
+        self.expected = header.last_offset().plus(1);
         self.position = at + len;
         Ok(Some((header, at)))
     }
@@ -72,7 +87,9 @@ impl<'a> BatchWalk<'a> {
 
 /// Index of the segment that holds `offset`: the last one whose base is at or below it.
 pub(crate) fn segment_for(segments: &[SegmentRef<'_>], offset: Offset) -> usize {
-    segments.partition_point(|s| s.core.base <= offset).saturating_sub(1)
+    segments
+        .partition_point(|s| s.core.base <= offset)
+        .saturating_sub(1)
 }
 
 /// Whole batches from the one containing `from`, stopping before any batch that reaches
@@ -90,7 +107,14 @@ pub(crate) fn collect_batches(
             break;
         }
         let mut walk = BatchWalk::starting_at(*segment, segment.core.relative(from))?;
-        while let Some((header, position)) = walk.next_header()? {
+        loop {
+            let (header, position) = match walk.next_header() {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                // Serve what was found before the damage; the next read reports it.
+                Err(_) if !out.is_empty() => return Ok(out),
+                Err(err) => return Err(err),
+            };
             if header.last_offset() < from {
                 continue;
             }
@@ -98,7 +122,11 @@ pub(crate) fn collect_batches(
             if header.last_offset() >= until || (!out.is_empty() && len > budget) {
                 return Ok(out);
             }
-            out.push(BatchSlice { bytes: walk.slice(position, len), path: segment.core.log_path.clone(), position });
+            out.push(BatchSlice {
+                bytes: walk.slice(position, len),
+                path: segment.core.log_path.clone(),
+                position,
+            });
             budget = budget.saturating_sub(len);
         }
     }
@@ -125,31 +153,40 @@ pub(crate) fn verify(slices: Vec<BatchSlice>) -> Result<Vec<Bytes>> {
     Ok(out)
 }
 
-/// First offset whose record timestamp is at or after `timestamp`, or `None` if every record
-/// is older. Inside a compressed batch the batch's base offset is returned.
-pub(crate) fn offset_for_time(segments: &[SegmentRef<'_>], timestamp: i64) -> Result<Option<Offset>> {
-    let Some(segment) = segments.iter().find(|s| s.core.max_timestamp >= timestamp) else {
-        return Ok(None);
-    };
-    let start = time_search_start(segment.time_entries, timestamp);
-    let mut walk = BatchWalk::starting_at(*segment, start)?;
-    let start = segment.core.base.plus(u64::from(start));
-    while let Some((header, position)) = walk.next_header()? {
-        if header.last_offset() < start || header.max_timestamp < timestamp {
+/// First offset at or after `log_start` whose record timestamp is at or after `timestamp`, or
+/// `None` if there is none. Inside a compressed batch the batch's base offset is returned.
+pub(crate) fn offset_for_time(
+    segments: &[SegmentRef<'_>],
+    timestamp: i64,
+    log_start: Offset,
+) -> Result<Option<Offset>> {
+    for segment in segments {
+        if segment.core.next <= log_start || segment.core.max_timestamp < timestamp {
             continue;
         }
-        let bytes = walk.slice(position, header.total_len());
-        let batch = RecordBatch::new(&bytes).map_err(|e| segment.core.corrupt(position, e.to_string()))?;
-        if header.attributes.compression()? != Compression::None {
-            return Ok(Some(header.base_offset()));
-        }
-        for record in batch.records()? {
-            let record = record.map_err(|e| segment.core.corrupt(position, e.to_string()))?;
-            if record.timestamp().0 >= timestamp {
-                return Ok(Some(record.offset()));
+        let hint = segment.core.base.plus(u64::from(time_search_start(
+            segment.time_entries,
+            timestamp,
+        )));
+        let start = hint.max(log_start);
+        let mut walk = BatchWalk::starting_at(*segment, segment.core.relative(start))?;
+        while let Some((header, position)) = walk.next_header()? {
+            if header.last_offset() < start || header.max_timestamp < timestamp {
+                continue;
+            }
+            let bytes = walk.slice(position, header.total_len());
+            let batch = RecordBatch::new(&bytes)
+                .map_err(|e| segment.core.corrupt(position, e.to_string()))?;
+            if header.attributes.compression()? != Compression::None {
+                return Ok(Some(header.base_offset().max(start)));
+            }
+            for record in batch.records()? {
+                let record = record.map_err(|e| segment.core.corrupt(position, e.to_string()))?;
+                if record.offset() >= start && record.timestamp().0 >= timestamp {
+                    return Ok(Some(record.offset()));
+                }
             }
         }
-        return Err(segment.core.corrupt(position, "batch max timestamp exceeds all its records"));
     }
     Ok(None)
 }

@@ -39,13 +39,19 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
     let mut indexes = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
         let path = entry.at(dir)?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if name.ends_with(".tmp") {
             fs::remove_file(&path).at(&path)?;
             continue;
         }
-        let Some((stem, suffix)) = name.split_once('.') else { continue };
-        let Ok(base) = stem.parse::<u64>() else { continue };
+        let Some((stem, suffix)) = name.split_once('.') else {
+            continue;
+        };
+        let Ok(base) = stem.parse::<u64>() else {
+            continue;
+        };
         if stem.len() != 20 {
             continue;
         }
@@ -88,7 +94,11 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         (None, None) => Offset::ZERO,
     };
     let recovered = if bases.is_empty() {
-        Recovered { sealed: Vec::new(), active: ActiveSegment::create(dir, log_start, config)?, log_start }
+        Recovered {
+            sealed: Vec::new(),
+            active: ActiveSegment::create(dir, log_start, config)?,
+            log_start,
+        }
     } else if clean {
         open_clean(dir, &bases, config, log_start)?
     } else {
@@ -100,11 +110,22 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         fs::remove_file(&marker).at(&marker)?;
     }
     let active_base = recovered.active.core.base;
-    checkpoint::write(dir, Checkpoint { log_start: recovered.log_start, recovery_point: active_base })?;
+    checkpoint::write(
+        dir,
+        Checkpoint {
+            log_start: recovered.log_start,
+            recovery_point: active_base,
+        },
+    )?;
     Ok(recovered)
 }
 
-fn open_clean(dir: &Path, bases: &[Offset], config: &LogConfig, log_start: Offset) -> Result<Recovered> {
+fn open_clean(
+    dir: &Path,
+    bases: &[Offset],
+    config: &LogConfig,
+    log_start: Offset,
+) -> Result<Recovered> {
     let (last, earlier) = bases.split_last().expect("at least one segment");
     let mut sealed = Vec::with_capacity(earlier.len());
     for (i, &base) in earlier.iter().enumerate() {
@@ -117,7 +138,11 @@ fn open_clean(dir: &Path, bases: &[Offset], config: &LogConfig, log_start: Offse
             ActiveSegment::open_scanning(dir, *last, config, ScanMode::VerifyAndTruncate)?.0
         }
     };
-    Ok(Recovered { sealed, active, log_start })
+    Ok(Recovered {
+        sealed,
+        active,
+        log_start,
+    })
 }
 
 fn open_after_crash(
@@ -128,7 +153,9 @@ fn open_after_crash(
     recovery_point: Offset,
 ) -> Result<Recovered> {
     // The segment holding the recovery point is the first one that may hold unsynced bytes.
-    let first_scanned = bases.partition_point(|&b| b <= recovery_point).saturating_sub(1);
+    let first_scanned = bases
+        .partition_point(|&b| b <= recovery_point)
+        .saturating_sub(1);
     let mut sealed = Vec::with_capacity(bases.len());
     for i in 0..first_scanned {
         sealed.push(SealedSegment::open(dir, bases[i], bases[i + 1], config)?);
@@ -139,7 +166,8 @@ fn open_after_crash(
     );
     let mut i = first_scanned;
     loop {
-        let (segment, outcome) = ActiveSegment::open_scanning(dir, bases[i], config, ScanMode::VerifyAndTruncate)?;
+        let (segment, outcome) =
+            ActiveSegment::open_scanning(dir, bases[i], config, ScanMode::VerifyAndTruncate)?;
         let next_base = bases.get(i + 1).copied();
         let intact = outcome.valid_len == outcome.file_len && Some(segment.core.next) == next_base;
         if !intact {
@@ -154,7 +182,11 @@ fn open_after_crash(
                 checkpoint::sync_dir(dir)?;
             }
             let log_start = log_start.min(segment.core.next);
-            return Ok(Recovered { sealed, active: segment, log_start });
+            return Ok(Recovered {
+                sealed,
+                active: segment,
+                log_start,
+            });
         }
         sealed.push(segment.seal()?);
         i += 1;

@@ -41,7 +41,11 @@ pub(crate) struct MappedLog {
 
 impl MappedLog {
     fn new(file: Arc<File>, path: PathBuf) -> Self {
-        MappedLog { file, path, view: Mutex::new(Bytes::new()) }
+        MappedLog {
+            file,
+            path,
+            view: Mutex::new(Bytes::new()),
+        }
     }
 
     /// Bytes covering at least `[0, len)`. `len` must not exceed the file's length.
@@ -73,7 +77,11 @@ impl SegmentCore {
     }
 
     pub(crate) fn corrupt(&self, position: u64, reason: impl Into<String>) -> StorageError {
-        StorageError::Corrupt { path: self.log_path.to_path_buf(), position, reason: reason.into() }
+        StorageError::Corrupt {
+            path: self.log_path.to_path_buf(),
+            position,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -126,7 +134,13 @@ impl ActiveSegment {
     /// Creates a new, empty segment file and its indexes at `base`.
     pub(crate) fn create(dir: &Path, base: Offset, config: &LogConfig) -> Result<Self> {
         let log_path = segment_file(dir, base, LOG_SUFFIX);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&log_path).at(&log_path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)
+            .at(&log_path)?;
         Self::with_file(dir, base, file, log_path, config, None)
     }
 
@@ -184,7 +198,11 @@ impl ActiveSegment {
         mode: ScanMode,
     ) -> Result<(Self, ScanOutcome)> {
         let log_path = segment_file(dir, base, LOG_SUFFIX);
-        let file = OpenOptions::new().read(true).write(true).open(&log_path).at(&log_path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .at(&log_path)?;
         let file_len = file.metadata().at(&log_path)?.len();
         let mut segment = Self::with_file(dir, base, file, log_path, config, None)?;
         segment.core.size = 0;
@@ -219,12 +237,21 @@ impl ActiveSegment {
             );
             segment.writer.set_len(position).at(path)?;
             segment.writer.sync_all().at(path)?;
-            (&*segment.writer).seek(SeekFrom::Start(position)).at(path)?;
+            (&*segment.writer)
+                .seek(SeekFrom::Start(position))
+                .at(path)?;
         }
         if mode == ScanMode::HeadersOnly {
             segment.core.size = file_len;
         }
-        Ok((segment, ScanOutcome { valid_len: position, file_len, stop_reason }))
+        Ok((
+            segment,
+            ScanOutcome {
+                valid_len: position,
+                file_len,
+                stop_reason,
+            },
+        ))
     }
 
     /// Reopens the active segment left by a clean shutdown, trusting its trimmed indexes: only
@@ -232,7 +259,11 @@ impl ActiveSegment {
     /// Returns `None` when anything does not add up; the caller then scans the whole segment.
     pub(crate) fn open_clean(dir: &Path, base: Offset, config: &LogConfig) -> Result<Option<Self>> {
         let log_path = segment_file(dir, base, LOG_SUFFIX);
-        let file = OpenOptions::new().read(true).write(true).open(&log_path).at(&log_path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .at(&log_path)?;
         let file_len = file.metadata().at(&log_path)?.len();
         let offsets = ReadOnlyIndex::open(&segment_file(dir, base, OFFSET_INDEX_SUFFIX))?;
         let times = ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?;
@@ -304,7 +335,12 @@ impl ActiveSegment {
 
     /// Writes one batch whose header is `header`, with `base` written over its base offset
     /// field on the way out (no copy of the batch is made).
-    pub(crate) fn append(&mut self, base: Offset, header: &BatchHeader, batch: &[u8]) -> Result<()> {
+    pub(crate) fn append(
+        &mut self,
+        base: Offset,
+        header: &BatchHeader,
+        batch: &[u8],
+    ) -> Result<()> {
         let position = self.core.size;
         let base_field = (base.0 as i64).to_be_bytes();
         let mut slices = [IoSlice::new(&base_field), IoSlice::new(&batch[8..])];
@@ -328,7 +364,8 @@ impl ActiveSegment {
             return;
         }
         let rel_base = self.core.relative(header.base_offset());
-        self.offset_index.push(&encode_offset_entry(rel_base, position as u32));
+        self.offset_index
+            .push(&encode_offset_entry(rel_base, position as u32));
         self.indexer.bytes_since_entry = 0;
         let max_ts = self.core.max_timestamp.max(header.max_timestamp);
         if max_ts > self.indexer.last_time_entry {
@@ -342,9 +379,11 @@ impl ActiveSegment {
     /// index, trims and fsyncs both indexes.
     pub(crate) fn seal(mut self) -> Result<SealedSegment> {
         self.writer.sync_data().at(&self.core.log_path)?;
-        if self.core.max_timestamp > self.indexer.last_time_entry && self.core.next > self.core.base {
+        if self.core.max_timestamp > self.indexer.last_time_entry && self.core.next > self.core.base
+        {
             let rel_last = self.core.relative(Offset(self.core.next.0 - 1));
-            self.time_index.push(&encode_time_entry(self.core.max_timestamp, rel_last));
+            self.time_index
+                .push(&encode_time_entry(self.core.max_timestamp, rel_last));
         }
         Ok(SealedSegment {
             offset_index: self.offset_index.seal()?,
@@ -356,17 +395,29 @@ impl ActiveSegment {
 
 /// Checks the batch at the front of `bytes`: a sane header, within the bytes, at the expected
 /// offset, and (when verifying) a CRC that holds.
-pub(crate) fn check_batch_at(bytes: &[u8], expected: Offset, mode: ScanMode) -> Result<BatchHeader, String> {
+pub(crate) fn check_batch_at(
+    bytes: &[u8],
+    expected: Offset,
+    mode: ScanMode,
+) -> Result<BatchHeader, String> {
     if bytes.len() < BATCH_HEADER_LEN {
-        return Err(format!("{} trailing bytes, shorter than a batch header", bytes.len()));
+        return Err(format!(
+            "{} trailing bytes, shorter than a batch header",
+            bytes.len()
+        ));
     }
     let header = BatchHeader::parse(bytes).map_err(|e| e.to_string())?;
     let len = header.total_len();
     if len > bytes.len() {
-        return Err(format!("batch of {len} bytes runs past the end of the file"));
+        return Err(format!(
+            "batch of {len} bytes runs past the end of the file"
+        ));
     }
     if header.base_offset() != expected {
-        return Err(format!("batch base offset {} where {expected} was expected", header.base_offset));
+        return Err(format!(
+            "batch base offset {} where {expected} was expected",
+            header.base_offset
+        ));
     }
     if mode == ScanMode::VerifyAndTruncate {
         RecordBatch::new(&bytes[..len]).map_err(|e| e.to_string())?;
@@ -404,16 +455,24 @@ impl SealedSegment {
         let file = File::open(&log_path).at(&log_path)?;
         let size = file.metadata().at(&log_path)?.len();
         let max_relative = next.0.saturating_sub(base.0).saturating_sub(1);
-        let indexes = ReadOnlyIndex::open(&segment_file(dir, base, OFFSET_INDEX_SUFFIX))
-            .and_then(|o| Ok((o, ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?)));
+        let indexes =
+            ReadOnlyIndex::open(&segment_file(dir, base, OFFSET_INDEX_SUFFIX)).and_then(|o| {
+                Ok((
+                    o,
+                    ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?,
+                ))
+            });
         if let Ok((offsets, times)) = indexes {
             let n_times = times.entries().len() / TIME_ENTRY_LEN;
             if offset_index_is_sane(offsets.entries(), size, max_relative)
                 && time_index_is_sane(times.entries(), max_relative)
                 && (n_times > 0 || size == 0)
             {
-                let max_timestamp =
-                    if n_times == 0 { i64::MIN } else { time_entry(times.entries(), n_times - 1).0 };
+                let max_timestamp = if n_times == 0 {
+                    i64::MIN
+                } else {
+                    time_entry(times.entries(), n_times - 1).0
+                };
                 let file = Arc::new(file);
                 return Ok(SealedSegment {
                     core: SegmentCore {

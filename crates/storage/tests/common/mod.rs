@@ -12,7 +12,12 @@ pub fn batch(records: usize, value_len: usize, ts: i64) -> Bytes {
     for i in 0..records {
         let value = vec![(i % 251) as u8; value_len];
         let key = format!("key-{i}");
-        builder.push(Timestamp(ts + i as i64), Some(key.as_bytes()), Some(&value), &[("h", Some(b"v"))]);
+        builder.push(
+            Timestamp(ts + i as i64),
+            Some(key.as_bytes()),
+            Some(&value),
+            &[("h", Some(b"v"))],
+        );
     }
     builder.build(Offset(0))
 }
@@ -31,7 +36,10 @@ pub fn small_config() -> LogConfig {
 }
 
 pub fn with_durability(durability: Durability) -> LogConfig {
-    LogConfig { durability, ..small_config() }
+    LogConfig {
+        durability,
+        ..small_config()
+    }
 }
 
 pub fn base_of(batch: &[u8]) -> Offset {
