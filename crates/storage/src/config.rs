@@ -65,8 +65,12 @@ impl LogConfig {
                 self.segment_bytes
             ));
         }
-        if self.index_interval_bytes == 0 {
-            return bad("index_interval_bytes must be positive".into());
+        // Index files are preallocated for a full segment: a tiny interval would make them huge.
+        if !(64..=self.segment_bytes).contains(&self.index_interval_bytes) {
+            return bad(format!(
+                "index_interval_bytes {} not in [64, segment_bytes]",
+                self.index_interval_bytes
+            ));
         }
         if !(strata_record::BATCH_HEADER_LEN..=MAX_BATCH_BYTES).contains(&self.max_batch_bytes) {
             return bad(format!(
@@ -82,8 +86,9 @@ impl LogConfig {
         Ok(())
     }
 
-    /// Offset index entries a segment can need: one per interval plus the unindexed head.
-    pub(crate) fn index_capacity(&self) -> usize {
-        (self.segment_bytes / self.index_interval_bytes) as usize + 2
+    /// Offset index entries a segment can need, one per interval plus the unindexed head, for
+    /// a segment of `existing` bytes that may still grow to the configured size.
+    pub(crate) fn index_capacity(&self, existing: u64) -> usize {
+        (existing.max(self.segment_bytes) / self.index_interval_bytes) as usize + 2
     }
 }

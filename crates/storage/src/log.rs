@@ -215,7 +215,12 @@ impl Log {
     }
 
     /// Appends a batch, giving it the next offsets (its base offset field is overwritten on
-    /// the way to disk). The batch must be one whole, valid RecordBatch v2.
+    /// the way to disk). The batch must be one whole, valid RecordBatch v2; its header and CRC
+    /// are checked here, its records are the caller's to validate.
+    ///
+    /// An error from the write or the fsync means the log has failed: the batch may or may not
+    /// be on disk (and may be readable until the log is reopened), and every later write is
+    /// refused. Reopening recovers to what is really on disk.
     pub fn append(&self, batch: &[u8]) -> Result<AppendInfo> {
         self.append_batch(batch, false)
     }
@@ -260,7 +265,7 @@ impl Log {
                     end,
                 });
             }
-            if self.needs_roll(&state.active, batch.len()) {
+            if self.needs_roll(&state.active, batch.len(), header.offset_count()) {
                 self.roll(&mut state)?;
             }
             state
@@ -281,18 +286,21 @@ impl Log {
         Ok(info)
     }
 
-    fn needs_roll(&self, active: &ActiveSegment, incoming: usize) -> bool {
+    fn needs_roll(&self, active: &ActiveSegment, incoming: usize, offsets: u64) -> bool {
         !active.is_empty()
             && (active.core.size + incoming as u64 > self.config.segment_bytes
                 || self
                     .config
                     .segment_age
                     .is_some_and(|age| active.age() >= age)
-                || active.index_full())
+                || active.index_full()
+                || offsets > active.offsets_left())
     }
 
     /// Seals the active segment (fsyncing it) and starts a new one at the end offset.
     fn roll(&self, state: &mut State) -> Result<()> {
+        // The fsync comes first and leaves the log as it was if it fails.
+        state.active.prepare_seal().map_err(|e| self.fail(e))?;
         let next = state.end();
         let fresh = ActiveSegment::create(&self.dir, next, &self.config)?;
         sync_dir(&self.dir)?;
@@ -332,8 +340,14 @@ impl Log {
         Ok(())
     }
 
+    /// Fsyncs if `every` has passed since the last fsync. Never waits behind an fsync in
+    /// flight: that one is recent by definition.
     fn sync_if_older_than(&self, every: Duration) -> Result<()> {
-        let mut last_sync = self.sync_guard();
+        let mut last_sync = match self.sync.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
         if last_sync.elapsed() >= every && self.durable_end_offset() < self.end_offset() {
             self.sync_locked(&mut last_sync)?;
         }
@@ -512,9 +526,10 @@ impl Log {
     }
 
     /// Deletes the oldest sealed segments whose newest record is older than the retention age,
-    /// or while the log would still hold at least the retention size without them. The active
-    /// segment is never deleted.
-    pub fn apply_retention(&self, now: Timestamp) -> Result<RetentionOutcome> {
+    /// or while the log would still hold at least the retention size without them. Only
+    /// segments wholly below `upto` are candidates (the broker passes the high watermark, so
+    /// nothing uncommitted is deleted); the active segment is never deleted.
+    pub fn apply_retention(&self, now: Timestamp, upto: Offset) -> Result<RetentionOutcome> {
         self.ensure_writable()?;
         let mut state = self.write_state();
         let mut total: u64 =
@@ -525,6 +540,9 @@ impl Log {
             .map(|age| now.0.saturating_sub(age.as_millis() as i64));
         let mut doomed = 0;
         for segment in &state.sealed {
+            if segment.core.next > upto {
+                break;
+            }
             let too_old = cutoff.is_some_and(|cutoff| segment.core.max_timestamp < cutoff);
             let too_big = self
                 .config

@@ -4,14 +4,16 @@
 //! (changing bytes behind a `&[u8]`, or SIGBUS past a new end). The invariants that make every
 //! map here sound:
 //!
-//! 1. **Exclusive directory.** A log holds an exclusive `flock` on its directory for its whole
-//!    life ([`crate::log::Log::open`]), so no other process (or second `Log`) writes its files.
+//! 1. **Exclusive directory.** A log holds an exclusive `flock` on `<dir>/.lock` for its whole
+//!    life ([`crate::Log::open`]), so no other process (or second `Log`) writes its files.
 //! 2. **Log files only grow while mapped.** Appends add bytes past every mapped length, and
 //!    a map never covers bytes past the file's length when it is made. Truncation never shrinks
 //!    a mapped log file: it writes the kept prefix to a new file and renames it over the old
 //!    name, so existing maps keep the old inode, unchanged, until their last `Bytes` drops.
-//! 3. **Index maps are private to their segment.** Index entries are copied out under the
-//!    log's lock; an index file is shrunk or rewritten only after its map was dropped.
+//!    Recovery cuts a torn tail only before any map of the file escapes the scan.
+//! 3. **Index maps are private to their segment.** Readers borrow index entries only while
+//!    holding the log's lock; an index file is shrunk only after its writable map was dropped,
+//!    and rebuilt indexes are new files renamed into place.
 #![allow(unsafe_code)]
 
 use std::fs::File;

@@ -102,7 +102,13 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     } else if clean {
         open_clean(dir, &bases, config, log_start)?
     } else {
-        let recovery_point = checkpoint.map_or(Offset::ZERO, |cp| cp.recovery_point);
+        // Without a readable checkpoint, scan the last two segments: a roll fsyncs the old
+        // segment before the checkpoint moves on, so only those two can hold unsynced bytes.
+        // Scanning (and possibly cutting) older, sealed segments would risk deleting good data.
+        let recovery_point = checkpoint.map_or_else(
+            || bases[bases.len().saturating_sub(2)],
+            |cp| cp.recovery_point,
+        );
         open_after_crash(dir, &bases, config, log_start, recovery_point)?
     };
     // From here on a crash is an unclean stop again.

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use strata_record::{BATCH_HEADER_LEN, BatchHeader, Offset, RecordBatch};
@@ -109,7 +109,9 @@ pub(crate) struct ActiveSegment {
     offset_index: WritableIndex,
     time_index: WritableIndex,
     indexer: Indexer,
-    created: Instant,
+    /// When the segment file was created (its birth time where the filesystem keeps one), so
+    /// rolling by age survives restarts.
+    created: SystemTime,
 }
 
 /// How a segment's existing bytes are treated when it is opened by scanning.
@@ -144,24 +146,31 @@ impl ActiveSegment {
         Self::with_file(dir, base, file, log_path, config, None)
     }
 
-    /// `keep_entries`: offset index entries to keep from the existing file, or `None` to write
-    /// both indexes as new files (renamed into place, so a map of the old ones stays valid).
+    /// `keep_entries`: (offset, time) index entries to keep from the existing files, or `None`
+    /// to write both indexes as new files (renamed into place, so maps of the old ones stay
+    /// valid).
     fn with_file(
         dir: &Path,
         base: Offset,
         mut file: File,
         log_path: PathBuf,
         config: &LogConfig,
-        keep_entries: Option<usize>,
+        keep_entries: Option<(usize, usize)>,
     ) -> Result<Self> {
         let size = file.seek(SeekFrom::End(0)).at(&log_path)?;
-        let capacity = config.index_capacity();
+        // Room for every entry the bytes already there can need, even if the configuration
+        // shrank since they were written.
+        let capacity = config.index_capacity(size);
+        let created = file
+            .metadata()
+            .and_then(|m| m.created())
+            .unwrap_or_else(|_| SystemTime::now());
         let offsets_path = segment_file(dir, base, OFFSET_INDEX_SUFFIX);
         let times_path = segment_file(dir, base, TIME_INDEX_SUFFIX);
         let (offset_index, time_index) = match keep_entries {
-            Some(keep) => (
-                WritableIndex::open(&offsets_path, OFFSET_ENTRY_LEN, capacity, keep)?,
-                WritableIndex::open(&times_path, TIME_ENTRY_LEN, capacity + 1, 0)?,
+            Some((offsets, times)) => (
+                WritableIndex::open(&offsets_path, OFFSET_ENTRY_LEN, capacity, offsets)?,
+                WritableIndex::open(&times_path, TIME_ENTRY_LEN, capacity + 1, times)?,
             ),
             None => (
                 WritableIndex::create_new(&offsets_path, OFFSET_ENTRY_LEN, capacity)?,
@@ -186,7 +195,7 @@ impl ActiveSegment {
                 bytes_since_entry: 0,
                 last_time_entry: i64::MIN,
             },
-            created: Instant::now(),
+            created,
         })
     }
 
@@ -213,10 +222,6 @@ impl ActiveSegment {
             let rest = &data[position as usize..];
             match check_batch_at(rest, segment.core.next, mode) {
                 Ok(header) => {
-                    if segment.index_full() {
-                        stop_reason = Some("index capacity exceeded".to_owned());
-                        break;
-                    }
                     segment.index_batch(&header, position);
                     let len = header.total_len() as u64;
                     segment.note_appended(&header, len);
@@ -265,24 +270,45 @@ impl ActiveSegment {
             .open(&log_path)
             .at(&log_path)?;
         let file_len = file.metadata().at(&log_path)?.len();
-        let offsets = ReadOnlyIndex::open(&segment_file(dir, base, OFFSET_INDEX_SUFFIX))?;
-        let times = ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?;
+        let indexes = ReadOnlyIndex::open(&segment_file(dir, base, OFFSET_INDEX_SUFFIX)).and_then(
+            |offsets| {
+                Ok((
+                    offsets,
+                    ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?,
+                ))
+            },
+        );
+        let Ok((offsets, times)) = indexes else {
+            return Ok(None);
+        };
         if !offset_index_is_sane(offsets.entries(), file_len, u64::from(u32::MAX))
             || !time_index_is_sane(times.entries(), u64::from(u32::MAX))
         {
             return Ok(None);
         }
-        let kept = offsets.entries().len() / OFFSET_ENTRY_LEN;
-        let (mut next, mut position) = match kept {
+        let kept_offsets = offsets.entries().len() / OFFSET_ENTRY_LEN;
+        let kept_times = times.entries().len() / TIME_ENTRY_LEN;
+        let (mut next, mut position) = match kept_offsets {
             0 => (base, 0),
             n => {
                 let (rel, pos) = offset_entry(offsets.entries(), n - 1);
                 (base.plus(u64::from(rel)), u64::from(pos))
             }
         };
-        let time_entries: Vec<u8> = times.entries().to_vec();
+        let max_timestamp = match kept_times {
+            0 => i64::MIN,
+            n => time_entry(times.entries(), n - 1).0,
+        };
+        // The writable maps below reopen these files; the read-only maps go first (mmap.rs).
         drop((offsets, times));
-        let mut segment = Self::with_file(dir, base, file, log_path, config, Some(kept))?;
+        let mut segment = Self::with_file(
+            dir,
+            base,
+            file,
+            log_path,
+            config,
+            Some((kept_offsets, kept_times)),
+        )?;
         let data = segment.core.data.view(file_len)?;
         while position < file_len {
             match check_batch_at(&data[position as usize..], next, ScanMode::HeadersOnly) {
@@ -294,13 +320,8 @@ impl ActiveSegment {
                 Err(_) => return Ok(None),
             }
         }
-        let max_timestamp = match time_entries.len() / TIME_ENTRY_LEN {
-            0 if next > base => return Ok(None),
-            0 => i64::MIN,
-            n => time_entry(&time_entries, n - 1).0,
-        };
-        for entry in time_entries.chunks_exact(TIME_ENTRY_LEN) {
-            segment.time_index.push(entry);
+        if kept_times == 0 && next > base {
+            return Ok(None); // a non-empty segment closed cleanly always has a time entry
         }
         segment.indexer.last_time_entry = max_timestamp;
         segment.core.next = next;
@@ -320,8 +341,16 @@ impl ActiveSegment {
         self.core.size == 0
     }
 
-    pub(crate) fn age(&self) -> std::time::Duration {
-        self.created.elapsed()
+    pub(crate) fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.created)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Offsets the segment can still take: index entries store offsets relative to the base
+    /// in 32 bits.
+    pub(crate) fn offsets_left(&self) -> u64 {
+        (self.core.base.0 + u64::from(u32::MAX)).saturating_sub(self.core.next.0)
     }
 
     pub(crate) fn index_full(&self) -> bool {
@@ -375,16 +404,24 @@ impl ActiveSegment {
         }
     }
 
-    /// Makes the segment immutable: fsyncs the log, records its final max timestamp in the time
-    /// index, trims and fsyncs both indexes.
-    pub(crate) fn seal(mut self) -> Result<SealedSegment> {
+    /// The fallible part of sealing that leaves the segment usable if it fails: fsyncs the
+    /// log and records the final max timestamp in the time index. Idempotent.
+    pub(crate) fn prepare_seal(&mut self) -> Result<()> {
         self.writer.sync_data().at(&self.core.log_path)?;
         if self.core.max_timestamp > self.indexer.last_time_entry && self.core.next > self.core.base
         {
             let rel_last = self.core.relative(Offset(self.core.next.0 - 1));
             self.time_index
                 .push(&encode_time_entry(self.core.max_timestamp, rel_last));
+            self.indexer.last_time_entry = self.core.max_timestamp;
         }
+        Ok(())
+    }
+
+    /// Makes the segment immutable: [`Self::prepare_seal`], then trims and fsyncs both indexes
+    /// and reopens them read-only.
+    pub(crate) fn seal(mut self) -> Result<SealedSegment> {
+        self.prepare_seal()?;
         Ok(SealedSegment {
             offset_index: self.offset_index.seal()?,
             time_index: self.time_index.seal()?,

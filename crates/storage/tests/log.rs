@@ -269,7 +269,14 @@ fn retention_by_size_and_age_drops_whole_sealed_segments() {
         log.append(&batch(2, 150, i)).unwrap();
     }
     let size = log.size_bytes();
-    let outcome = log.apply_retention(Timestamp(0)).unwrap();
+    // Nothing is deleted above the bound the caller gives (the high watermark).
+    assert_eq!(
+        log.apply_retention(Timestamp(0), Offset(3))
+            .unwrap()
+            .segments_deleted,
+        0
+    );
+    let outcome = log.apply_retention(Timestamp(0), log.end_offset()).unwrap();
     assert!(outcome.segments_deleted > 0);
     assert!(log.size_bytes() >= 8192 && log.size_bytes() < size);
     assert_eq!(log.start_offset(), log.segment_bases()[0]);
@@ -282,7 +289,8 @@ fn retention_by_size_and_age_drops_whole_sealed_segments() {
     };
     let log = Log::open(dir.path(), config).unwrap();
     // Timestamps are 0..60 ms: at now = 10 s + 30 ms, segments whose newest record is < 30 go.
-    log.apply_retention(Timestamp(10_030)).unwrap();
+    log.apply_retention(Timestamp(10_030), log.end_offset())
+        .unwrap();
     let first = log.read(log.start_offset(), 1).unwrap();
     let header = *RecordBatch::new(&first[0]).unwrap().header();
     assert!(
@@ -290,7 +298,8 @@ fn retention_by_size_and_age_drops_whole_sealed_segments() {
         "kept segments are the young ones"
     );
     // Everything old: all sealed segments go, the active one stays.
-    log.apply_retention(Timestamp(1_000_000)).unwrap();
+    log.apply_retention(Timestamp(1_000_000), log.end_offset())
+        .unwrap();
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.end_offset(), Offset(120));
 }
@@ -425,4 +434,78 @@ fn concurrent_appenders_share_fsyncs_and_lose_nothing() {
     offsets.sort();
     assert_eq!(offsets, (0..200).map(Offset).collect::<Vec<_>>());
     assert_eq!(log.durable_end_offset(), Offset(200));
+}
+
+#[test]
+fn reopening_with_a_smaller_configuration_keeps_every_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = LogConfig {
+        segment_bytes: 1 << 20,
+        index_interval_bytes: 4096,
+        ..small_config()
+    };
+    {
+        let log = Log::open(dir.path(), big).unwrap();
+        for i in 0..100 {
+            log.append(&batch(2, 150, i)).unwrap();
+        }
+        log.flush().unwrap();
+    } // crash
+    // Far denser index and far smaller segments than the data was written with.
+    let small = LogConfig {
+        index_interval_bytes: 64,
+        segment_bytes: 2048,
+        ..small_config()
+    };
+    let log = Log::open(dir.path(), small.clone()).unwrap();
+    assert_eq!(log.end_offset(), Offset(200));
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small).unwrap();
+    assert_eq!(log.end_offset(), Offset(200));
+    assert_eq!(log.read(Offset(0), usize::MAX).unwrap().len(), 100);
+}
+
+#[test]
+fn clean_reopen_with_a_missing_active_index_scans_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        for i in 0..40 {
+            log.append(&batch(2, 150, i)).unwrap();
+        }
+        log.close().unwrap();
+    }
+    fs::remove_file(segment_files(dir.path(), "timeindex").pop().unwrap()).unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.end_offset(), Offset(80));
+    assert_eq!(
+        log.offset_for_time(Timestamp(39)).unwrap(),
+        Some(Offset(77))
+    );
+}
+
+#[test]
+fn without_a_checkpoint_only_the_last_segments_are_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        for i in 0..40 {
+            log.append(&batch(2, 150, i)).unwrap();
+        }
+        log.flush().unwrap();
+    }
+    // Damage the oldest segment and lose the checkpoint: the damage is reported on read, and
+    // does not make recovery delete the segments after it.
+    let first = segment_files(dir.path(), "log")[0].clone();
+    let mut bytes = fs::read(&first).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&first, bytes).unwrap();
+    fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.end_offset(), Offset(80));
+    assert!(matches!(
+        log.read(Offset(0), 1),
+        Err(StorageError::Corrupt { .. })
+    ));
+    assert_eq!(log.read(Offset(40), usize::MAX).unwrap().len(), 20);
 }
