@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,7 +47,8 @@ pub struct RetentionOutcome {
 #[derive(Debug)]
 pub struct Log {
     dir: PathBuf,
-    config: LogConfig,
+    /// Swapped whole by [`Log::set_config`]; each operation works on one snapshot.
+    config: RwLock<Arc<LogConfig>>,
     state: RwLock<State>,
     /// Serialises fsyncs and remembers when the last one finished.
     sync: Mutex<Instant>,
@@ -129,7 +130,7 @@ impl Log {
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
             dir,
-            config,
+            config: RwLock::new(Arc::new(config)),
             state: RwLock::new(State {
                 sealed: recovered.sealed,
                 active: recovered.active,
@@ -146,8 +147,21 @@ impl Log {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<LogConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes the configuration of an open log (a topic's settings were altered). Sizes and
+    /// ages apply from the next append or retention pass; segments already written keep their
+    /// size.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        Ok(())
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -233,10 +247,10 @@ impl Log {
 
     fn append_batch(&self, batch: &[u8], keep_offset: bool) -> Result<AppendInfo> {
         self.ensure_writable()?;
-        if batch.len() > self.config.max_batch_bytes {
+        if batch.len() > self.config().max_batch_bytes {
             return Err(StorageError::BatchTooLarge {
                 size: batch.len(),
-                limit: self.config.max_batch_bytes,
+                limit: self.config().max_batch_bytes,
             });
         }
         let header = *RecordBatch::new(batch)?.header();
@@ -278,7 +292,7 @@ impl Log {
                 max_timestamp: header.max_timestamp(),
             }
         };
-        match self.config.durability {
+        match self.config().durability {
             Durability::EveryAppend => self.sync_through(info.last_offset.plus(1))?,
             Durability::Interval(every) => self.sync_if_older_than(every)?,
             Durability::Never => {}
@@ -287,12 +301,10 @@ impl Log {
     }
 
     fn needs_roll(&self, active: &ActiveSegment, incoming: usize, offsets: u64) -> bool {
+        let config = self.config();
         !active.is_empty()
-            && (active.core.size + incoming as u64 > self.config.segment_bytes
-                || self
-                    .config
-                    .segment_age
-                    .is_some_and(|age| active.age() >= age)
+            && (active.core.size + incoming as u64 > config.segment_bytes
+                || config.segment_age.is_some_and(|age| active.age() >= age)
                 || active.index_full()
                 || offsets > active.offsets_left())
     }
@@ -302,7 +314,7 @@ impl Log {
         // The fsync comes first and leaves the log as it was if it fails.
         state.active.prepare_seal().map_err(|e| self.fail(e))?;
         let next = state.end();
-        let fresh = ActiveSegment::create(&self.dir, next, &self.config)?;
+        let fresh = ActiveSegment::create(&self.dir, next, &self.config())?;
         sync_dir(&self.dir)?;
         let old = std::mem::replace(&mut state.active, fresh);
         let sealed = old.seal().map_err(|e| self.fail(e))?;
@@ -364,7 +376,7 @@ impl Log {
     /// something is pending. The owner calls this from a timer so that an idle log is flushed
     /// too. A no-op in the other modes.
     pub fn flush_if_due(&self) -> Result<()> {
-        match self.config.durability {
+        match self.config().durability {
             Durability::Interval(every) => {
                 self.ensure_writable()?;
                 self.sync_if_older_than(every)
@@ -457,7 +469,7 @@ impl Log {
         let (active, outcome) = ActiveSegment::open_scanning(
             &self.dir,
             base,
-            &self.config,
+            &self.config(),
             ScanMode::VerifyAndTruncate,
         )?;
         if outcome.valid_len != keep {
@@ -483,7 +495,7 @@ impl Log {
             return Ok(());
         }
         if offset > state.end() {
-            let fresh = ActiveSegment::create(&self.dir, offset, &self.config)?;
+            let fresh = ActiveSegment::create(&self.dir, offset, &self.config())?;
             let old: Vec<Offset> = state.segments().iter().map(|s| s.core.base).collect();
             state.sealed.clear();
             state.active = fresh;
@@ -534,8 +546,8 @@ impl Log {
         let mut state = self.write_state();
         let mut total: u64 =
             state.sealed.iter().map(|s| s.core.size).sum::<u64>() + state.active.core.size;
-        let cutoff = self
-            .config
+        let config = self.config();
+        let cutoff = config
             .retention_age
             .map(|age| now.0.saturating_sub(age.as_millis() as i64));
         let mut doomed = 0;
@@ -544,8 +556,7 @@ impl Log {
                 break;
             }
             let too_old = cutoff.is_some_and(|cutoff| segment.core.max_timestamp < cutoff);
-            let too_big = self
-                .config
+            let too_big = config
                 .retention_bytes
                 .is_some_and(|limit| total - segment.core.size >= limit);
             if !(too_old || too_big) {

@@ -1,0 +1,92 @@
+//! The broker's errors and their one mapping to gRPC status codes.
+
+use strata_record::RecordError;
+use strata_storage::StorageError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("unknown consumer group {0:?}")]
+    UnknownGroup(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// A group member that is unknown, expired or behind the current epoch.
+    #[error("{0}")]
+    Fenced(String),
+    #[error("{0}")]
+    GroupNotEmpty(String),
+    #[error(
+        "offset {offset} is out of range for {topic}/{partition}: valid offsets are [{start}, {end}]"
+    )]
+    OffsetOutOfRange {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        start: u64,
+        end: u64,
+    },
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] RecordError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+impl BrokerError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BrokerError {
+        let context = context.into();
+        move |source| BrokerError::Io { context, source }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            BrokerError::UnknownTopic(_)
+            | BrokerError::UnknownPartition { .. }
+            | BrokerError::UnknownGroup(_) => Code::NotFound,
+            BrokerError::TopicExists(_) => Code::AlreadyExists,
+            BrokerError::InvalidArgument(_) | BrokerError::InvalidBatch(_) => Code::InvalidArgument,
+            BrokerError::TooLarge(_) => Code::ResourceExhausted,
+            BrokerError::Fenced(_) | BrokerError::GroupNotEmpty(_) => Code::FailedPrecondition,
+            BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,
+            BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::Io { .. } => Code::Internal,
+            BrokerError::Storage(err) => match err {
+                StorageError::InvalidBatch(_) | StorageError::NonSequentialOffset { .. } => {
+                    Code::InvalidArgument
+                }
+                StorageError::BatchTooLarge { .. } => Code::ResourceExhausted,
+                StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
+                StorageError::Corrupt { .. } => Code::DataLoss,
+                StorageError::Failed { .. } => Code::Unavailable,
+                _ => Code::Internal,
+            },
+        }
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(err: BrokerError) -> Status {
+        let code = err.code();
+        if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
+            tracing::error!(error = %err, "request failed");
+        }
+        Status::new(code, err.to_string())
+    }
+}

@@ -1,0 +1,216 @@
+//! Starting, serving and stopping a broker.
+
+use std::fs::{self, File};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_proto::admin_server::AdminServer;
+use strata_proto::broker_server::BrokerServer;
+use strata_proto::{BrokerInfo, MetadataResponse, PartitionMetadata, TopicMetadata};
+use strata_record::Timestamp;
+use strata_storage::Durability;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{BrokerError, Result};
+use crate::groups::{Groups, OffsetStore};
+use crate::service::{AdminService, BrokerService};
+use crate::topics::Topics;
+
+/// How a broker runs. `strata server` fills it from flags, environment and defaults.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `host:port` clients are told to connect to.
+    pub advertise: String,
+    /// When partition logs fsync (default: every append).
+    pub durability: Durability,
+    /// How often retention (and interval fsyncs) run.
+    pub maintenance_interval: Duration,
+    /// Largest gRPC request accepted; checked from the length prefix before the request is read.
+    pub max_request_bytes: usize,
+}
+
+impl BrokerConfig {
+    /// A single node with everything at its default.
+    pub fn single_node(data_dir: PathBuf, listen: SocketAddr) -> BrokerConfig {
+        let advertise = if listen.ip().is_unspecified() {
+            format!("localhost:{}", listen.port())
+        } else {
+            listen.to_string()
+        };
+        BrokerConfig {
+            node_id: 1,
+            data_dir,
+            listen,
+            advertise,
+            durability: Durability::EveryAppend,
+            maintenance_interval: Duration::from_secs(30),
+            max_request_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the services share.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: BrokerConfig,
+    pub topics: Arc<Topics>,
+    pub groups: Arc<Groups>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Shared {
+    pub fn metadata(&self, wanted: &[String]) -> Result<MetadataResponse> {
+        let topics = if wanted.is_empty() {
+            self.topics.all()
+        } else {
+            wanted
+                .iter()
+                .map(|name| self.topics.get(name))
+                .collect::<Result<Vec<_>>>()?
+        };
+        let node = self.config.node_id;
+        Ok(MetadataResponse {
+            brokers: vec![BrokerInfo {
+                node_id: node,
+                address: self.config.advertise.clone(),
+            }],
+            topics: topics
+                .iter()
+                .map(|t| TopicMetadata {
+                    name: t.name.to_string(),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionMetadata {
+                            partition: p.id(),
+                            leader: node,
+                            replicas: vec![node],
+                        })
+                        .collect(),
+                })
+                .collect(),
+            controller_id: node,
+        })
+    }
+}
+
+/// Retention and interval fsyncs, until shutdown.
+async fn maintenance(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(shared.config.maintenance_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let topics = shared.topics.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let now = Timestamp::now();
+            for topic in topics.all() {
+                for partition in &topic.partitions {
+                    let log = partition.log();
+                    if let Err(err) = log.flush_if_due() {
+                        tracing::error!(topic = %topic.name, partition = partition.id(), error = %err, "interval fsync failed");
+                    }
+                    if let Err(err) = log.apply_retention(now, partition.high_watermark()) {
+                        tracing::error!(topic = %topic.name, partition = partition.id(), error = %err, "retention failed");
+                    }
+                }
+            }
+        });
+        let _ = pass.await;
+    }
+}
+
+/// Runs a broker until `shutdown` is cancelled, then stops accepting, lets in-flight requests
+/// finish, and closes every log cleanly. `on_ready` gets the bound address once clients can
+/// connect.
+pub async fn run(
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    fs::create_dir_all(&config.data_dir).map_err(BrokerError::io(format!(
+        "creating {}",
+        config.data_dir.display()
+    )))?;
+    let lock_path = config.data_dir.join(".lock");
+    let lock = File::create(&lock_path)
+        .map_err(BrokerError::io(format!("creating {}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(BrokerError::InvalidArgument(format!(
+            "data directory {} is in use by another strata server",
+            config.data_dir.display()
+        )));
+    }
+    let offsets = OffsetStore::open(&config.data_dir.join("groups").join("offsets"))?;
+    let topics = Arc::new(Topics::open(&config.data_dir, config.durability)?);
+    let groups = Arc::new(Groups::new(offsets));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(BrokerError::io(format!("listening on {}", config.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(BrokerError::io("reading the bound address"))?;
+    let max_request = config.max_request_bytes;
+    let shared = Arc::new(Shared {
+        config,
+        topics,
+        groups,
+        shutdown: shutdown.clone(),
+        tasks: TaskTracker::new(),
+    });
+    shared.tasks.spawn(maintenance(shared.clone()));
+
+    let broker = BrokerServer::new(BrokerService::new(shared.clone()))
+        .max_decoding_message_size(max_request)
+        .max_encoding_message_size(usize::MAX);
+    let admin =
+        AdminServer::new(AdminService::new(shared.clone())).max_decoding_message_size(1024 * 1024);
+    tracing::info!(
+        address = %local, node_id = shared.config.node_id, data_dir = %shared.config.data_dir.display(),
+        "strata server listening"
+    );
+    on_ready(local);
+    let served = tonic::transport::Server::builder()
+        .add_service(broker)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await;
+    tracing::info!("stopped accepting requests; closing logs");
+    shared.tasks.close();
+    shared.tasks.wait().await;
+    if let Err(err) = served {
+        tracing::error!(error = %err, "gRPC server failed");
+    }
+    let shared = Arc::try_unwrap(shared).map_err(|_| BrokerError::ShuttingDown)?;
+    close_all(shared);
+    drop(lock);
+    tracing::info!("strata server stopped cleanly");
+    Ok(())
+}
+
+/// Closes every log with a clean-shutdown marker. Anything still shared is left to recovery.
+fn close_all(shared: Shared) {
+    match Arc::try_unwrap(shared.topics) {
+        Ok(topics) => topics.close(),
+        Err(_) => {
+            tracing::warn!("topics still in use at shutdown; their logs will be recovered on start")
+        }
+    }
+    let Shared { groups, .. } = shared;
+    if let Ok(groups) = Arc::try_unwrap(groups)
+        && let Err(err) = groups.close()
+    {
+        tracing::warn!(error = %err, "closing the offsets log");
+    }
+}

@@ -1,0 +1,315 @@
+//! The admin API: topics, groups, offset resets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use strata_proto::admin_server::Admin;
+use strata_proto::reset_offsets_request::Strategy;
+use strata_proto::{
+    AlterTopicRequest, CreateTopicRequest, DeleteGroupRequest, DeleteGroupResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeGroupRequest, DescribeTopicRequest,
+    GroupDescription, GroupMember, GroupSummary, ListGroupsRequest, ListGroupsResponse,
+    ListTopicsRequest, ListTopicsResponse, OffsetChange, PartitionDescription, PartitionLag,
+    ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicSummary,
+};
+use tonic::{Request, Response, Status};
+
+use super::{blocking, respond};
+use crate::convert::to_topic_partitions;
+use crate::error::{BrokerError, Result};
+use crate::groups::{ResetScope, ResetStrategy, reset_offsets};
+use crate::server::Shared;
+use crate::topics::Topic;
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    shared: Arc<Shared>,
+}
+
+impl AdminService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        AdminService { shared }
+    }
+
+    fn describe(&self, topic: &Topic) -> TopicDescription {
+        let meta = topic.meta();
+        let node = self.shared.config.node_id;
+        TopicDescription {
+            name: meta.name.clone(),
+            replication_factor: meta.replication_factor,
+            partitions: topic
+                .partitions
+                .iter()
+                .map(|p| PartitionDescription {
+                    partition: p.id(),
+                    leader: node,
+                    replicas: vec![node],
+                    log_start_offset: p.log_start().0,
+                    high_watermark: p.high_watermark().0,
+                    size_bytes: p.log().size_bytes(),
+                })
+                .collect(),
+            configs: meta.config.to_map().into_iter().collect(),
+        }
+    }
+}
+
+fn strategy(request: &ResetOffsetsRequest) -> Result<ResetStrategy> {
+    let Some(strategy) = &request.strategy else {
+        return Err(BrokerError::InvalidArgument(
+            "choose a reset strategy (to-earliest, to-latest, to-current, to-offset, shift-by, to-datetime, by-duration, from-file)".into(),
+        ));
+    };
+    Ok(match strategy {
+        Strategy::ToEarliest(_) => ResetStrategy::Earliest,
+        Strategy::ToLatest(_) => ResetStrategy::Latest,
+        Strategy::ToCurrent(_) => ResetStrategy::Current,
+        Strategy::ToOffset(o) => ResetStrategy::ToOffset(*o),
+        Strategy::ShiftBy(n) => ResetStrategy::ShiftBy(*n),
+        Strategy::ToDatetimeMs(ms) => ResetStrategy::ToDatetime(*ms),
+        Strategy::ByDurationMs(ms) if *ms >= 0 => ResetStrategy::ByDuration(*ms),
+        Strategy::ByDurationMs(_) => {
+            return Err(BrokerError::InvalidArgument(
+                "by-duration must not be negative".into(),
+            ));
+        }
+        Strategy::FromList(list) => {
+            if list.offsets.is_empty() {
+                return Err(BrokerError::InvalidArgument(
+                    "from-file lists no offsets".into(),
+                ));
+            }
+            ResetStrategy::FromList(
+                list.offsets
+                    .iter()
+                    .map(|o| ((o.topic.clone(), o.partition), o.offset))
+                    .collect(),
+            )
+        }
+    })
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let request = request.into_inner();
+        respond("create_topic", async {
+            let shared = self.shared.clone();
+            let topic = blocking(move || {
+                shared.topics.create(
+                    &request.name,
+                    request.partitions,
+                    request.replication_factor,
+                    1,
+                    &request.configs,
+                )
+            })
+            .await?;
+            Ok(self.describe(&topic))
+        })
+        .await
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        respond("list_topics", async {
+            let topics = self
+                .shared
+                .topics
+                .all()
+                .iter()
+                .map(|t| {
+                    let meta = t.meta();
+                    TopicSummary {
+                        name: meta.name,
+                        partitions: meta.partitions,
+                        replication_factor: meta.replication_factor,
+                    }
+                })
+                .collect();
+            Ok(ListTopicsResponse { topics })
+        })
+        .await
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let request = request.into_inner();
+        respond("describe_topic", async {
+            let topic = self.shared.topics.get(&request.name)?;
+            Ok(self.describe(&topic))
+        })
+        .await
+    }
+
+    async fn alter_topic(
+        &self,
+        request: Request<AlterTopicRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let request = request.into_inner();
+        respond("alter_topic", async {
+            if request.configs.is_empty() {
+                return Err(BrokerError::InvalidArgument(
+                    "give at least one --config KEY=VALUE".into(),
+                ));
+            }
+            let shared = self.shared.clone();
+            let changes: HashMap<String, String> = request.configs;
+            let topic = blocking(move || shared.topics.alter(&request.name, &changes)).await?;
+            Ok(self.describe(&topic))
+        })
+        .await
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let request = request.into_inner();
+        respond("delete_topic", async {
+            let shared = self.shared.clone();
+            blocking(move || shared.topics.delete(&request.name)).await?;
+            Ok(DeleteTopicResponse {})
+        })
+        .await
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        respond("list_groups", async {
+            let groups = self
+                .shared
+                .groups
+                .list()
+                .into_iter()
+                .map(|(group_id, state, members)| GroupSummary {
+                    group_id,
+                    state: state.into(),
+                    members: members as u32,
+                })
+                .collect();
+            Ok(ListGroupsResponse { groups })
+        })
+        .await
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<GroupDescription>, Status> {
+        let request = request.into_inner();
+        respond("describe_group", async {
+            let view = self.shared.groups.describe(&request.group_id)?;
+            let mut rows: std::collections::BTreeSet<_> = view.committed.keys().cloned().collect();
+            rows.extend(view.owners.keys().cloned());
+            let partitions = rows
+                .into_iter()
+                .map(|tp| {
+                    let committed = view.committed.get(&tp).map(|c| c.offset);
+                    let (start, end) = match self.shared.topics.partition(&tp.0, tp.1) {
+                        Ok(p) => (p.log_start().0, p.high_watermark().0),
+                        Err(_) => (0, 0), // the topic was deleted since the commit
+                    };
+                    PartitionLag {
+                        owner: view.owners.get(&tp).cloned().unwrap_or_default(),
+                        topic: tp.0,
+                        partition: tp.1,
+                        committed_offset: committed,
+                        log_end_offset: end,
+                        lag: end.saturating_sub(committed.unwrap_or(start)),
+                    }
+                })
+                .collect();
+            Ok(GroupDescription {
+                group_id: view.group_id,
+                state: view.state.into(),
+                group_epoch: view.epoch,
+                assignor: view.assignor.into(),
+                members: view
+                    .members
+                    .into_iter()
+                    .map(|m| GroupMember {
+                        member_id: m.member_id,
+                        client_id: m.client_id,
+                        member_epoch: m.epoch,
+                        subscribed_topics: m.subscribed,
+                        assignment: to_topic_partitions(&m.assignment),
+                    })
+                    .collect(),
+                partitions,
+                offsets_epoch: view.offsets_epoch,
+            })
+        })
+        .await
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        let request = request.into_inner();
+        respond("delete_group", async {
+            let shared = self.shared.clone();
+            blocking(move || shared.groups.delete(&request.group_id)).await?;
+            Ok(DeleteGroupResponse {})
+        })
+        .await
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<ResetOffsetsRequest>,
+    ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        respond("reset_offsets", async {
+            let strategy = strategy(&request)?;
+            let scope = if request.all_topics {
+                ResetScope::AllTopics
+            } else {
+                if request.topics.is_empty() && !matches!(strategy, ResetStrategy::FromList(_)) {
+                    return Err(BrokerError::InvalidArgument(
+                        "give --topic T[:P,P…] or --all-topics".into(),
+                    ));
+                }
+                ResetScope::Topics(
+                    request
+                        .topics
+                        .iter()
+                        .map(|t| (t.topic.clone(), t.partitions.clone()))
+                        .collect(),
+                )
+            };
+            let changes = reset_offsets(
+                &self.shared.groups,
+                &self.shared.topics,
+                &request.group_id,
+                scope,
+                strategy,
+                request.execute,
+            )
+            .await?;
+            Ok(ResetOffsetsResponse {
+                changes: changes
+                    .into_iter()
+                    .map(|c| OffsetChange {
+                        topic: c.partition.0,
+                        partition: c.partition.1,
+                        previous_offset: c.previous,
+                        new_offset: c.new,
+                    })
+                    .collect(),
+                executed: request.execute,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,295 @@
+//! The client API: produce, fetch, metadata, list offsets, group membership and offsets.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use strata_proto::broker_server::Broker;
+use strata_proto::{
+    BatchOffsets, CommitOffsetsRequest, CommitOffsetsResponse, FetchOffsetsRequest,
+    FetchOffsetsResponse, FetchRequest, FetchResponse, GroupHeartbeatRequest,
+    GroupHeartbeatResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetSpec, PartitionOffset, ProduceRequest, ProduceResponse,
+};
+use strata_record::{Offset, Timestamp};
+use tonic::{Request, Response, Status};
+
+use super::{blocking, respond};
+use crate::convert::{from_topic_partitions, to_topic_partitions};
+use crate::error::BrokerError;
+use crate::groups::{Committed, Heartbeat};
+use crate::partition::Fetched;
+use crate::server::Shared;
+
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+const DEFAULT_FETCH_BYTES: usize = 1024 * 1024;
+const MAX_FETCH_BYTES: usize = 64 * 1024 * 1024;
+/// How long one round of a Subscribe stream waits before looking again.
+const SUBSCRIBE_POLL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct BrokerService {
+    shared: Arc<Shared>,
+}
+
+impl BrokerService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        BrokerService { shared }
+    }
+}
+
+fn fetch_bytes(requested: u32) -> usize {
+    match requested {
+        0 => DEFAULT_FETCH_BYTES,
+        n => (n as usize).min(MAX_FETCH_BYTES),
+    }
+}
+
+fn fetch_response(fetched: Fetched) -> FetchResponse {
+    FetchResponse {
+        batches: fetched.batches,
+        high_watermark: fetched.high_watermark.0,
+        log_start_offset: fetched.log_start.0,
+    }
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic, partition = request.get_ref().partition))]
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let request = request.into_inner();
+        respond("produce", async {
+            if request.batches.is_empty() {
+                return Err(BrokerError::InvalidArgument(
+                    "a produce request needs at least one batch".into(),
+                ));
+            }
+            let partition = self
+                .shared
+                .topics
+                .partition(&request.topic, request.partition)?;
+            let _acks = request.acks(); // one node: leader and all are the same durable append
+            let infos = partition.append(request.batches).await?;
+            Ok(ProduceResponse {
+                batches: infos
+                    .iter()
+                    .map(|i| BatchOffsets {
+                        base_offset: i.base_offset.0,
+                        last_offset: i.last_offset.0,
+                    })
+                    .collect(),
+                log_end_offset: partition.log().end_offset().0,
+            })
+        })
+        .await
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let request = request.into_inner();
+        respond("fetch", async {
+            let partition = self
+                .shared
+                .topics
+                .partition(&request.topic, request.partition)?;
+            let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_WAIT_CAP);
+            let fetched = partition
+                .fetch(
+                    Offset(request.offset),
+                    fetch_bytes(request.max_bytes),
+                    request.min_bytes as usize,
+                    wait,
+                    &self.shared.shutdown,
+                )
+                .await?;
+            Ok(fetch_response(fetched))
+        })
+        .await
+    }
+
+    type SubscribeStream = FetchStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let partition = self
+            .shared
+            .topics
+            .partition(&request.topic, request.partition)
+            .map_err(Status::from)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let shutdown = self.shared.shutdown.clone();
+        let max_bytes = fetch_bytes(request.max_bytes);
+        self.shared.tasks.spawn(async move {
+            let mut offset = Offset(request.offset);
+            loop {
+                let fetched = tokio::select! {
+                    _ = tx.closed() => return,
+                    fetched = partition.fetch(offset, max_bytes, 1, SUBSCRIBE_POLL, &shutdown) => fetched,
+                };
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match fetched {
+                    Ok(fetched) if fetched.batches.is_empty() => continue,
+                    Ok(fetched) => {
+                        let last = fetched.batches.last().and_then(|b| strata_record::BatchHeader::parse(b).ok());
+                        if let Some(header) = last {
+                            offset = header.last_offset().plus(1);
+                        }
+                        if tx.send(Ok(fetch_response(fetched))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(err.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn metadata(
+        &self,
+        request: Request<MetadataRequest>,
+    ) -> Result<Response<MetadataResponse>, Status> {
+        let request = request.into_inner();
+        respond("metadata", async { self.shared.metadata(&request.topics) }).await
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        respond("list_offsets", async {
+            let partition = self
+                .shared
+                .topics
+                .partition(&request.topic, request.partition)?;
+            let offset = match request.spec() {
+                OffsetSpec::Earliest => partition.log_start(),
+                OffsetSpec::Latest | OffsetSpec::Unspecified => partition.high_watermark(),
+                OffsetSpec::Timestamp => {
+                    partition
+                        .offset_for_time(Timestamp(request.timestamp_ms))
+                        .await?
+                }
+            };
+            Ok(ListOffsetsResponse { offset: offset.0 })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group_id))]
+    async fn group_heartbeat(
+        &self,
+        request: Request<GroupHeartbeatRequest>,
+    ) -> Result<Response<GroupHeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        respond("group_heartbeat", async {
+            let heartbeat = Heartbeat {
+                owned: from_topic_partitions(&request.owned_partitions)
+                    .into_iter()
+                    .collect(),
+                group_id: request.group_id,
+                member_id: request.member_id,
+                member_epoch: request.member_epoch,
+                subscribed_topics: request.subscribed_topics,
+                session_timeout_ms: request.session_timeout_ms,
+                assignor: request.assignor,
+                client_id: request.client_id,
+            };
+            let reply = self
+                .shared
+                .groups
+                .heartbeat(heartbeat, &self.shared.topics)?;
+            Ok(GroupHeartbeatResponse {
+                member_id: reply.member_id,
+                member_epoch: reply.member_epoch,
+                heartbeat_interval_ms: reply.heartbeat_interval.as_millis() as u32,
+                assignment: to_topic_partitions(&reply.assignment),
+                offsets_epoch: reply.offsets_epoch,
+            })
+        })
+        .await
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        respond("commit_offsets", async {
+            let offsets: Vec<_> = request
+                .offsets
+                .into_iter()
+                .map(|o| {
+                    (
+                        (o.topic, o.partition),
+                        Committed {
+                            offset: o.offset,
+                            metadata: o.metadata,
+                        },
+                    )
+                })
+                .collect();
+            let shared = self.shared.clone();
+            blocking(move || {
+                shared.groups.commit(
+                    &request.group_id,
+                    &request.member_id,
+                    request.member_epoch,
+                    &offsets,
+                    &shared.topics,
+                )
+            })
+            .await?;
+            Ok(CommitOffsetsResponse {})
+        })
+        .await
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        respond("fetch_offsets", async {
+            let wanted = from_topic_partitions(&request.partitions);
+            let offsets = self
+                .shared
+                .groups
+                .offsets()
+                .get(&request.group_id)
+                .into_iter()
+                .filter(|(tp, _)| wanted.is_empty() || wanted.contains(tp))
+                .map(|((topic, partition), c)| PartitionOffset {
+                    topic,
+                    partition,
+                    offset: c.offset,
+                    metadata: c.metadata,
+                })
+                .collect();
+            Ok(FetchOffsetsResponse {
+                offsets,
+                offsets_epoch: self.shared.groups.offsets_epoch(&request.group_id),
+            })
+        })
+        .await
+    }
+}

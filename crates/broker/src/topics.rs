@@ -1,0 +1,289 @@
+//! The topics this node holds: creation, deletion, configuration, persisted under
+//! `<data>/topics/<name>/topic.json` next to one log directory per partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use strata_record::{Timestamp, TopicName};
+use strata_storage::Durability;
+
+use crate::error::{BrokerError, Result};
+use crate::partition::Partition;
+use crate::topic_config::TopicConfig;
+
+const META_FILE: &str = "topic.json";
+/// Most partitions one topic may have: each is a directory and a few open files.
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+/// What is persisted about a topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub config: TopicConfig,
+    pub created_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct Topic {
+    pub name: TopicName,
+    meta: RwLock<TopicMeta>,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+impl Topic {
+    pub fn meta(&self) -> TopicMeta {
+        self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
+        self.partitions
+            .get(id as usize)
+            .ok_or_else(|| BrokerError::UnknownPartition {
+                topic: self.name.to_string(),
+                partition: id,
+            })
+    }
+}
+
+/// All topics, by name.
+#[derive(Debug)]
+pub struct Topics {
+    root: PathBuf,
+    trash: PathBuf,
+    durability: Durability,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+}
+
+fn write_meta(dir: &Path, meta: &TopicMeta) -> Result<()> {
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    let bytes = serde_json::to_vec_pretty(meta).expect("topic metadata serialises");
+    let write = || -> std::io::Result<()> {
+        let file = fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut &file, &bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, dir.join(META_FILE))?;
+        fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(BrokerError::io(format!(
+        "writing {}",
+        dir.join(META_FILE).display()
+    )))
+}
+
+fn open_partitions(
+    name: &TopicName,
+    dir: &Path,
+    meta: &TopicMeta,
+    durability: Durability,
+) -> Result<Vec<Arc<Partition>>> {
+    (0..meta.partitions)
+        .map(|p| {
+            let config = meta.config.log_config(durability);
+            Partition::open(name.clone(), p, &dir.join(p.to_string()), config).map(Arc::new)
+        })
+        .collect()
+}
+
+impl Topics {
+    /// Opens every topic under `<data_dir>/topics`, removing what an interrupted create or
+    /// delete left behind.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Topics> {
+        let root = data_dir.join("topics");
+        let trash = data_dir.join("trash");
+        for dir in [&root, &trash] {
+            fs::create_dir_all(dir)
+                .map_err(BrokerError::io(format!("creating {}", dir.display())))?;
+        }
+        if let Ok(entries) = fs::read_dir(&trash) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let mut topics = BTreeMap::new();
+        let entries =
+            fs::read_dir(&root).map_err(BrokerError::io(format!("listing {}", root.display())))?;
+        for entry in entries {
+            let dir = entry.map_err(BrokerError::io("listing topics"))?.path();
+            let meta_path = dir.join(META_FILE);
+            let Ok(bytes) = fs::read(&meta_path) else {
+                tracing::warn!(dir = %dir.display(), "removing a topic directory whose creation never finished");
+                let _ = fs::remove_dir_all(&dir);
+                continue;
+            };
+            let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| BrokerError::Io {
+                context: format!("reading {}", meta_path.display()),
+                source: e.into(),
+            })?;
+            let name = TopicName::new(&meta.name)?;
+            let partitions = open_partitions(&name, &dir, &meta, durability)?;
+            topics.insert(
+                meta.name.clone(),
+                Arc::new(Topic {
+                    name,
+                    meta: RwLock::new(meta),
+                    partitions,
+                }),
+            );
+        }
+        tracing::info!(topics = topics.len(), "topics opened");
+        Ok(Topics {
+            root,
+            trash,
+            durability,
+            topics: RwLock::new(topics),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_owned()))
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        self.get(topic)?.partition(partition).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Creates a topic: partition logs first, `topic.json` last, so a crash in between leaves a
+    /// directory that the next start removes.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        nodes: u32,
+        changes: &HashMap<String, String>,
+    ) -> Result<Arc<Topic>> {
+        let topic_name =
+            TopicName::new(name).map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(BrokerError::InvalidArgument(format!(
+                "partitions must be in [1, {MAX_PARTITIONS}], not {partitions}"
+            )));
+        }
+        if replication_factor == 0 || replication_factor > nodes {
+            return Err(BrokerError::InvalidArgument(format!(
+                "replication factor must be in [1, {nodes}] (the number of nodes), not {replication_factor}"
+            )));
+        }
+        let config = TopicConfig::default().with_changes(changes)?;
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        if topics.contains_key(name) {
+            return Err(BrokerError::TopicExists(name.to_owned()));
+        }
+        let dir = self.root.join(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .map_err(BrokerError::io(format!("clearing {}", dir.display())))?;
+        }
+        fs::create_dir_all(&dir).map_err(BrokerError::io(format!("creating {}", dir.display())))?;
+        let meta = TopicMeta {
+            name: name.to_owned(),
+            partitions,
+            replication_factor,
+            config,
+            created_ms: Timestamp::now().0,
+        };
+        let opened = open_partitions(&topic_name, &dir, &meta, self.durability);
+        let opened = opened.and_then(|p| write_meta(&dir, &meta).map(|()| p));
+        let partitions = match opened {
+            Ok(p) => p,
+            Err(err) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(err);
+            }
+        };
+        let topic = Arc::new(Topic {
+            name: topic_name,
+            meta: RwLock::new(meta),
+            partitions,
+        });
+        topics.insert(name.to_owned(), topic.clone());
+        tracing::info!(
+            topic = name,
+            partitions = topic.partitions.len(),
+            "topic created"
+        );
+        Ok(topic)
+    }
+
+    /// Changes configuration keys of a topic and applies them to its open logs.
+    pub fn alter(&self, name: &str, changes: &HashMap<String, String>) -> Result<Arc<Topic>> {
+        let topic = self.get(name)?;
+        let mut meta = topic.meta.write().unwrap_or_else(|e| e.into_inner());
+        let config = meta.config.with_changes(changes)?;
+        let mut next = meta.clone();
+        next.config = config;
+        write_meta(&self.root.join(name), &next)?;
+        for partition in &topic.partitions {
+            partition
+                .log()
+                .set_config(next.config.log_config(self.durability))?;
+        }
+        *meta = next;
+        drop(meta);
+        tracing::info!(topic = name, ?changes, "topic altered");
+        Ok(topic)
+    }
+
+    /// Forgets a topic and deletes its data (moved to the trash first, so a crash never leaves
+    /// half a topic under its name).
+    pub fn delete(&self, name: &str) -> Result<()> {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        if topics.remove(name).is_none() {
+            return Err(BrokerError::UnknownTopic(name.to_owned()));
+        }
+        let target = self.trash.join(format!("{name}-{}", Timestamp::now().0));
+        fs::rename(self.root.join(name), &target)
+            .map_err(BrokerError::io(format!("deleting topic {name}")))?;
+        drop(topics);
+        let _ = fs::File::open(&self.root).and_then(|d| d.sync_all());
+        std::thread::spawn(move || {
+            if let Err(err) = fs::remove_dir_all(&target) {
+                tracing::warn!(dir = %target.display(), error = %err, "could not remove deleted topic's data");
+            }
+        });
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+}
+
+impl Topics {
+    /// Closes every partition log cleanly (at shutdown, when nothing else holds them).
+    pub fn close(self) {
+        let topics = self.topics.into_inner().unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in topics {
+            let Ok(topic) = Arc::try_unwrap(topic) else {
+                tracing::warn!(topic = %name, "topic still in use at shutdown; it will be recovered on start");
+                continue;
+            };
+            for partition in topic.partitions {
+                match Arc::try_unwrap(partition) {
+                    Ok(partition) => {
+                        if let Err(err) = partition.close() {
+                            tracing::warn!(topic = %name, error = %err, "closing partition log");
+                        }
+                    }
+                    Err(_) => tracing::warn!(topic = %name, "partition still in use at shutdown"),
+                }
+            }
+        }
+    }
+}

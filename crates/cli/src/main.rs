@@ -1,0 +1,120 @@
+//! `strata`: the server and the command-line tools of Strata.
+//!
+//! Every command takes `--brokers` (env `STRATA_BROKERS`) and `--format human|json`, prints to
+//! stdout, and on error exits non-zero with a one-line reason on stderr.
+
+mod cluster;
+mod consume;
+mod group;
+mod output;
+mod parse;
+mod produce;
+mod server;
+mod topic;
+
+use clap::{Parser, Subcommand};
+use output::Format;
+use strata_client::Client;
+
+/// Default broker address of the tools: a local single node on the default port.
+const DEFAULT_BROKERS: &str = "localhost:10092";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a distributed log-based streaming platform"
+)]
+struct Cli {
+    /// Brokers to bootstrap from, HOST:PORT[,HOST:PORT…].
+    #[arg(long, global = true, env = "STRATA_BROKERS", default_value = DEFAULT_BROKERS)]
+    brokers: String,
+    /// `human` tables, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a Strata server (with no arguments: a single node storing data in ./strata-data).
+    Server(server::ServerArgs),
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Send one record per line of standard input.
+    Produce(produce::ProduceArgs),
+    /// Print records from a topic.
+    Consume(consume::ConsumeArgs),
+    /// Inspect consumer groups, their lag, and reset their offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// Cluster state.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+impl Cli {
+    async fn client(&self) -> anyhow::Result<Client> {
+        let brokers: Vec<&str> = self
+            .brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .collect();
+        Ok(Client::connect(&brokers).await?)
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Topic(command) => topic::run(command, &cli.client().await?, cli.format).await,
+        Command::Produce(args) => produce::run(args, cli.client().await?, cli.format).await,
+        Command::Consume(args) => consume::run(args, cli.client().await?, cli.format).await,
+        Command::Group(command) => group::run(command, &cli.client().await?, cli.format).await,
+        Command::Cluster(command) => cluster::run(command, &cli.client().await?, cli.format).await,
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(if matches!(cli.command, Command::Server(_)) {
+        "info"
+    } else {
+        "warn"
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(err) = runtime.block_on(run(cli)) {
+        output::note(&format!("error: {}", one_line(&err)));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text.replace('\n', " ")
+}

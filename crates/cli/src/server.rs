@@ -1,0 +1,142 @@
+//! `strata server`: flags, environment and an optional TOML file, then the broker until
+//! SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+use strata_broker::BrokerConfig;
+use strata_storage::Durability;
+use tokio_util::sync::CancellationToken;
+
+use crate::parse;
+
+/// Default port: Kafka's 9092 plus one thousand.
+const DEFAULT_LISTEN: &str = "0.0.0.0:10092";
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// This node's id.
+    #[arg(long, env = "STRATA_NODE_ID")]
+    node_id: Option<u64>,
+    /// Where topics and offsets are stored [default: ./strata-data].
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:10092].
+    #[arg(long, env = "STRATA_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// HOST:PORT clients are told to use [default: the listen address, or localhost:PORT when
+    /// listening on all interfaces].
+    #[arg(long, env = "STRATA_ADVERTISE")]
+    advertise: Option<String>,
+    /// Cluster members, ID=HOST:PORT[,…]. Replication is not built yet: only this node may be
+    /// listed.
+    #[arg(long, env = "STRATA_PEERS")]
+    peers: Option<String>,
+    /// When partition logs fsync: `every` append (default), `interval:DURATION`, or `never`.
+    #[arg(long, env = "STRATA_FSYNC")]
+    fsync: Option<String>,
+    /// How often retention runs [default: 30s].
+    #[arg(long, env = "STRATA_MAINTENANCE_INTERVAL")]
+    maintenance_interval: Option<String>,
+    /// A TOML file with the same settings (snake_case keys); flags and environment win.
+    #[arg(long, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    peers: Option<String>,
+    fsync: Option<String>,
+    maintenance_interval: Option<String>,
+}
+
+fn durability(text: &str) -> anyhow::Result<Durability> {
+    Ok(match text {
+        "every" => Durability::EveryAppend,
+        "never" => Durability::Never,
+        other => match other.strip_prefix("interval:") {
+            Some(d) => Durability::Interval(parse::duration(d)?),
+            None => bail!("--fsync must be every, never or interval:DURATION, not {other:?}"),
+        },
+    })
+}
+
+fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("strata-data"));
+    let listen = match args.listen.or(file.listen) {
+        Some(addr) => addr,
+        None => DEFAULT_LISTEN.parse().expect("valid default"),
+    };
+    let mut config = BrokerConfig::single_node(data_dir, listen);
+    config.node_id = node_id;
+    if let Some(advertise) = args.advertise.clone().or(file.advertise) {
+        config.advertise = advertise;
+    }
+    if let Some(peers) = args.peers.clone().or(file.peers) {
+        let others: Vec<&str> = peers
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !p.starts_with(&format!("{node_id}=")))
+            .collect();
+        if !others.is_empty() {
+            bail!(
+                "multi-node clusters are not supported yet (replication is not built); remove --peers {}",
+                others.join(",")
+            );
+        }
+    }
+    if let Some(fsync) = args.fsync.clone().or(file.fsync) {
+        config.durability = durability(&fsync)?;
+    }
+    if let Some(interval) = args
+        .maintenance_interval
+        .clone()
+        .or(file.maintenance_interval)
+    {
+        config.maintenance_interval = parse::duration(&interval)?.max(Duration::from_millis(100));
+    }
+    Ok(config)
+}
+
+/// Cancels `token` on the first SIGTERM or Ctrl-C.
+fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+pub async fn run(args: &ServerArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
+    strata_broker::run(config, shutdown, |_| {}).await?;
+    Ok(())
+}

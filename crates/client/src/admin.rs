@@ -1,0 +1,194 @@
+//! The admin client behind `strata topic …` and `strata group …`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use strata_proto::reset_offsets_request::Strategy;
+use strata_proto::{
+    AlterTopicRequest, CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeTopicRequest, GroupDescription, GroupSummary, ListGroupsRequest,
+    ListTopicsRequest, OffsetList, PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse,
+    TopicDescription, TopicPartitions, TopicSummary,
+};
+use strata_record::Timestamp;
+
+use crate::{Client, Result};
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    /// Kafka-named settings: retention.ms, retention.bytes, max.message.bytes, segment.bytes,
+    /// segment.ms.
+    pub configs: HashMap<String, String>,
+}
+
+/// Where `reset_offsets` moves a group's offsets.
+#[derive(Debug, Clone)]
+pub enum ResetTarget {
+    Earliest,
+    Latest,
+    Current,
+    ToOffset(u64),
+    ShiftBy(i64),
+    ToDatetime(Timestamp),
+    ByDuration(Duration),
+    /// Explicit (topic, partition, offset) triples.
+    FromList(Vec<(String, u32, u64)>),
+}
+
+/// An offset reset, as `kafka-consumer-groups.sh --reset-offsets` takes it.
+#[derive(Debug, Clone)]
+pub struct ResetSpec {
+    pub group: String,
+    /// Topics with partitions to reset (empty list: all partitions of the topic).
+    pub topics: Vec<(String, Vec<u32>)>,
+    pub all_topics: bool,
+    pub target: ResetTarget,
+    /// False: dry run, only compute.
+    pub execute: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: Client,
+}
+
+impl Admin {
+    pub fn new(client: Client) -> Admin {
+        Admin { client }
+    }
+
+    pub async fn create_topic(&self, spec: TopicSpec) -> Result<TopicDescription> {
+        let request = CreateTopicRequest {
+            name: spec.name,
+            partitions: spec.partitions,
+            replication_factor: spec.replication_factor,
+            configs: spec.configs,
+        };
+        Ok(self
+            .client
+            .admin()
+            .create_topic(request)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
+        Ok(self
+            .client
+            .admin()
+            .list_topics(ListTopicsRequest {})
+            .await?
+            .into_inner()
+            .topics)
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let request = DescribeTopicRequest {
+            name: name.to_owned(),
+        };
+        Ok(self
+            .client
+            .admin()
+            .describe_topic(request)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        configs: HashMap<String, String>,
+    ) -> Result<TopicDescription> {
+        let request = AlterTopicRequest {
+            name: name.to_owned(),
+            configs,
+        };
+        Ok(self.client.admin().alter_topic(request).await?.into_inner())
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.client
+            .admin()
+            .delete_topic(DeleteTopicRequest {
+                name: name.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
+        Ok(self
+            .client
+            .admin()
+            .list_groups(ListGroupsRequest {})
+            .await?
+            .into_inner()
+            .groups)
+    }
+
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let request = DescribeGroupRequest {
+            group_id: group.to_owned(),
+        };
+        Ok(self
+            .client
+            .admin()
+            .describe_group(request)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        self.client
+            .admin()
+            .delete_group(DeleteGroupRequest {
+                group_id: group.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn reset_offsets(&self, spec: ResetSpec) -> Result<ResetOffsetsResponse> {
+        let strategy = match spec.target {
+            ResetTarget::Earliest => Strategy::ToEarliest(true),
+            ResetTarget::Latest => Strategy::ToLatest(true),
+            ResetTarget::Current => Strategy::ToCurrent(true),
+            ResetTarget::ToOffset(o) => Strategy::ToOffset(o),
+            ResetTarget::ShiftBy(n) => Strategy::ShiftBy(n),
+            ResetTarget::ToDatetime(ts) => Strategy::ToDatetimeMs(ts.0),
+            ResetTarget::ByDuration(d) => Strategy::ByDurationMs(d.as_millis() as i64),
+            ResetTarget::FromList(list) => Strategy::FromList(OffsetList {
+                offsets: list
+                    .into_iter()
+                    .map(|(topic, partition, offset)| PartitionOffset {
+                        topic,
+                        partition,
+                        offset,
+                        metadata: String::new(),
+                    })
+                    .collect(),
+            }),
+        };
+        let request = ResetOffsetsRequest {
+            group_id: spec.group,
+            topics: spec
+                .topics
+                .into_iter()
+                .map(|(topic, partitions)| TopicPartitions { topic, partitions })
+                .collect(),
+            all_topics: spec.all_topics,
+            strategy: Some(strategy),
+            execute: spec.execute,
+        };
+        Ok(self
+            .client
+            .admin()
+            .reset_offsets(request)
+            .await?
+            .into_inner())
+    }
+}

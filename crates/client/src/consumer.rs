@@ -1,0 +1,544 @@
+//! The consumer: assigned partitions or a consumer group, poll, seek, pause/resume, commits.
+//!
+//! In a group the consumer heartbeats from `poll` (and between the long-poll fetches inside
+//! it), applies the assignment the coordinator sends — committing and dropping revoked
+//! partitions before reporting them gone, resuming new ones from their committed offsets — and
+//! re-reads its offsets when an operator resets them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use futures::future::join_all;
+use strata_proto::{
+    CommitOffsetsRequest, FetchOffsetsRequest, FetchRequest, GroupHeartbeatRequest,
+    ListOffsetsRequest, OffsetSpec, PartitionOffset, TopicPartitions,
+};
+use strata_record::{Offset, Timestamp};
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::record::{ConsumerRecord, decode};
+use crate::{Client, ClientError, Result};
+
+type TopicPartition = (String, u32);
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    Earliest,
+    #[default]
+    Latest,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Consumer group; required for `subscribe` and for commits.
+    pub group: Option<String>,
+    /// Commit positions every `auto_commit_interval`, on revocation and on close.
+    pub auto_commit: bool,
+    pub auto_commit_interval: Duration,
+    /// The group drops the member after this long without a heartbeat.
+    pub session_timeout: Duration,
+    /// "range" or "uniform".
+    pub assignor: String,
+    pub offset_reset: OffsetReset,
+    /// Longest a single fetch waits on the server for data.
+    pub max_wait: Duration,
+    /// Byte budget per partition fetch: also the bound of the prefetch buffer per partition.
+    pub fetch_max_bytes: u32,
+    /// Most records one `poll` returns.
+    pub max_poll_records: usize,
+    pub client_id: String,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group: None,
+            auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(10),
+            assignor: "range".into(),
+            offset_reset: OffsetReset::Latest,
+            max_wait: Duration::from_millis(500),
+            fetch_max_bytes: 1024 * 1024,
+            max_poll_records: 500,
+            client_id: "strata-client".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Member {
+    id: String,
+    epoch: i32,
+    offsets_epoch: Option<u64>,
+    next_heartbeat: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// Next offset `poll` returns: what a commit stores.
+    position: Offset,
+    /// Next offset to fetch (ahead of `position` by what is buffered).
+    fetch_from: Offset,
+    buffered: VecDeque<ConsumerRecord>,
+}
+
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    partitions: BTreeMap<TopicPartition, PartitionState>,
+    paused: BTreeSet<TopicPartition>,
+    subscription: Vec<String>,
+    member: Option<Member>,
+    committed: BTreeMap<TopicPartition, Offset>,
+    last_commit: Instant,
+}
+
+fn topic_partitions(set: impl IntoIterator<Item = TopicPartition>) -> Vec<TopicPartitions> {
+    let mut by_topic: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (t, p) in set {
+        by_topic.entry(t).or_default().push(p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| TopicPartitions { topic, partitions })
+        .collect()
+}
+
+impl Consumer {
+    pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            client,
+            config,
+            partitions: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            subscription: Vec::new(),
+            member: None,
+            committed: BTreeMap::new(),
+            last_commit: Instant::now(),
+        }
+    }
+
+    /// Reads these partitions directly (no group membership). Each starts at the group's
+    /// committed offset if a group is configured and has one, else per `offset_reset`.
+    pub async fn assign(&mut self, partitions: Vec<TopicPartition>) -> Result<()> {
+        self.partitions.clear();
+        let starts = self.start_offsets(&partitions).await?;
+        for (tp, offset) in starts {
+            self.partitions.insert(
+                tp,
+                PartitionState {
+                    position: offset,
+                    fetch_from: offset,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Joins the configured group for these topics; partitions arrive through `poll`.
+    pub async fn subscribe(&mut self, topics: Vec<String>) -> Result<()> {
+        if self.config.group.is_none() {
+            return Err(ClientError::InvalidArgument(
+                "subscribe needs a consumer group".into(),
+            ));
+        }
+        self.subscription = topics;
+        self.member = Some(Member::default());
+        self.heartbeat().await
+    }
+
+    /// Partitions currently owned.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.partitions.keys().cloned().collect()
+    }
+
+    /// The next offset `poll` will return for a partition.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<Offset> {
+        self.partitions
+            .get(&(topic.to_owned(), partition))
+            .map(|s| s.position)
+    }
+
+    pub fn pause(&mut self, topic: &str, partition: u32) {
+        self.paused.insert((topic.to_owned(), partition));
+    }
+
+    pub fn resume(&mut self, topic: &str, partition: u32) {
+        self.paused.remove(&(topic.to_owned(), partition));
+    }
+
+    /// Moves a partition's position; buffered records are dropped.
+    pub fn seek(&mut self, topic: &str, partition: u32, offset: Offset) -> Result<()> {
+        let state = self
+            .partitions
+            .get_mut(&(topic.to_owned(), partition))
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "{topic}/{partition} is not assigned to this consumer"
+                ))
+            })?;
+        *state = PartitionState {
+            position: offset,
+            fetch_from: offset,
+            buffered: VecDeque::new(),
+        };
+        Ok(())
+    }
+
+    async fn list_offset(
+        &self,
+        tp: &TopicPartition,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<Offset> {
+        let request = ListOffsetsRequest {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            spec: spec as i32,
+            timestamp_ms,
+        };
+        Ok(Offset(
+            self.client
+                .broker()
+                .list_offsets(request)
+                .await?
+                .into_inner()
+                .offset,
+        ))
+    }
+
+    pub async fn seek_to_beginning(&mut self) -> Result<()> {
+        self.seek_all(OffsetSpec::Earliest, 0).await
+    }
+
+    pub async fn seek_to_end(&mut self) -> Result<()> {
+        self.seek_all(OffsetSpec::Latest, 0).await
+    }
+
+    /// Every owned partition to its first record at or after `timestamp` (its end if none).
+    pub async fn seek_to_time(&mut self, timestamp: Timestamp) -> Result<()> {
+        self.seek_all(OffsetSpec::Timestamp, timestamp.0).await
+    }
+
+    async fn seek_all(&mut self, spec: OffsetSpec, timestamp_ms: i64) -> Result<()> {
+        let owned: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        for tp in owned {
+            let offset = self.list_offset(&tp, spec, timestamp_ms).await?;
+            self.seek(&tp.0, tp.1, offset)?;
+        }
+        Ok(())
+    }
+
+    fn reset_spec(&self) -> OffsetSpec {
+        match self.config.offset_reset {
+            OffsetReset::Earliest => OffsetSpec::Earliest,
+            OffsetReset::Latest => OffsetSpec::Latest,
+        }
+    }
+
+    /// Committed offsets of the group, or the reset position where there is none.
+    async fn start_offsets(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Offset)>> {
+        let mut committed = BTreeMap::new();
+        if let Some(group) = &self.config.group
+            && !partitions.is_empty()
+        {
+            let request = FetchOffsetsRequest {
+                group_id: group.clone(),
+                partitions: topic_partitions(partitions.iter().cloned()),
+            };
+            let response = self
+                .client
+                .broker()
+                .fetch_offsets(request)
+                .await?
+                .into_inner();
+            for o in response.offsets {
+                committed.insert((o.topic, o.partition), Offset(o.offset));
+            }
+        }
+        let mut out = Vec::with_capacity(partitions.len());
+        for tp in partitions {
+            let offset = match committed.get(tp) {
+                Some(&offset) => {
+                    self.committed.insert(tp.clone(), offset);
+                    offset
+                }
+                None => self.list_offset(tp, self.reset_spec(), 0).await?,
+            };
+            out.push((tp.clone(), offset));
+        }
+        Ok(out)
+    }
+
+    fn heartbeat_due(&self) -> bool {
+        self.member
+            .as_ref()
+            .is_some_and(|m| m.next_heartbeat.is_none_or(|t| Instant::now() >= t))
+    }
+
+    /// One heartbeat: report what is owned, apply the assignment that comes back.
+    async fn heartbeat(&mut self) -> Result<()> {
+        let Some(group) = self.config.group.clone() else {
+            return Ok(());
+        };
+        let Some(member) = self.member.as_ref() else {
+            return Ok(());
+        };
+        let joining = member.epoch == 0;
+        let request = GroupHeartbeatRequest {
+            group_id: group,
+            member_id: member.id.clone(),
+            member_epoch: member.epoch,
+            subscribed_topics: if joining {
+                self.subscription.clone()
+            } else {
+                Vec::new()
+            },
+            owned_partitions: topic_partitions(self.partitions.keys().cloned()),
+            session_timeout_ms: self.config.session_timeout.as_millis() as u32,
+            assignor: self.config.assignor.clone(),
+            client_id: self.config.client_id.clone(),
+        };
+        let response = match self.client.broker().group_heartbeat(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                // Fenced: our partitions may already belong to someone else. Drop them
+                // without committing and join again.
+                tracing::warn!(
+                    reason = status.message(),
+                    "fenced by the group coordinator; rejoining"
+                );
+                self.partitions.clear();
+                self.member = Some(Member::default());
+                return Ok(());
+            }
+            Err(status) => return Err(status.into()),
+        };
+        let member = self.member.as_mut().expect("member present");
+        member.id = response.member_id;
+        member.epoch = response.member_epoch;
+        let interval = Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(100)));
+        member.next_heartbeat = Some(Instant::now() + interval);
+        let reset_seen = member
+            .offsets_epoch
+            .is_some_and(|e| e != response.offsets_epoch);
+        member.offsets_epoch = Some(response.offsets_epoch);
+
+        let target: BTreeSet<TopicPartition> = response
+            .assignment
+            .iter()
+            .flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p)))
+            .collect();
+        let revoked: Vec<TopicPartition> = self
+            .partitions
+            .keys()
+            .filter(|tp| !target.contains(*tp))
+            .cloned()
+            .collect();
+        if !revoked.is_empty() {
+            if self.config.auto_commit {
+                self.commit_partitions(&revoked).await?;
+            }
+            for tp in &revoked {
+                self.partitions.remove(tp);
+            }
+            // Tell the coordinator at once, so the new owner does not wait a whole interval.
+            if let Some(m) = self.member.as_mut() {
+                m.next_heartbeat = None;
+            }
+        }
+        let added: Vec<TopicPartition> = target
+            .into_iter()
+            .filter(|tp| !self.partitions.contains_key(tp))
+            .collect();
+        let mut reread: Vec<TopicPartition> = added.clone();
+        if reset_seen {
+            tracing::info!("group offsets were reset; resuming from the new committed offsets");
+            reread.extend(self.partitions.keys().cloned());
+        }
+        for (tp, offset) in self.start_offsets(&reread).await? {
+            self.partitions.insert(
+                tp,
+                PartitionState {
+                    position: offset,
+                    fetch_from: offset,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for records and returns those available (at most
+    /// `max_poll_records`), in offset order per partition.
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.heartbeat_due() {
+                self.heartbeat().await?;
+            }
+            if self.config.auto_commit
+                && self.last_commit.elapsed() >= self.config.auto_commit_interval
+            {
+                self.commit().await?;
+            }
+            let records = self.drain();
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut wait = (deadline - now).min(self.config.max_wait);
+            if let Some(next) = self.member.as_ref().and_then(|m| m.next_heartbeat) {
+                wait = wait.min(next.saturating_duration_since(now));
+            }
+            self.fetch(wait).await?;
+            if self.partitions.is_empty() {
+                tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            }
+        }
+    }
+
+    fn drain(&mut self) -> Vec<ConsumerRecord> {
+        let mut out = Vec::new();
+        for (tp, state) in &mut self.partitions {
+            if self.paused.contains(tp) {
+                continue;
+            }
+            while out.len() < self.config.max_poll_records {
+                let Some(record) = state.buffered.pop_front() else {
+                    break;
+                };
+                state.position = record.offset.plus(1);
+                out.push(record);
+            }
+        }
+        out
+    }
+
+    /// One round of long-poll fetches for every owned, unpaused partition with an empty buffer.
+    async fn fetch(&mut self, wait: Duration) -> Result<()> {
+        let wanted: Vec<(TopicPartition, Offset)> = self
+            .partitions
+            .iter()
+            .filter(|(tp, s)| s.buffered.is_empty() && !self.paused.contains(*tp))
+            .map(|(tp, s)| (tp.clone(), s.fetch_from))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let requests = wanted.iter().map(|((topic, partition), offset)| {
+            let mut broker = self.client.broker();
+            let request = FetchRequest {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: offset.0,
+                max_wait_ms: wait.as_millis() as u32,
+                min_bytes: 1,
+                max_bytes: self.config.fetch_max_bytes,
+            };
+            async move { broker.fetch(request).await }
+        });
+        let results = join_all(requests).await;
+        for ((tp, offset), result) in wanted.into_iter().zip(results) {
+            match result {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let state = self
+                        .partitions
+                        .get_mut(&tp)
+                        .expect("fetched partition is owned");
+                    let mut records = Vec::new();
+                    for batch in &response.batches {
+                        decode(&tp.0, tp.1, batch, offset, &mut records)?;
+                    }
+                    if let Some(last) = records.last() {
+                        state.fetch_from = last.offset.plus(1);
+                    }
+                    state.buffered.extend(records);
+                }
+                Err(status) if status.code() == Code::OutOfRange => {
+                    // Retention passed us, or the log was truncated: start over per policy.
+                    let reset = self.list_offset(&tp, self.reset_spec(), 0).await?;
+                    tracing::warn!(topic = %tp.0, partition = tp.1, from = %offset, to = %reset, "offset out of range; resetting");
+                    self.seek(&tp.0, tp.1, reset)?;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the positions of every owned partition that moved since the last commit.
+    pub async fn commit(&mut self) -> Result<()> {
+        let owned: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        self.commit_partitions(&owned).await
+    }
+
+    async fn commit_partitions(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        self.last_commit = Instant::now();
+        let Some(group) = self.config.group.clone() else {
+            return Ok(());
+        };
+        let offsets: Vec<PartitionOffset> = partitions
+            .iter()
+            .filter_map(|tp| {
+                let position = self.partitions.get(tp)?.position;
+                (self.committed.get(tp) != Some(&position)).then(|| PartitionOffset {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    offset: position.0,
+                    metadata: String::new(),
+                })
+            })
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (member_id, member_epoch) = match &self.member {
+            Some(m) => (m.id.clone(), m.epoch),
+            None => (String::new(), -1),
+        };
+        let request = CommitOffsetsRequest {
+            group_id: group,
+            member_id,
+            member_epoch,
+            offsets: offsets.clone(),
+        };
+        self.client.broker().commit_offsets(request).await?;
+        for o in offsets {
+            self.committed
+                .insert((o.topic, o.partition), Offset(o.offset));
+        }
+        Ok(())
+    }
+
+    /// Commits (with auto commit) and leaves the group.
+    pub async fn close(mut self) -> Result<()> {
+        if self.config.auto_commit {
+            self.commit().await?;
+        }
+        if let (Some(group), Some(member)) = (self.config.group.clone(), self.member.take())
+            && member.epoch > 0
+        {
+            let request = GroupHeartbeatRequest {
+                group_id: group,
+                member_id: member.id,
+                member_epoch: -1,
+                ..Default::default()
+            };
+            self.client.broker().group_heartbeat(request).await?;
+        }
+        Ok(())
+    }
+}

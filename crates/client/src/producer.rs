@@ -1,0 +1,377 @@
+//! The producer: per-partition batching with linger and a size limit, partitioning, acks,
+//! retries with backoff, and a future per record.
+//!
+//! One background task owns the batches. Each partition has at most one request in flight, so
+//! batches (and their retries) reach a partition in the order the records were sent.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_proto::ProduceRequest;
+use strata_record::{BatchBuilder, Offset, Timestamp};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::record::{Delivered, Record};
+use crate::{Client, ClientError, Result};
+
+/// How much durability a send waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Do not wait: the future resolves when the batch is handed to the network, without an
+    /// offset.
+    None,
+    /// Wait for the leader's durable append.
+    Leader,
+    /// Wait for a majority of replicas (the default).
+    #[default]
+    All,
+}
+
+impl Acks {
+    fn to_proto(self) -> strata_proto::Acks {
+        match self {
+            Acks::None => strata_proto::Acks::None,
+            Acks::Leader => strata_proto::Acks::Leader,
+            Acks::All => strata_proto::Acks::All,
+        }
+    }
+}
+
+/// How a record without an explicit partition gets one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partitioner {
+    /// CRC-32C of the key modulo the partition count, so one key always lands in one partition
+    /// (and keeps its order); records without a key go round robin.
+    #[default]
+    KeyHash,
+    /// Round robin, whatever the key.
+    RoundRobin,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent.
+    pub linger: Duration,
+    /// A batch is sent once it holds this many bytes.
+    pub batch_bytes: usize,
+    pub partitioner: Partitioner,
+    /// Attempts after the first for a retriable failure (server unavailable, connection lost).
+    pub retries: u32,
+    /// Wait before the first retry; doubles each time.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_bytes: 64 * 1024,
+            partitioner: Partitioner::KeyHash,
+            retries: 5,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Delivered>>;
+
+enum Command {
+    Send(Record, Waiter),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Resolves to where one record landed, once its batch was acknowledged.
+#[derive(Debug)]
+pub struct DeliveryFuture(oneshot::Receiver<Result<Delivered>>);
+
+impl Future for DeliveryFuture {
+    type Output = Result<Delivered>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+/// Sends records to topics. Cheap to share behind an `Arc`; `close` flushes.
+#[derive(Debug)]
+pub struct Producer {
+    commands: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl Producer {
+    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let (commands, rx) = mpsc::channel(4096);
+        let task = tokio::spawn(Accumulator::new(client, config).run(rx));
+        Producer { commands, task }
+    }
+
+    /// Queues a record and returns the future of its delivery. Records queued one after the
+    /// other share batches, so send many, then await their futures.
+    pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Send(record, tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(DeliveryFuture(rx))
+    }
+
+    /// Sends every queued record now and waits until all are acknowledged (or failed).
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Flush(tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Flushes and stops the producer.
+    pub async fn close(self) -> Result<()> {
+        self.flush().await?;
+        drop(self.commands);
+        let _ = self.task.await;
+        Ok(())
+    }
+}
+
+struct Batch {
+    builder: BatchBuilder,
+    waiters: Vec<Waiter>,
+    deadline: Instant,
+}
+
+struct Accumulator {
+    client: Client,
+    config: ProducerConfig,
+    batches: HashMap<(String, u32), Batch>,
+    in_flight: HashMap<(String, u32), JoinHandle<()>>,
+    partition_counts: HashMap<String, u32>,
+    round_robin: u32,
+}
+
+impl Accumulator {
+    fn new(client: Client, config: ProducerConfig) -> Self {
+        Accumulator {
+            client,
+            config,
+            batches: HashMap::new(),
+            in_flight: HashMap::new(),
+            partition_counts: HashMap::new(),
+            round_robin: 0,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            let next_deadline = self.batches.values().map(|b| b.deadline).min();
+            let command = match next_deadline {
+                Some(deadline) => tokio::select! {
+                    command = commands.recv() => command,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.send_due(Instant::now());
+                        continue;
+                    }
+                },
+                None => commands.recv().await,
+            };
+            match command {
+                Some(Command::Send(record, waiter)) => self.add(record, waiter).await,
+                Some(Command::Flush(done)) => {
+                    self.send_due(Instant::now() + Duration::from_secs(3600 * 24));
+                    for (_, handle) in self.in_flight.drain() {
+                        let _ = handle.await;
+                    }
+                    let _ = done.send(());
+                }
+                None => break,
+            }
+        }
+        self.send_due(Instant::now() + Duration::from_secs(3600 * 24));
+        for (_, handle) in self.in_flight.drain() {
+            let _ = handle.await;
+        }
+    }
+
+    async fn partition_for(&mut self, record: &Record) -> Result<u32> {
+        let count = match self.partition_counts.get(&record.topic) {
+            Some(&n) => n,
+            None => {
+                let n = self.client.partition_count(&record.topic).await?;
+                if n == 0 {
+                    return Err(ClientError::InvalidArgument(format!(
+                        "topic {} has no partitions",
+                        record.topic
+                    )));
+                }
+                self.partition_counts.insert(record.topic.clone(), n);
+                n
+            }
+        };
+        if let Some(p) = record.partition {
+            if p >= count {
+                return Err(ClientError::InvalidArgument(format!(
+                    "topic {} has {count} partitions; there is no partition {p}",
+                    record.topic
+                )));
+            }
+            return Ok(p);
+        }
+        match (&record.key, self.config.partitioner) {
+            (Some(key), Partitioner::KeyHash) => Ok(crc32c::crc32c(key) % count),
+            _ => {
+                self.round_robin = self.round_robin.wrapping_add(1);
+                Ok(self.round_robin % count)
+            }
+        }
+    }
+
+    async fn add(&mut self, record: Record, waiter: Waiter) {
+        let partition = match self.partition_for(&record).await {
+            Ok(p) => p,
+            Err(err) => {
+                let _ = waiter.send(Err(err));
+                return;
+            }
+        };
+        let key = (record.topic.clone(), partition);
+        let timestamp = record.timestamp.unwrap_or_else(Timestamp::now);
+        let headers: Vec<(&str, Option<&[u8]>)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        let size = BatchBuilder::new().record_size(
+            timestamp,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        );
+        if self.batches.get(&key).is_some_and(|b| {
+            !b.builder.is_empty() && b.builder.size() + size > self.config.batch_bytes
+        }) {
+            self.send_batch(key.clone());
+        }
+        let linger = self.config.linger;
+        let batch = self.batches.entry(key.clone()).or_insert_with(|| Batch {
+            builder: BatchBuilder::new(),
+            waiters: Vec::new(),
+            deadline: Instant::now() + linger,
+        });
+        batch.builder.push(
+            timestamp,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+        );
+        batch.waiters.push(waiter);
+        if batch.builder.size() >= self.config.batch_bytes {
+            self.send_batch(key);
+        }
+    }
+
+    fn send_due(&mut self, now: Instant) {
+        let due: Vec<_> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| b.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.send_batch(key);
+        }
+    }
+
+    /// Starts sending one partition's batch after the partition's previous request finished.
+    fn send_batch(&mut self, key: (String, u32)) {
+        let Some(batch) = self.batches.remove(&key) else {
+            return;
+        };
+        let bytes = batch.builder.build(Offset(0));
+        let previous = self.in_flight.remove(&key);
+        let client = self.client.clone();
+        let config = self.config.clone();
+        let (topic, partition) = key.clone();
+        let handle = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            let waiters = batch.waiters;
+            if config.acks == Acks::None {
+                let request = ProduceRequest {
+                    topic,
+                    partition,
+                    acks: config.acks.to_proto() as i32,
+                    batches: vec![bytes],
+                };
+                tokio::spawn(async move { client.broker().produce(request).await });
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(Delivered {
+                        partition,
+                        offset: None,
+                    }));
+                }
+                return;
+            }
+            let result = produce_with_retries(&client, &config, &topic, partition, bytes).await;
+            for (i, waiter) in waiters.into_iter().enumerate() {
+                let outcome = result.clone().map(|base| Delivered {
+                    partition,
+                    offset: Some(base.plus(i as u64)),
+                });
+                let _ = waiter.send(outcome);
+            }
+        });
+        self.in_flight.insert(key, handle);
+    }
+}
+
+async fn produce_with_retries(
+    client: &Client,
+    config: &ProducerConfig,
+    topic: &str,
+    partition: u32,
+    batch: Bytes,
+) -> Result<Offset> {
+    let mut attempt = 0;
+    loop {
+        let request = ProduceRequest {
+            topic: topic.to_owned(),
+            partition,
+            acks: config.acks.to_proto() as i32,
+            batches: vec![batch.clone()],
+        };
+        match client.broker().produce(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                return response
+                    .batches
+                    .first()
+                    .map(|b| Offset(b.base_offset))
+                    .ok_or_else(|| {
+                        ClientError::InvalidArgument("produce answer without offsets".into())
+                    });
+            }
+            Err(status) => {
+                let err = ClientError::from(status);
+                if !err.is_retriable() || attempt >= config.retries {
+                    return Err(err);
+                }
+                let backoff = config.retry_backoff * 2u32.saturating_pow(attempt);
+                tracing::debug!(topic, partition, attempt, error = %err, "retrying produce");
+                tokio::time::sleep(backoff).await;
+                attempt += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Records as applications see them.
+
+use bytes::Bytes;
+use strata_record::{Offset, RecordBatch, Timestamp};
+
+use crate::Result;
+
+/// A record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub topic: String,
+    /// Explicit partition; otherwise the producer's partitioner chooses.
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Create time; now if not set.
+    pub timestamp: Option<Timestamp>,
+}
+
+impl Record {
+    pub fn new(topic: impl Into<String>) -> Record {
+        Record {
+            topic: topic.into(),
+            ..Record::default()
+        }
+    }
+    pub fn key(mut self, key: impl Into<Bytes>) -> Record {
+        self.key = Some(key.into());
+        self
+    }
+    pub fn value(mut self, value: impl Into<Bytes>) -> Record {
+        self.value = Some(value.into());
+        self
+    }
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Record {
+        self.headers.push((key.into(), Some(value.into())));
+        self
+    }
+    pub fn partition(mut self, partition: u32) -> Record {
+        self.partition = Some(partition);
+        self
+    }
+    pub fn timestamp(mut self, timestamp: Timestamp) -> Record {
+        self.timestamp = Some(timestamp);
+        self
+    }
+}
+
+/// Where a produced record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: u32,
+    /// The record's offset; `None` with `Acks::None`, which does not wait to learn it.
+    pub offset: Option<Offset>,
+}
+
+/// A consumed record. Key, value and header values are slices of the fetched batch: no copy.
+#[derive(Debug, Clone)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: Offset,
+    pub timestamp: Timestamp,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+/// Decodes the records of `batch` at or after `from`.
+pub(crate) fn decode(
+    topic: &str,
+    partition: u32,
+    batch: &Bytes,
+    from: Offset,
+    out: &mut Vec<ConsumerRecord>,
+) -> Result<()> {
+    let view = RecordBatch::new(batch)?;
+    for record in view.records()? {
+        let record = record?;
+        if record.offset() < from {
+            continue;
+        }
+        let slice = |s: Option<&[u8]>| s.map(|s| batch.slice_ref(s));
+        let mut headers = Vec::with_capacity(record.headers().len());
+        for header in record.headers() {
+            let header = header?;
+            headers.push((header.key.to_owned(), slice(header.value)));
+        }
+        out.push(ConsumerRecord {
+            topic: topic.to_owned(),
+            partition,
+            offset: record.offset(),
+            timestamp: record.timestamp(),
+            key: slice(record.key()),
+            value: slice(record.value()),
+            headers,
+        });
+    }
+    Ok(())
+}
