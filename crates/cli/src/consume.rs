@@ -122,12 +122,19 @@ pub async fn run(args: &ConsumeArgs, client: Client, format: Format) -> anyhow::
         if !records.is_empty() {
             last_record = Instant::now();
         }
-        for record in &records {
+        for (i, record) in records.iter().enumerate() {
             print(record, format);
             consumed += 1;
             if args.max_messages.is_some_and(|max| consumed >= max) {
-                // Commit exactly what was printed, not what was fetched.
+                // Commit exactly what was printed: rewind every partition to its first record
+                // that was polled but not printed.
                 consumer.seek(&record.topic, record.partition, record.offset.plus(1))?;
+                let mut rewound = std::collections::BTreeSet::new();
+                for unprinted in &records[i + 1..] {
+                    if rewound.insert((unprinted.topic.clone(), unprinted.partition)) {
+                        consumer.seek(&unprinted.topic, unprinted.partition, unprinted.offset)?;
+                    }
+                }
                 consumer.close().await?;
                 return Ok(());
             }

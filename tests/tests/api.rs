@@ -1,0 +1,323 @@
+//! The gRPC API and the client crate against a real server: malformed batches, crash
+//! recovery, consumer groups sharing partitions, live offset resets, graceful shutdown.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_client::proto::broker_client::BrokerClient;
+use strata_client::proto::{FetchRequest, ProduceRequest};
+use strata_client::{
+    Admin, Client, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig, Record,
+    ResetSpec, ResetTarget, TopicSpec,
+};
+use strata_e2e::Server;
+use strata_record::{BatchBuilder, Offset, Timestamp};
+use tonic::Code;
+
+async fn create_topic(client: &Client, name: &str, partitions: u32) {
+    let spec = TopicSpec {
+        name: name.into(),
+        partitions,
+        replication_factor: 1,
+        configs: Default::default(),
+    };
+    Admin::new(client.clone()).create_topic(spec).await.unwrap();
+}
+
+async fn raw(server: &Server) -> BrokerClient<tonic::transport::Channel> {
+    BrokerClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_batches_are_rejected_precisely_and_change_nothing() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "raw", 1).await;
+    let mut broker = raw(&server).await;
+    let produce = |batches: Vec<Bytes>| ProduceRequest {
+        topic: "raw".into(),
+        partition: 0,
+        acks: 0,
+        batches,
+    };
+
+    let garbage = broker
+        .produce(produce(vec![Bytes::from_static(
+            b"definitely not a record batch",
+        )]))
+        .await;
+    assert_eq!(garbage.unwrap_err().code(), Code::InvalidArgument);
+    let mut builder = BatchBuilder::new();
+    builder.push(Timestamp(1), None, Some(b"v"), &[]);
+    let good = builder.build(Offset(0));
+    let mut corrupt = good.to_vec();
+    *corrupt.last_mut().unwrap() ^= 0xff;
+    // A good batch next to a corrupt one: the whole request is refused.
+    let mixed = broker
+        .produce(produce(vec![good.clone(), Bytes::from(corrupt)]))
+        .await
+        .unwrap_err();
+    assert_eq!(mixed.code(), Code::InvalidArgument);
+    assert!(mixed.message().contains("CRC"), "{}", mixed.message());
+    let empty = broker.produce(produce(vec![])).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    let missing = broker
+        .produce(ProduceRequest {
+            topic: "raw".into(),
+            partition: 9,
+            acks: 0,
+            batches: vec![good.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let fetch_past_end = broker
+        .fetch(FetchRequest {
+            topic: "raw".into(),
+            partition: 0,
+            offset: 5,
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fetch_past_end.code(), Code::OutOfRange);
+
+    let ok = broker
+        .produce(produce(vec![good]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ok.batches[0].base_offset, 0,
+        "the rejected requests stored nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_records_survive_kill_9() {
+    let mut server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "durable", 2).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..500u32 {
+        let record = Record::new("durable")
+            .key(format!("k{}", i % 7))
+            .value(i.to_string());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    let mut acked = Vec::new();
+    for d in deliveries {
+        let d = d.await.unwrap();
+        acked.push((d.partition, d.offset.unwrap()));
+    }
+    producer.close().await.unwrap();
+    drop(client);
+    server.kill9();
+    server.restart();
+
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig {
+            offset_reset: OffsetReset::Earliest,
+            ..Default::default()
+        },
+    );
+    consumer
+        .assign(vec![("durable".into(), 0), ("durable".into(), 1)])
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    let mut values_by_key: std::collections::BTreeMap<Bytes, Vec<u32>> = Default::default();
+    while seen.len() < 500 {
+        let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert!(
+            !records.is_empty(),
+            "only {} of 500 acknowledged records after restart",
+            seen.len()
+        );
+        for r in records {
+            assert!(
+                seen.insert((r.partition, r.offset)),
+                "duplicate {}/{}",
+                r.partition,
+                r.offset
+            );
+            let v: u32 = std::str::from_utf8(r.value.as_ref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            values_by_key
+                .entry(r.key.clone().unwrap())
+                .or_default()
+                .push(v);
+        }
+    }
+    let acked: BTreeSet<(u32, Offset)> = acked.into_iter().collect();
+    assert_eq!(seen, acked, "every acknowledged record, exactly once");
+    for values in values_by_key.values() {
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "per-key order");
+    }
+}
+
+async fn poll_until(consumer: &mut Consumer, what: &str, done: impl Fn(&Consumer) -> bool) {
+    for _ in 0..100 {
+        if done(consumer) {
+            return;
+        }
+        consumer.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    panic!(
+        "timed out waiting for {what}: assignment {:?}",
+        consumer.assignment()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_members_split_partitions_and_take_over() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "shared", 4).await;
+    let config = ConsumerConfig {
+        group: Some("workers".into()),
+        session_timeout: Duration::from_secs(3),
+        offset_reset: OffsetReset::Earliest,
+        ..Default::default()
+    };
+    let mut a = Consumer::new(client.clone(), config.clone());
+    let mut b = Consumer::new(client.clone(), config);
+    a.subscribe(vec!["shared".into()]).await.unwrap();
+    poll_until(&mut a, "a to own all 4", |c| c.assignment().len() == 4).await;
+    b.subscribe(vec!["shared".into()]).await.unwrap();
+    for _ in 0..100 {
+        a.poll(Duration::from_millis(50)).await.unwrap();
+        b.poll(Duration::from_millis(50)).await.unwrap();
+        if a.assignment().len() == 2 && b.assignment().len() == 2 {
+            break;
+        }
+    }
+    let owned_a: BTreeSet<_> = a.assignment().into_iter().collect();
+    let owned_b: BTreeSet<_> = b.assignment().into_iter().collect();
+    assert_eq!(
+        (owned_a.len(), owned_b.len()),
+        (2, 2),
+        "split: {owned_a:?} / {owned_b:?}"
+    );
+    assert!(owned_a.is_disjoint(&owned_b));
+
+    // b leaves cleanly: a takes over everything.
+    b.close().await.unwrap();
+    poll_until(&mut a, "a to take over all 4", |c| {
+        c.assignment().len() == 4
+    })
+    .await;
+    a.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_group_follows_an_offset_reset() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "live", 1).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for i in 0..10 {
+        producer
+            .send(Record::new("live").value(format!("m{i}")))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut consumer = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            group: Some("live-g".into()),
+            offset_reset: OffsetReset::Earliest,
+            ..Default::default()
+        },
+    );
+    consumer.subscribe(vec!["live".into()]).await.unwrap();
+    let mut read = 0;
+    while read < 10 {
+        read += consumer.poll(Duration::from_secs(2)).await.unwrap().len();
+    }
+    consumer.commit().await.unwrap();
+    let spec = ResetSpec {
+        group: "live-g".into(),
+        topics: vec![("live".into(), vec![])],
+        all_topics: false,
+        target: ResetTarget::ToOffset(4),
+        execute: true,
+    };
+    Admin::new(client.clone())
+        .reset_offsets(spec)
+        .await
+        .unwrap();
+    // The member hears of the reset with its next heartbeat and re-reads from offset 4.
+    let mut offsets = Vec::new();
+    for _ in 0..50 {
+        offsets.extend(
+            consumer
+                .poll(Duration::from_millis(200))
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.offset.0),
+        );
+        if offsets.len() >= 6 {
+            break;
+        }
+    }
+    assert_eq!(offsets, (4..10).collect::<Vec<_>>());
+    consumer.close().await.unwrap();
+    producer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_leaves_clean_logs() {
+    let mut server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "calm", 1).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    producer
+        .send(Record::new("calm").value("x"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    producer.close().await.unwrap();
+    drop(client);
+    assert_eq!(server.terminate(), Some(0));
+    let partition_dir = server.data_dir.join("topics").join("calm").join("0");
+    assert!(
+        partition_dir.join("clean-shutdown").exists(),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        server
+            .data_dir
+            .join("groups")
+            .join("offsets")
+            .join("clean-shutdown")
+            .exists()
+    );
+    server.restart();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig {
+            offset_reset: OffsetReset::Earliest,
+            ..Default::default()
+        },
+    );
+    consumer.assign(vec![("calm".into(), 0)]).await.unwrap();
+    let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(records.len(), 1);
+}
