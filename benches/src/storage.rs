@@ -87,9 +87,7 @@ fn read_all(log: &Log, max_bytes: usize) -> anyhow::Result<(u64, Duration)> {
     let mut bytes = 0u64;
     while from < end {
         let batches = log.read(from, max_bytes)?;
-        let last = batches
-            .last()
-            .context("read returned nothing before the end")?;
+        let last = batches.last().context("read returned nothing before the end")?;
         let header = strata_record::BatchHeader::parse(last)?;
         from = header.last_offset().plus(1);
         bytes += batches.iter().map(|b| b.len() as u64).sum::<u64>();
@@ -124,9 +122,7 @@ pub(crate) fn run(args: &StorageArgs) -> anyhow::Result<()> {
         "never" => Durability::Never,
         other => anyhow::bail!("--fsync must be 'every' or 'never', not {other:?}"),
     };
-    let workdir = tempfile::Builder::new()
-        .prefix("strata-bench-")
-        .tempdir_in(&args.dir)?;
+    let workdir = tempfile::Builder::new().prefix("strata-bench-").tempdir_in(&args.dir)?;
     let batch = sample_batch(args.record_bytes, args.batch_bytes);
     let count = (args.total_mb * 1_000_000).div_ceil(batch.len() as u64);
     let total = count * batch.len() as u64;
@@ -141,10 +137,7 @@ pub(crate) fn run(args: &StorageArgs) -> anyhow::Result<()> {
         workdir.path().display()
     ));
 
-    let config = LogConfig {
-        durability,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { durability, ..LogConfig::default() };
     let log_dir = workdir.path().join("log");
     let log = Log::open(&log_dir, config.clone())?;
     let raw_path = workdir.path().join("raw");
@@ -168,20 +161,13 @@ pub(crate) fn run(args: &StorageArgs) -> anyhow::Result<()> {
     let (mut read, mut memcpy) = (Duration::MAX, Duration::MAX);
     for _ in 0..args.read_rounds.max(1) {
         let (read_bytes, elapsed) = read_all(&log, args.read_bytes)?;
-        anyhow::ensure!(
-            read_bytes == total,
-            "read {read_bytes} bytes, appended {total}"
-        );
+        anyhow::ensure!(read_bytes == total, "read {read_bytes} bytes, appended {total}");
         read = read.min(elapsed);
         memcpy = memcpy.min(memcpy_loop(total, args.read_bytes));
     }
 
     let append_mb_s = mb_per_s(total, append);
-    let raw_mb_s = if raw.is_zero() {
-        f64::NAN
-    } else {
-        mb_per_s(total, raw)
-    };
+    let raw_mb_s = if raw.is_zero() { f64::NAN } else { mb_per_s(total, raw) };
     let read_mb_s = mb_per_s(total, read);
     let memcpy_mb_s = mb_per_s(total, memcpy);
     line(format!("  raw write+fdatasync: {raw_mb_s:10.1} MB/s"));

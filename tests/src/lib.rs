@@ -18,10 +18,7 @@ pub fn strata_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/strata
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
     let bin = dir.join("strata");
     assert!(
         bin.exists(),
@@ -32,10 +29,7 @@ pub fn strata_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 /// A `strata server` child process.
@@ -60,16 +54,9 @@ impl Server {
 
     /// Starts a server on `data_dir` (kept by the caller), logging to `log`.
     pub fn start_in(data_dir: &Path, log: PathBuf) -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("address");
-        let mut server = Server {
-            child: None,
-            addr,
-            data_dir: data_dir.to_owned(),
-            log,
-            _root: None,
-        };
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let mut server =
+            Server { child: None, addr, data_dir: data_dir.to_owned(), log, _root: None };
         server.spawn();
         server
     }
@@ -81,13 +68,7 @@ impl Server {
             .open(&self.log)
             .expect("log file");
         let child = Command::new(strata_bin())
-            .args([
-                "server",
-                "--listen",
-                &self.addr.to_string(),
-                "--maintenance-interval",
-                "200ms",
-            ])
+            .args(["server", "--listen", &self.addr.to_string(), "--maintenance-interval", "200ms"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("RUST_LOG", "info")
@@ -99,15 +80,8 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "strata server exited with {status} at start:\n{}",
-                    self.log_text()
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("strata server exited with {status} at start:\n{}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
@@ -131,10 +105,8 @@ impl Server {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .expect("kill");
+        let status =
+            Command::new("kill").args([signal, &self.pid().to_string()]).status().expect("kill");
         assert!(status.success(), "kill {signal} failed");
     }
 
@@ -158,10 +130,7 @@ impl Server {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "server did not exit within 20 s of SIGTERM:\n{}",
-                    self.log_text()
-                );
+                panic!("server did not exit within 20 s of SIGTERM:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -224,12 +193,7 @@ pub fn cli(brokers: &str, args: &[&str], stdin: &str) -> CliOutput {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn strata");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
     let output: Output = child.wait_with_output().expect("strata output");
     CliOutput {
         status: output.status.code().unwrap_or(-1),
@@ -245,10 +209,7 @@ pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

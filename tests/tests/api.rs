@@ -26,9 +26,7 @@ async fn create_topic(client: &Client, name: &str, partitions: u32) {
 }
 
 async fn raw(server: &Server) -> BrokerClient<tonic::transport::Channel> {
-    BrokerClient::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap()
+    BrokerClient::connect(format!("http://{}", server.addr)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -44,11 +42,8 @@ async fn malformed_batches_are_rejected_precisely_and_change_nothing() {
         batches,
     };
 
-    let garbage = broker
-        .produce(produce(vec![Bytes::from_static(
-            b"definitely not a record batch",
-        )]))
-        .await;
+    let garbage =
+        broker.produce(produce(vec![Bytes::from_static(b"definitely not a record batch")])).await;
     assert_eq!(garbage.unwrap_err().code(), Code::InvalidArgument);
     let mut builder = BatchBuilder::new();
     builder.push(Timestamp(1), None, Some(b"v"), &[]);
@@ -56,10 +51,8 @@ async fn malformed_batches_are_rejected_precisely_and_change_nothing() {
     let mut corrupt = good.to_vec();
     *corrupt.last_mut().unwrap() ^= 0xff;
     // A good batch next to a corrupt one: the whole request is refused.
-    let mixed = broker
-        .produce(produce(vec![good.clone(), Bytes::from(corrupt)]))
-        .await
-        .unwrap_err();
+    let mixed =
+        broker.produce(produce(vec![good.clone(), Bytes::from(corrupt)])).await.unwrap_err();
     assert_eq!(mixed.code(), Code::InvalidArgument);
     assert!(mixed.message().contains("CRC"), "{}", mixed.message());
     let empty = broker.produce(produce(vec![])).await.unwrap_err();
@@ -87,15 +80,8 @@ async fn malformed_batches_are_rejected_precisely_and_change_nothing() {
         .unwrap_err();
     assert_eq!(fetch_past_end.code(), Code::OutOfRange);
 
-    let ok = broker
-        .produce(produce(vec![good]))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        ok.batches[0].base_offset, 0,
-        "the rejected requests stored nothing"
-    );
+    let ok = broker.produce(produce(vec![good])).await.unwrap().into_inner();
+    assert_eq!(ok.batches[0].base_offset, 0, "the rejected requests stored nothing");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,9 +92,7 @@ async fn acknowledged_records_survive_kill_9() {
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     let mut deliveries = Vec::new();
     for i in 0..500u32 {
-        let record = Record::new("durable")
-            .key(format!("k{}", i % 7))
-            .value(i.to_string());
+        let record = Record::new("durable").key(format!("k{}", i % 7)).value(i.to_string());
         deliveries.push(producer.send(record).await.unwrap());
     }
     let mut acked = Vec::new();
@@ -124,15 +108,9 @@ async fn acknowledged_records_survive_kill_9() {
     let client = Client::connect(&[server.brokers()]).await.unwrap();
     let mut consumer = Consumer::new(
         client,
-        ConsumerConfig {
-            offset_reset: OffsetReset::Earliest,
-            ..Default::default()
-        },
+        ConsumerConfig { offset_reset: OffsetReset::Earliest, ..Default::default() },
     );
-    consumer
-        .assign(vec![("durable".into(), 0), ("durable".into(), 1)])
-        .await
-        .unwrap();
+    consumer.assign(vec![("durable".into(), 0), ("durable".into(), 1)]).await.unwrap();
     let mut seen = BTreeSet::new();
     let mut values_by_key: std::collections::BTreeMap<Bytes, Vec<u32>> = Default::default();
     while seen.len() < 500 {
@@ -143,20 +121,9 @@ async fn acknowledged_records_survive_kill_9() {
             seen.len()
         );
         for r in records {
-            assert!(
-                seen.insert((r.partition, r.offset)),
-                "duplicate {}/{}",
-                r.partition,
-                r.offset
-            );
-            let v: u32 = std::str::from_utf8(r.value.as_ref().unwrap())
-                .unwrap()
-                .parse()
-                .unwrap();
-            values_by_key
-                .entry(r.key.clone().unwrap())
-                .or_default()
-                .push(v);
+            assert!(seen.insert((r.partition, r.offset)), "duplicate {}/{}", r.partition, r.offset);
+            let v: u32 = std::str::from_utf8(r.value.as_ref().unwrap()).unwrap().parse().unwrap();
+            values_by_key.entry(r.key.clone().unwrap()).or_default().push(v);
         }
     }
     let acked: BTreeSet<(u32, Offset)> = acked.into_iter().collect();
@@ -173,10 +140,7 @@ async fn poll_until(consumer: &mut Consumer, what: &str, done: impl Fn(&Consumer
         }
         consumer.poll(Duration::from_millis(100)).await.unwrap();
     }
-    panic!(
-        "timed out waiting for {what}: assignment {:?}",
-        consumer.assignment()
-    );
+    panic!("timed out waiting for {what}: assignment {:?}", consumer.assignment());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -204,19 +168,12 @@ async fn group_members_split_partitions_and_take_over() {
     }
     let owned_a: BTreeSet<_> = a.assignment().into_iter().collect();
     let owned_b: BTreeSet<_> = b.assignment().into_iter().collect();
-    assert_eq!(
-        (owned_a.len(), owned_b.len()),
-        (2, 2),
-        "split: {owned_a:?} / {owned_b:?}"
-    );
+    assert_eq!((owned_a.len(), owned_b.len()), (2, 2), "split: {owned_a:?} / {owned_b:?}");
     assert!(owned_a.is_disjoint(&owned_b));
 
     // b leaves cleanly: a takes over everything.
     b.close().await.unwrap();
-    poll_until(&mut a, "a to take over all 4", |c| {
-        c.assignment().len() == 4
-    })
-    .await;
+    poll_until(&mut a, "a to take over all 4", |c| c.assignment().len() == 4).await;
     a.close().await.unwrap();
 }
 
@@ -227,12 +184,7 @@ async fn a_live_group_follows_an_offset_reset() {
     create_topic(&client, "live", 1).await;
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     for i in 0..10 {
-        producer
-            .send(Record::new("live").value(format!("m{i}")))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        producer.send(Record::new("live").value(format!("m{i}"))).await.unwrap().await.unwrap();
     }
     let mut consumer = Consumer::new(
         client.clone(),
@@ -255,20 +207,12 @@ async fn a_live_group_follows_an_offset_reset() {
         target: ResetTarget::ToOffset(4),
         execute: true,
     };
-    Admin::new(client.clone())
-        .reset_offsets(spec)
-        .await
-        .unwrap();
+    Admin::new(client.clone()).reset_offsets(spec).await.unwrap();
     // The member hears of the reset with its next heartbeat and re-reads from offset 4.
     let mut offsets = Vec::new();
     for _ in 0..50 {
         offsets.extend(
-            consumer
-                .poll(Duration::from_millis(200))
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.offset.0),
+            consumer.poll(Duration::from_millis(200)).await.unwrap().iter().map(|r| r.offset.0),
         );
         if offsets.len() >= 6 {
             break;
@@ -285,37 +229,18 @@ async fn sigterm_drains_and_leaves_clean_logs() {
     let client = Client::connect(&[server.brokers()]).await.unwrap();
     create_topic(&client, "calm", 1).await;
     let producer = Producer::new(client.clone(), ProducerConfig::default());
-    producer
-        .send(Record::new("calm").value("x"))
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    producer.send(Record::new("calm").value("x")).await.unwrap().await.unwrap();
     producer.close().await.unwrap();
     drop(client);
     assert_eq!(server.terminate(), Some(0));
     let partition_dir = server.data_dir.join("topics").join("calm").join("0");
-    assert!(
-        partition_dir.join("clean-shutdown").exists(),
-        "{}",
-        server.log_text()
-    );
-    assert!(
-        server
-            .data_dir
-            .join("groups")
-            .join("offsets")
-            .join("clean-shutdown")
-            .exists()
-    );
+    assert!(partition_dir.join("clean-shutdown").exists(), "{}", server.log_text());
+    assert!(server.data_dir.join("groups").join("offsets").join("clean-shutdown").exists());
     server.restart();
     let client = Client::connect(&[server.brokers()]).await.unwrap();
     let mut consumer = Consumer::new(
         client,
-        ConsumerConfig {
-            offset_reset: OffsetReset::Earliest,
-            ..Default::default()
-        },
+        ConsumerConfig { offset_reset: OffsetReset::Earliest, ..Default::default() },
     );
     consumer.assign(vec![("calm".into(), 0)]).await.unwrap();
     let records = consumer.poll(Duration::from_secs(5)).await.unwrap();

@@ -18,16 +18,11 @@ pub fn to_topic_partitions<'a>(
         .into_iter()
         .map(|(topic, mut partitions)| {
             partitions.sort_unstable();
-            TopicPartitions {
-                topic: topic.to_owned(),
-                partitions,
-            }
+            TopicPartitions { topic: topic.to_owned(), partitions }
         })
         .collect()
 }
 
 pub fn from_topic_partitions(list: &[TopicPartitions]) -> BTreeSet<TopicPartition> {
-    list.iter()
-        .flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p)))
-        .collect()
+    list.iter().flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p))).collect()
 }

@@ -26,13 +26,7 @@ pub enum BrokerError {
     #[error(
         "offset {offset} is out of range for {topic}/{partition}: valid offsets are [{start}, {end}]"
     )]
-    OffsetOutOfRange {
-        topic: String,
-        partition: u32,
-        offset: u64,
-        start: u64,
-        end: u64,
-    },
+    OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },
     #[error("invalid record batch: {0}")]
     InvalidBatch(#[from] RecordError),
     #[error("storage: {0}")]

@@ -39,12 +39,7 @@ impl Partition {
     pub fn open(topic: TopicName, id: u32, dir: &Path, config: LogConfig) -> Result<Partition> {
         let log = Log::open(dir, config)?;
         let (high_watermark, _) = watch::channel(0);
-        let partition = Partition {
-            topic,
-            id,
-            log,
-            high_watermark,
-        };
+        let partition = Partition { topic, id, log, high_watermark };
         partition.publish_high_watermark();
         Ok(partition)
     }
@@ -87,7 +82,7 @@ impl Partition {
     /// them in order. Returns where each landed.
     pub async fn append(self: &Arc<Self>, batches: Vec<Bytes>) -> Result<Vec<AppendInfo>> {
         let limit = self.log.config().max_batch_bytes;
-        for batch in &batches {
+        for (index, batch) in batches.iter().enumerate() {
             if batch.len() > limit {
                 return Err(BrokerError::TooLarge(format!(
                     "batch of {} bytes exceeds max.message.bytes {limit} of topic {}",
@@ -95,7 +90,11 @@ impl Partition {
                     self.topic
                 )));
             }
-            RecordBatch::new(batch)?.validate_records()?;
+            RecordBatch::new(batch).and_then(|b| b.validate_records()).map_err(|err| {
+                BrokerError::InvalidArgument(format!(
+                    "batch #{index} of the request is invalid: {err}"
+                ))
+            })?;
         }
         let partition = self.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -149,11 +148,7 @@ impl Partition {
             let bytes: usize = batches.iter().map(Bytes::len).sum();
             let expired = Instant::now() >= deadline || shutdown.is_cancelled();
             if (bytes > 0 && bytes >= min_bytes) || expired {
-                return Ok(Fetched {
-                    batches,
-                    high_watermark,
-                    log_start: self.log_start(),
-                });
+                return Ok(Fetched { batches, high_watermark, log_start: self.log_start() });
             }
             // Woken by the next append, or by the deadline or shutdown for a last look.
             tokio::select! {
@@ -175,8 +170,6 @@ impl Partition {
             .await
             .map_err(|_| BrokerError::ShuttingDown)??;
         let high_watermark = self.high_watermark();
-        Ok(found
-            .filter(|&o| o < high_watermark)
-            .unwrap_or(high_watermark))
+        Ok(found.filter(|&o| o < high_watermark).unwrap_or(high_watermark))
     }
 }

@@ -72,17 +72,11 @@ impl Shared {
         let topics = if wanted.is_empty() {
             self.topics.all()
         } else {
-            wanted
-                .iter()
-                .map(|name| self.topics.get(name))
-                .collect::<Result<Vec<_>>>()?
+            wanted.iter().map(|name| self.topics.get(name)).collect::<Result<Vec<_>>>()?
         };
         let node = self.config.node_id;
         Ok(MetadataResponse {
-            brokers: vec![BrokerInfo {
-                node_id: node,
-                address: self.config.advertise.clone(),
-            }],
+            brokers: vec![BrokerInfo { node_id: node, address: self.config.advertise.clone() }],
             topics: topics
                 .iter()
                 .map(|t| TopicMetadata {
@@ -139,10 +133,8 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
-    fs::create_dir_all(&config.data_dir).map_err(BrokerError::io(format!(
-        "creating {}",
-        config.data_dir.display()
-    )))?;
+    fs::create_dir_all(&config.data_dir)
+        .map_err(BrokerError::io(format!("creating {}", config.data_dir.display())))?;
     let lock_path = config.data_dir.join(".lock");
     let lock = File::create(&lock_path)
         .map_err(BrokerError::io(format!("creating {}", lock_path.display())))?;
@@ -158,9 +150,7 @@ pub async fn run(
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(BrokerError::io(format!("listening on {}", config.listen)))?;
-    let local = listener
-        .local_addr()
-        .map_err(BrokerError::io("reading the bound address"))?;
+    let local = listener.local_addr().map_err(BrokerError::io("reading the bound address"))?;
     let max_request = config.max_request_bytes;
     let shared = Arc::new(Shared {
         config,

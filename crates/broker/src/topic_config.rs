@@ -13,13 +13,8 @@ pub const RETENTION_BYTES: &str = "retention.bytes";
 pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
 pub const SEGMENT_BYTES: &str = "segment.bytes";
 pub const SEGMENT_MS: &str = "segment.ms";
-const KEYS: [&str; 5] = [
-    RETENTION_MS,
-    RETENTION_BYTES,
-    MAX_MESSAGE_BYTES,
-    SEGMENT_BYTES,
-    SEGMENT_MS,
-];
+const KEYS: [&str; 5] =
+    [RETENTION_MS, RETENTION_BYTES, MAX_MESSAGE_BYTES, SEGMENT_BYTES, SEGMENT_MS];
 
 /// A topic's settings. `-1` means "no limit" for the retention settings, as in Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,14 +78,10 @@ impl TopicConfig {
             return bad(format!("{RETENTION_BYTES} must be positive or -1"));
         }
         if !(64..=MAX_BATCH_BYTES as u64).contains(&u64::from(self.max_message_bytes)) {
-            return bad(format!(
-                "{MAX_MESSAGE_BYTES} must be in [64, {MAX_BATCH_BYTES}]"
-            ));
+            return bad(format!("{MAX_MESSAGE_BYTES} must be in [64, {MAX_BATCH_BYTES}]"));
         }
         if !(16 * 1024..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
-            return bad(format!(
-                "{SEGMENT_BYTES} must be in [16384, {MAX_SEGMENT_BYTES}]"
-            ));
+            return bad(format!("{SEGMENT_BYTES} must be in [16384, {MAX_SEGMENT_BYTES}]"));
         }
         if self.segment_ms <= 0 {
             return bad(format!("{SEGMENT_MS} must be positive"));
@@ -103,10 +94,7 @@ impl TopicConfig {
         BTreeMap::from([
             (RETENTION_MS.to_owned(), self.retention_ms.to_string()),
             (RETENTION_BYTES.to_owned(), self.retention_bytes.to_string()),
-            (
-                MAX_MESSAGE_BYTES.to_owned(),
-                self.max_message_bytes.to_string(),
-            ),
+            (MAX_MESSAGE_BYTES.to_owned(), self.max_message_bytes.to_string()),
             (SEGMENT_BYTES.to_owned(), self.segment_bytes.to_string()),
             (SEGMENT_MS.to_owned(), self.segment_ms.to_string()),
         ])

@@ -41,12 +41,10 @@ impl Topic {
     }
 
     pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
-        self.partitions
-            .get(id as usize)
-            .ok_or_else(|| BrokerError::UnknownPartition {
-                topic: self.name.to_string(),
-                partition: id,
-            })
+        self.partitions.get(id as usize).ok_or_else(|| BrokerError::UnknownPartition {
+            topic: self.name.to_string(),
+            partition: id,
+        })
     }
 }
 
@@ -69,10 +67,7 @@ fn write_meta(dir: &Path, meta: &TopicMeta) -> Result<()> {
         fs::rename(&tmp, dir.join(META_FILE))?;
         fs::File::open(dir)?.sync_all()
     };
-    write().map_err(BrokerError::io(format!(
-        "writing {}",
-        dir.join(META_FILE).display()
-    )))
+    write().map_err(BrokerError::io(format!("writing {}", dir.join(META_FILE).display())))
 }
 
 fn open_partitions(
@@ -123,20 +118,11 @@ impl Topics {
             let partitions = open_partitions(&name, &dir, &meta, durability)?;
             topics.insert(
                 meta.name.clone(),
-                Arc::new(Topic {
-                    name,
-                    meta: RwLock::new(meta),
-                    partitions,
-                }),
+                Arc::new(Topic { name, meta: RwLock::new(meta), partitions }),
             );
         }
         tracing::info!(topics = topics.len(), "topics opened");
-        Ok(Topics {
-            root,
-            trash,
-            durability,
-            topics: RwLock::new(topics),
-        })
+        Ok(Topics { root, trash, durability, topics: RwLock::new(topics) })
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
@@ -153,12 +139,7 @@ impl Topics {
     }
 
     pub fn all(&self) -> Vec<Arc<Topic>> {
-        self.topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// Creates a topic: partition logs first, `topic.json` last, so a crash in between leaves a
@@ -173,12 +154,15 @@ impl Topics {
     ) -> Result<Arc<Topic>> {
         let topic_name =
             TopicName::new(name).map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
-        if partitions == 0 || partitions > MAX_PARTITIONS {
+        // proto3 sends 0 for a field left out: it means "the default", 1.
+        let partitions = partitions.max(1);
+        let replication_factor = replication_factor.max(1);
+        if partitions > MAX_PARTITIONS {
             return Err(BrokerError::InvalidArgument(format!(
                 "partitions must be in [1, {MAX_PARTITIONS}], not {partitions}"
             )));
         }
-        if replication_factor == 0 || replication_factor > nodes {
+        if replication_factor > nodes {
             return Err(BrokerError::InvalidArgument(format!(
                 "replication factor must be in [1, {nodes}] (the number of nodes), not {replication_factor}"
             )));
@@ -210,17 +194,9 @@ impl Topics {
                 return Err(err);
             }
         };
-        let topic = Arc::new(Topic {
-            name: topic_name,
-            meta: RwLock::new(meta),
-            partitions,
-        });
+        let topic = Arc::new(Topic { name: topic_name, meta: RwLock::new(meta), partitions });
         topics.insert(name.to_owned(), topic.clone());
-        tracing::info!(
-            topic = name,
-            partitions = topic.partitions.len(),
-            "topic created"
-        );
+        tracing::info!(topic = name, partitions = topic.partitions.len(), "topic created");
         Ok(topic)
     }
 
@@ -233,9 +209,7 @@ impl Topics {
         next.config = config;
         write_meta(&self.root.join(name), &next)?;
         for partition in &topic.partitions {
-            partition
-                .log()
-                .set_config(next.config.log_config(self.durability))?;
+            partition.log().set_config(next.config.log_config(self.durability))?;
         }
         *meta = next;
         drop(meta);

@@ -56,11 +56,8 @@ fn print(record: &ConsumerRecord, format: Format) {
             line(&value);
         }
         Format::Json => {
-            let headers: Map<String, Value> = record
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), text(v)))
-                .collect();
+            let headers: Map<String, Value> =
+                record.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect();
             line(
                 &json!({
                     "topic": record.topic,
@@ -82,11 +79,7 @@ pub async fn run(args: &ConsumeArgs, client: Client, format: Format) -> anyhow::
     let from_time = args.from_time.as_deref().map(parse::datetime).transpose()?;
     let config = ConsumerConfig {
         group: args.group.clone(),
-        offset_reset: if args.from_beginning {
-            OffsetReset::Earliest
-        } else {
-            OffsetReset::Latest
-        },
+        offset_reset: if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest },
         client_id: "strata-cli".into(),
         ..ConsumerConfig::default()
     };
@@ -99,9 +92,7 @@ pub async fn run(args: &ConsumeArgs, client: Client, format: Format) -> anyhow::
             if count == 0 {
                 bail!("unknown topic {:?}", args.topic);
             }
-            consumer
-                .assign((0..count).map(|p| (args.topic.clone(), p)).collect())
-                .await?;
+            consumer.assign((0..count).map(|p| (args.topic.clone(), p)).collect()).await?;
         }
     }
     if let (Some(offset), Some(p)) = (args.offset, args.partition) {

@@ -114,11 +114,7 @@ pub async fn run(command: &GroupCommand, client: &Client, format: Format) -> any
                         p.committed_offset.map_or("-".into(), |o| o.to_string()),
                         p.log_end_offset.to_string(),
                         p.lag.to_string(),
-                        if p.owner.is_empty() {
-                            "-".into()
-                        } else {
-                            p.owner.clone()
-                        },
+                        if p.owner.is_empty() { "-".into() } else { p.owner.clone() },
                     ],
                     json!({
                         "group": d.group_id,
@@ -161,13 +157,8 @@ pub async fn run(command: &GroupCommand, client: &Client, format: Format) -> any
                 execute: args.execute,
             };
             let result = admin.reset_offsets(spec).await?;
-            let mut table = Table::new(&[
-                "GROUP",
-                "TOPIC",
-                "PARTITION",
-                "PREVIOUS-OFFSET",
-                "NEW-OFFSET",
-            ]);
+            let mut table =
+                Table::new(&["GROUP", "TOPIC", "PARTITION", "PREVIOUS-OFFSET", "NEW-OFFSET"]);
             for c in &result.changes {
                 table.row(
                     vec![

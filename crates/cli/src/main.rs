@@ -20,11 +20,7 @@ use strata_client::Client;
 const DEFAULT_BROKERS: &str = "localhost:10092";
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "strata",
-    version,
-    about = "Strata: a distributed log-based streaming platform"
-)]
+#[command(name = "strata", version, about = "Strata: a distributed log-based streaming platform")]
 struct Cli {
     /// Brokers to bootstrap from, HOST:PORT[,HOST:PORT…].
     #[arg(long, global = true, env = "STRATA_BROKERS", default_value = DEFAULT_BROKERS)]
@@ -57,12 +53,8 @@ enum Command {
 
 impl Cli {
     async fn client(&self) -> anyhow::Result<Client> {
-        let brokers: Vec<&str> = self
-            .brokers
-            .split(',')
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-            .collect();
+        let brokers: Vec<&str> =
+            self.brokers.split(',').map(str::trim).filter(|b| !b.is_empty()).collect();
         Ok(Client::connect(&brokers).await?)
     }
 }
@@ -91,16 +83,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    init_tracing(if matches!(cli.command, Command::Server(_)) {
-        "info"
-    } else {
-        "warn"
-    });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(err) = runtime.block_on(run(cli)) {
+    init_tracing(if matches!(cli.command, Command::Server(_)) { "info" } else { "warn" });
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(run(cli));
+    // Do not wait for idle blocking-pool threads (the runtime keeps them a while by default).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    if let Err(err) = result {
         output::note(&format!("error: {}", one_line(&err)));
         std::process::exit(1);
     }

@@ -23,11 +23,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&'static str]) -> Table {
-        Table {
-            headers: headers.to_vec(),
-            rows: Vec::new(),
-            json: Vec::new(),
-        }
+        Table { headers: headers.to_vec(), rows: Vec::new(), json: Vec::new() }
     }
 
     pub fn row(&mut self, cells: Vec<String>, json: Value) {
@@ -50,16 +46,11 @@ impl Table {
                     }
                 }
                 let render = |cells: Vec<String>| {
-                    let padded: Vec<String> = cells
-                        .iter()
-                        .zip(&widths)
-                        .map(|(c, w)| format!("{c:<w$}"))
-                        .collect();
+                    let padded: Vec<String> =
+                        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
                     padded.join("  ").trim_end().to_owned()
                 };
-                line(&render(
-                    self.headers.iter().map(|h| h.to_string()).collect(),
-                ));
+                line(&render(self.headers.iter().map(|h| h.to_string()).collect()));
                 for row in &self.rows {
                     line(&render(row.clone()));
                 }

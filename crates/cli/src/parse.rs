@@ -44,9 +44,8 @@ pub fn key_values(pairs: &[String]) -> anyhow::Result<HashMap<String, String>> {
     pairs
         .iter()
         .map(|pair| {
-            let (k, v) = pair
-                .split_once('=')
-                .with_context(|| format!("{pair:?} is not KEY=VALUE"))?;
+            let (k, v) =
+                pair.split_once('=').with_context(|| format!("{pair:?} is not KEY=VALUE"))?;
             Ok((k.trim().to_owned(), v.to_owned()))
         })
         .collect()
@@ -80,19 +79,14 @@ pub fn offsets_csv(text: &str) -> anyhow::Result<Vec<(String, u32, u64)>> {
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let [topic, partition, offset] = fields[..] else {
-            bail!(
-                "line {}: expected topic,partition,offset, got {raw:?}",
-                n + 1
-            );
+            bail!("line {}: expected topic,partition,offset, got {raw:?}", n + 1);
         };
         out.push((
             topic.to_owned(),
             partition
                 .parse()
                 .with_context(|| format!("line {}: bad partition {partition:?}", n + 1))?,
-            offset
-                .parse()
-                .with_context(|| format!("line {}: bad offset {offset:?}", n + 1))?,
+            offset.parse().with_context(|| format!("line {}: bad offset {offset:?}", n + 1))?,
         ));
     }
     Ok(out)
@@ -113,24 +107,15 @@ mod tests {
 
     #[test]
     fn datetimes() {
-        assert_eq!(
-            datetime("1700000000000").unwrap(),
-            Timestamp(1_700_000_000_000)
-        );
+        assert_eq!(datetime("1700000000000").unwrap(), Timestamp(1_700_000_000_000));
         assert_eq!(datetime("1970-01-01T00:00:01Z").unwrap(), Timestamp(1000));
-        assert_eq!(
-            datetime("1970-01-01T00:00:01.500").unwrap(),
-            Timestamp(1500)
-        );
+        assert_eq!(datetime("1970-01-01T00:00:01.500").unwrap(), Timestamp(1500));
         assert_eq!(datetime("1970-01-01T01:00:00+01:00").unwrap(), Timestamp(0));
     }
 
     #[test]
     fn specs_and_csv() {
-        assert_eq!(
-            topic_partitions("t:0,2").unwrap(),
-            ("t".to_owned(), vec![0, 2])
-        );
+        assert_eq!(topic_partitions("t:0,2").unwrap(), ("t".to_owned(), vec![0, 2]));
         assert_eq!(topic_partitions("t").unwrap(), ("t".to_owned(), vec![]));
         assert!(topic_partitions("t:x").is_err());
         let csv = offsets_csv("# export\norders,0,5\n\norders,1,7\n").unwrap();

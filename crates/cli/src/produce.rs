@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use strata_client::{Acks, Client, Producer, ProducerConfig, Record};
+use strata_client::{Acks, Client, Compression, Producer, ProducerConfig, Record};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::output::{Format, line, note};
@@ -34,6 +34,16 @@ pub struct ProduceArgs {
     /// Send every record to this partition instead of choosing by key.
     #[arg(long)]
     partition: Option<u32>,
+    /// Compress batches: none, lz4 or zstd.
+    #[arg(long, value_enum, default_value = "none")]
+    compression: CompressionArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Lz4,
+    Zstd,
 }
 
 pub async fn run(args: &ProduceArgs, client: Client, format: Format) -> anyhow::Result<()> {
@@ -44,18 +54,16 @@ pub async fn run(args: &ProduceArgs, client: Client, format: Format) -> anyhow::
     };
     let mut headers = Vec::new();
     for h in &args.headers {
-        let Some((k, v)) = h.split_once('=') else {
-            bail!("header {h:?} is not K=V")
-        };
+        let Some((k, v)) = h.split_once('=') else { bail!("header {h:?} is not K=V") };
         headers.push((k.to_owned(), Some(bytes::Bytes::from(v.to_owned()))));
     }
-    let producer = Producer::new(
-        client,
-        ProducerConfig {
-            acks,
-            ..ProducerConfig::default()
-        },
-    );
+    let compression = match args.compression {
+        CompressionArg::None => Compression::None,
+        CompressionArg::Lz4 => Compression::Lz4,
+        CompressionArg::Zstd => Compression::Zstd,
+    };
+    let config = ProducerConfig { acks, compression, ..ProducerConfig::default() };
+    let producer = Producer::new(client, config);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut deliveries = Vec::new();
     while let Some(text) = lines.next_line().await? {

@@ -80,11 +80,8 @@ fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
         None => FileConfig::default(),
     };
     let node_id = args.node_id.or(file.node_id).unwrap_or(1);
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from("strata-data"));
+    let data_dir =
+        args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("strata-data"));
     let listen = match args.listen.or(file.listen) {
         Some(addr) => addr,
         None => DEFAULT_LISTEN.parse().expect("valid default"),
@@ -110,11 +107,7 @@ fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(fsync) = args.fsync.clone().or(file.fsync) {
         config.durability = durability(&fsync)?;
     }
-    if let Some(interval) = args
-        .maintenance_interval
-        .clone()
-        .or(file.maintenance_interval)
-    {
+    if let Some(interval) = args.maintenance_interval.clone().or(file.maintenance_interval) {
         config.maintenance_interval = parse::duration(&interval)?.max(Duration::from_millis(100));
     }
     Ok(config)

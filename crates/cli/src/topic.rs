@@ -71,11 +71,8 @@ fn print_description(description: &TopicDescription, format: Format) {
     }
     table.print(format);
     if format == Format::Human {
-        let mut configs: Vec<String> = description
-            .configs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut configs: Vec<String> =
+            description.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         configs.sort();
         line(&format!("configs: {}", configs.join(" ")));
     }
@@ -84,12 +81,7 @@ fn print_description(description: &TopicDescription, format: Format) {
 pub async fn run(command: &TopicCommand, client: &Client, format: Format) -> anyhow::Result<()> {
     let admin = Admin::new(client.clone());
     match command {
-        TopicCommand::Create {
-            name,
-            partitions,
-            replication_factor,
-            configs,
-        } => {
+        TopicCommand::Create { name, partitions, replication_factor, configs } => {
             let spec = TopicSpec {
                 name: name.clone(),
                 partitions: *partitions,
@@ -98,9 +90,7 @@ pub async fn run(command: &TopicCommand, client: &Client, format: Format) -> any
             };
             let description = admin.create_topic(spec).await?;
             if format == Format::Human {
-                note(&format!(
-                    "created topic {name} with {partitions} partitions"
-                ));
+                note(&format!("created topic {name} with {partitions} partitions"));
             }
             print_description(&description, format);
         }

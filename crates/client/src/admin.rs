@@ -68,34 +68,16 @@ impl Admin {
             replication_factor: spec.replication_factor,
             configs: spec.configs,
         };
-        Ok(self
-            .client
-            .admin()
-            .create_topic(request)
-            .await?
-            .into_inner())
+        Ok(self.client.admin().create_topic(request).await?.into_inner())
     }
 
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>> {
-        Ok(self
-            .client
-            .admin()
-            .list_topics(ListTopicsRequest {})
-            .await?
-            .into_inner()
-            .topics)
+        Ok(self.client.admin().list_topics(ListTopicsRequest {}).await?.into_inner().topics)
     }
 
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
-        let request = DescribeTopicRequest {
-            name: name.to_owned(),
-        };
-        Ok(self
-            .client
-            .admin()
-            .describe_topic(request)
-            .await?
-            .into_inner())
+        let request = DescribeTopicRequest { name: name.to_owned() };
+        Ok(self.client.admin().describe_topic(request).await?.into_inner())
     }
 
     pub async fn alter_topic(
@@ -103,52 +85,26 @@ impl Admin {
         name: &str,
         configs: HashMap<String, String>,
     ) -> Result<TopicDescription> {
-        let request = AlterTopicRequest {
-            name: name.to_owned(),
-            configs,
-        };
+        let request = AlterTopicRequest { name: name.to_owned(), configs };
         Ok(self.client.admin().alter_topic(request).await?.into_inner())
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        self.client
-            .admin()
-            .delete_topic(DeleteTopicRequest {
-                name: name.to_owned(),
-            })
-            .await?;
+        self.client.admin().delete_topic(DeleteTopicRequest { name: name.to_owned() }).await?;
         Ok(())
     }
 
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
-        Ok(self
-            .client
-            .admin()
-            .list_groups(ListGroupsRequest {})
-            .await?
-            .into_inner()
-            .groups)
+        Ok(self.client.admin().list_groups(ListGroupsRequest {}).await?.into_inner().groups)
     }
 
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        let request = DescribeGroupRequest {
-            group_id: group.to_owned(),
-        };
-        Ok(self
-            .client
-            .admin()
-            .describe_group(request)
-            .await?
-            .into_inner())
+        let request = DescribeGroupRequest { group_id: group.to_owned() };
+        Ok(self.client.admin().describe_group(request).await?.into_inner())
     }
 
     pub async fn delete_group(&self, group: &str) -> Result<()> {
-        self.client
-            .admin()
-            .delete_group(DeleteGroupRequest {
-                group_id: group.to_owned(),
-            })
-            .await?;
+        self.client.admin().delete_group(DeleteGroupRequest { group_id: group.to_owned() }).await?;
         Ok(())
     }
 
@@ -184,11 +140,6 @@ impl Admin {
             strategy: Some(strategy),
             execute: spec.execute,
         };
-        Ok(self
-            .client
-            .admin()
-            .reset_offsets(request)
-            .await?
-            .into_inner())
+        Ok(self.client.admin().reset_offsets(request).await?.into_inner())
     }
 }

@@ -21,11 +21,8 @@ pub struct Client {
 }
 
 fn endpoint(address: &str) -> Result<Endpoint> {
-    let uri = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
+    let uri =
+        if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
     Endpoint::from_shared(uri)
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
@@ -48,10 +45,7 @@ impl Client {
             }
             match endpoint(address)?.connect().await {
                 Ok(channel) => {
-                    return Ok(Client {
-                        channel,
-                        address: address.to_owned(),
-                    });
+                    return Ok(Client { channel, address: address.to_owned() });
                 }
                 Err(e) => {
                     last = ClientError::Connect {
@@ -79,22 +73,13 @@ impl Client {
 
     /// Brokers, topics and partition leaders; `topics` empty for all topics.
     pub async fn metadata(&self, topics: &[String]) -> Result<MetadataResponse> {
-        Ok(self
-            .broker()
-            .metadata(MetadataRequest {
-                topics: topics.to_vec(),
-            })
-            .await?
-            .into_inner())
+        Ok(self.broker().metadata(MetadataRequest { topics: topics.to_vec() }).await?.into_inner())
     }
 
     /// Number of partitions of `topic`.
     pub async fn partition_count(&self, topic: &str) -> Result<u32> {
         let metadata = self.metadata(&[topic.to_owned()]).await?;
-        Ok(metadata
-            .topics
-            .first()
-            .map_or(0, |t| t.partitions.len() as u32))
+        Ok(metadata.topics.first().map_or(0, |t| t.partitions.len() as u32))
     }
 }
 

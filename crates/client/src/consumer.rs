@@ -102,10 +102,7 @@ fn topic_partitions(set: impl IntoIterator<Item = TopicPartition>) -> Vec<TopicP
     for (t, p) in set {
         by_topic.entry(t).or_default().push(p);
     }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| TopicPartitions { topic, partitions })
-        .collect()
+    by_topic.into_iter().map(|(topic, partitions)| TopicPartitions { topic, partitions }).collect()
 }
 
 impl Consumer {
@@ -130,11 +127,7 @@ impl Consumer {
         for (tp, offset) in starts {
             self.partitions.insert(
                 tp,
-                PartitionState {
-                    position: offset,
-                    fetch_from: offset,
-                    ..Default::default()
-                },
+                PartitionState { position: offset, fetch_from: offset, ..Default::default() },
             );
         }
         Ok(())
@@ -143,9 +136,7 @@ impl Consumer {
     /// Joins the configured group for these topics; partitions arrive through `poll`.
     pub async fn subscribe(&mut self, topics: Vec<String>) -> Result<()> {
         if self.config.group.is_none() {
-            return Err(ClientError::InvalidArgument(
-                "subscribe needs a consumer group".into(),
-            ));
+            return Err(ClientError::InvalidArgument("subscribe needs a consumer group".into()));
         }
         self.subscription = topics;
         self.member = Some(Member::default());
@@ -159,9 +150,7 @@ impl Consumer {
 
     /// The next offset `poll` will return for a partition.
     pub fn position(&self, topic: &str, partition: u32) -> Option<Offset> {
-        self.partitions
-            .get(&(topic.to_owned(), partition))
-            .map(|s| s.position)
+        self.partitions.get(&(topic.to_owned(), partition)).map(|s| s.position)
     }
 
     pub fn pause(&mut self, topic: &str, partition: u32) {
@@ -174,19 +163,12 @@ impl Consumer {
 
     /// Moves a partition's position; buffered records are dropped.
     pub fn seek(&mut self, topic: &str, partition: u32, offset: Offset) -> Result<()> {
-        let state = self
-            .partitions
-            .get_mut(&(topic.to_owned(), partition))
-            .ok_or_else(|| {
-                ClientError::InvalidArgument(format!(
-                    "{topic}/{partition} is not assigned to this consumer"
-                ))
-            })?;
-        *state = PartitionState {
-            position: offset,
-            fetch_from: offset,
-            buffered: VecDeque::new(),
-        };
+        let state = self.partitions.get_mut(&(topic.to_owned(), partition)).ok_or_else(|| {
+            ClientError::InvalidArgument(format!(
+                "{topic}/{partition} is not assigned to this consumer"
+            ))
+        })?;
+        *state = PartitionState { position: offset, fetch_from: offset, buffered: VecDeque::new() };
         Ok(())
     }
 
@@ -202,14 +184,7 @@ impl Consumer {
             spec: spec as i32,
             timestamp_ms,
         };
-        Ok(Offset(
-            self.client
-                .broker()
-                .list_offsets(request)
-                .await?
-                .into_inner()
-                .offset,
-        ))
+        Ok(Offset(self.client.broker().list_offsets(request).await?.into_inner().offset))
     }
 
     pub async fn seek_to_beginning(&mut self) -> Result<()> {
@@ -254,12 +229,7 @@ impl Consumer {
                 group_id: group.clone(),
                 partitions: topic_partitions(partitions.iter().cloned()),
             };
-            let response = self
-                .client
-                .broker()
-                .fetch_offsets(request)
-                .await?
-                .into_inner();
+            let response = self.client.broker().fetch_offsets(request).await?.into_inner();
             for o in response.offsets {
                 committed.insert((o.topic, o.partition), Offset(o.offset));
             }
@@ -279,9 +249,7 @@ impl Consumer {
     }
 
     fn heartbeat_due(&self) -> bool {
-        self.member
-            .as_ref()
-            .is_some_and(|m| m.next_heartbeat.is_none_or(|t| Instant::now() >= t))
+        self.member.as_ref().is_some_and(|m| m.next_heartbeat.is_none_or(|t| Instant::now() >= t))
     }
 
     /// One heartbeat: report what is owned, apply the assignment that comes back.
@@ -297,11 +265,7 @@ impl Consumer {
             group_id: group,
             member_id: member.id.clone(),
             member_epoch: member.epoch,
-            subscribed_topics: if joining {
-                self.subscription.clone()
-            } else {
-                Vec::new()
-            },
+            subscribed_topics: if joining { self.subscription.clone() } else { Vec::new() },
             owned_partitions: topic_partitions(self.partitions.keys().cloned()),
             session_timeout_ms: self.config.session_timeout.as_millis() as u32,
             assignor: self.config.assignor.clone(),
@@ -327,9 +291,7 @@ impl Consumer {
         member.epoch = response.member_epoch;
         let interval = Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(100)));
         member.next_heartbeat = Some(Instant::now() + interval);
-        let reset_seen = member
-            .offsets_epoch
-            .is_some_and(|e| e != response.offsets_epoch);
+        let reset_seen = member.offsets_epoch.is_some_and(|e| e != response.offsets_epoch);
         member.offsets_epoch = Some(response.offsets_epoch);
 
         let target: BTreeSet<TopicPartition> = response
@@ -337,12 +299,8 @@ impl Consumer {
             .iter()
             .flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p)))
             .collect();
-        let revoked: Vec<TopicPartition> = self
-            .partitions
-            .keys()
-            .filter(|tp| !target.contains(*tp))
-            .cloned()
-            .collect();
+        let revoked: Vec<TopicPartition> =
+            self.partitions.keys().filter(|tp| !target.contains(*tp)).cloned().collect();
         if !revoked.is_empty() {
             if self.config.auto_commit {
                 self.commit_partitions(&revoked).await?;
@@ -355,10 +313,8 @@ impl Consumer {
                 m.next_heartbeat = None;
             }
         }
-        let added: Vec<TopicPartition> = target
-            .into_iter()
-            .filter(|tp| !self.partitions.contains_key(tp))
-            .collect();
+        let added: Vec<TopicPartition> =
+            target.into_iter().filter(|tp| !self.partitions.contains_key(tp)).collect();
         let mut reread: Vec<TopicPartition> = added.clone();
         if reset_seen {
             tracing::info!("group offsets were reset; resuming from the new committed offsets");
@@ -367,11 +323,7 @@ impl Consumer {
         for (tp, offset) in self.start_offsets(&reread).await? {
             self.partitions.insert(
                 tp,
-                PartitionState {
-                    position: offset,
-                    fetch_from: offset,
-                    ..Default::default()
-                },
+                PartitionState { position: offset, fetch_from: offset, ..Default::default() },
             );
         }
         Ok(())
@@ -454,10 +406,7 @@ impl Consumer {
             match result {
                 Ok(response) => {
                     let response = response.into_inner();
-                    let state = self
-                        .partitions
-                        .get_mut(&tp)
-                        .expect("fetched partition is owned");
+                    let state = self.partitions.get_mut(&tp).expect("fetched partition is owned");
                     let mut records = Vec::new();
                     for batch in &response.batches {
                         decode(&tp.0, tp.1, batch, offset, &mut records)?;
@@ -517,8 +466,7 @@ impl Consumer {
         };
         self.client.broker().commit_offsets(request).await?;
         for o in offsets {
-            self.committed
-                .insert((o.topic, o.partition), Offset(o.offset));
+            self.committed.insert((o.topic, o.partition), Offset(o.offset));
         }
         Ok(())
     }

@@ -34,10 +34,9 @@ impl ClientError {
     /// Worth retrying: the server may answer differently in a moment.
     pub fn is_retriable(&self) -> bool {
         match self {
-            ClientError::Server(s) => matches!(
-                s.code(),
-                Code::Unavailable | Code::DeadlineExceeded | Code::Aborted
-            ),
+            ClientError::Server(s) => {
+                matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted)
+            }
             ClientError::Connect { .. } => true,
             _ => false,
         }

@@ -35,5 +35,7 @@ pub use record::{ConsumerRecord, Delivered, Record};
 
 /// Generated API types, for callers that need the raw messages (descriptions, lag rows).
 pub use strata_proto as proto;
+/// Batch compression codecs (`Compression::Lz4`, `Compression::Zstd`).
+pub use strata_record::Compression;
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;

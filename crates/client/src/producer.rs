@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::ProduceRequest;
-use strata_record::{BatchBuilder, Offset, Timestamp};
+use strata_record::{BatchBuilder, Compression, Offset, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -66,6 +66,8 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// Wait before the first retry; doubles each time.
     pub retry_backoff: Duration,
+    /// Codec for each batch's records: `None`, `Lz4` or `Zstd`.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -77,6 +79,7 @@ impl Default for ProducerConfig {
             partitioner: Partitioner::KeyHash,
             retries: 5,
             retry_backoff: Duration::from_millis(100),
+            compression: Compression::None,
         }
     }
 }
@@ -95,9 +98,7 @@ pub struct DeliveryFuture(oneshot::Receiver<Result<Delivered>>);
 impl Future for DeliveryFuture {
     type Output = Result<Delivered>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(ClientError::Closed)))
     }
 }
 
@@ -119,20 +120,14 @@ impl Producer {
     /// other share batches, so send many, then await their futures.
     pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Send(record, tx))
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        self.commands.send(Command::Send(record, tx)).await.map_err(|_| ClientError::Closed)?;
         Ok(DeliveryFuture(rx))
     }
 
     /// Sends every queued record now and waits until all are acknowledged (or failed).
     pub async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Flush(tx))
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        self.commands.send(Command::Flush(tx)).await.map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)
     }
 
@@ -246,11 +241,8 @@ impl Accumulator {
         };
         let key = (record.topic.clone(), partition);
         let timestamp = record.timestamp.unwrap_or_else(Timestamp::now);
-        let headers: Vec<(&str, Option<&[u8]>)> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_deref()))
-            .collect();
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            record.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
         let size = BatchBuilder::new().record_size(
             timestamp,
             record.key.as_deref(),
@@ -268,12 +260,7 @@ impl Accumulator {
             waiters: Vec::new(),
             deadline: Instant::now() + linger,
         });
-        batch.builder.push(
-            timestamp,
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &headers,
-        );
+        batch.builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         batch.waiters.push(waiter);
         if batch.builder.size() >= self.config.batch_bytes {
             self.send_batch(key);
@@ -297,7 +284,15 @@ impl Accumulator {
         let Some(batch) = self.batches.remove(&key) else {
             return;
         };
-        let bytes = batch.builder.build(Offset(0));
+        let bytes = match batch.builder.build_compressed(Offset(0), self.config.compression) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                for waiter in batch.waiters {
+                    let _ = waiter.send(Err(err.clone().into()));
+                }
+                return;
+            }
+        };
         let previous = self.in_flight.remove(&key);
         let client = self.client.clone();
         let config = self.config.clone();
@@ -316,19 +311,15 @@ impl Accumulator {
                 };
                 tokio::spawn(async move { client.broker().produce(request).await });
                 for waiter in waiters {
-                    let _ = waiter.send(Ok(Delivered {
-                        partition,
-                        offset: None,
-                    }));
+                    let _ = waiter.send(Ok(Delivered { partition, offset: None }));
                 }
                 return;
             }
             let result = produce_with_retries(&client, &config, &topic, partition, bytes).await;
             for (i, waiter) in waiters.into_iter().enumerate() {
-                let outcome = result.clone().map(|base| Delivered {
-                    partition,
-                    offset: Some(base.plus(i as u64)),
-                });
+                let outcome = result
+                    .clone()
+                    .map(|base| Delivered { partition, offset: Some(base.plus(i as u64)) });
                 let _ = waiter.send(outcome);
             }
         });
@@ -354,13 +345,9 @@ async fn produce_with_retries(
         match client.broker().produce(request).await {
             Ok(response) => {
                 let response = response.into_inner();
-                return response
-                    .batches
-                    .first()
-                    .map(|b| Offset(b.base_offset))
-                    .ok_or_else(|| {
-                        ClientError::InvalidArgument("produce answer without offsets".into())
-                    });
+                return response.batches.first().map(|b| Offset(b.base_offset)).ok_or_else(|| {
+                    ClientError::InvalidArgument("produce answer without offsets".into())
+                });
             }
             Err(status) => {
                 let err = ClientError::from(status);

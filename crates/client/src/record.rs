@@ -1,7 +1,7 @@
 //! Records as applications see them.
 
 use bytes::Bytes;
-use strata_record::{Offset, RecordBatch, Timestamp};
+use strata_record::{BATCH_HEADER_LEN, DEFAULT_MAX_DECOMPRESSED, Offset, RecordBatch, Timestamp};
 
 use crate::Result;
 
@@ -20,10 +20,7 @@ pub struct Record {
 
 impl Record {
     pub fn new(topic: impl Into<String>) -> Record {
-        Record {
-            topic: topic.into(),
-            ..Record::default()
-        }
+        Record { topic: topic.into(), ..Record::default() }
     }
     pub fn key(mut self, key: impl Into<Bytes>) -> Record {
         self.key = Some(key.into());
@@ -67,7 +64,8 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
-/// Decodes the records of `batch` at or after `from`.
+/// Decodes the records of `batch` at or after `from`. Values of an uncompressed batch are
+/// slices of it; a compressed batch is decompressed once and its records slice that buffer.
 pub(crate) fn decode(
     topic: &str,
     partition: u32,
@@ -76,12 +74,19 @@ pub(crate) fn decode(
     out: &mut Vec<ConsumerRecord>,
 ) -> Result<()> {
     let view = RecordBatch::new(batch)?;
-    for record in view.records()? {
+    let (section, records) = match view.decompressed_records(DEFAULT_MAX_DECOMPRESSED)? {
+        Some(plain) => {
+            let plain = Bytes::from(plain);
+            (plain.clone(), plain)
+        }
+        None => (batch.slice(BATCH_HEADER_LEN..), batch.clone()),
+    };
+    for record in view.records_in(&section)? {
         let record = record?;
         if record.offset() < from {
             continue;
         }
-        let slice = |s: Option<&[u8]>| s.map(|s| batch.slice_ref(s));
+        let slice = |s: Option<&[u8]>| s.map(|s| records.slice_ref(s));
         let mut headers = Vec::with_capacity(record.headers().len());
         for header in record.headers() {
             let header = header?;

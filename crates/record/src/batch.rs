@@ -26,6 +26,8 @@ use crate::{Offset, RecordError, Result, Timestamp};
 pub const BATCH_HEADER_LEN: usize = 61;
 /// The only batch format Strata reads or writes.
 pub const MAGIC_V2: i8 = 2;
+/// Largest records section a compressed batch may expand to unless the caller says otherwise.
+pub const DEFAULT_MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
 /// `producerId` of a batch from a non-idempotent producer.
 pub const NO_PRODUCER_ID: i64 = -1;
 /// `producerEpoch` of a batch from a non-idempotent producer.
@@ -61,6 +63,19 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// The codec's value in bits 0..3 of the attributes.
+    pub fn attribute_bits(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+}
+
 /// How the batch's timestamps were set, bit 3 of the attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimestampType {
@@ -87,11 +102,7 @@ impl Attributes {
     }
 
     pub fn timestamp_type(self) -> TimestampType {
-        if self.0 & 0x8 == 0 {
-            TimestampType::CreateTime
-        } else {
-            TimestampType::LogAppendTime
-        }
+        if self.0 & 0x8 == 0 { TimestampType::CreateTime } else { TimestampType::LogAppendTime }
     }
 
     pub fn is_transactional(self) -> bool {
@@ -139,9 +150,7 @@ pub fn batch_len_at(buf: &[u8]) -> Option<u64> {
         return None;
     }
     let declared = be_i32(buf, LENGTH_AT);
-    u64::try_from(declared)
-        .ok()
-        .map(|len| len + LOG_OVERHEAD as u64)
+    u64::try_from(declared).ok().map(|len| len + LOG_OVERHEAD as u64)
 }
 
 impl BatchHeader {
@@ -150,10 +159,7 @@ impl BatchHeader {
     /// The CRC is not checked here (see [`RecordBatch::new`]).
     pub fn parse(buf: &[u8]) -> Result<BatchHeader> {
         if buf.len() < BATCH_HEADER_LEN {
-            return Err(RecordError::Truncated {
-                needed: BATCH_HEADER_LEN,
-                available: buf.len(),
-            });
+            return Err(RecordError::Truncated { needed: BATCH_HEADER_LEN, available: buf.len() });
         }
         let header = BatchHeader {
             base_offset: be_i64(buf, BASE_OFFSET_AT),
@@ -174,29 +180,19 @@ impl BatchHeader {
             return Err(RecordError::BadMagic(header.magic));
         }
         if (header.batch_length as i64) < (BATCH_HEADER_LEN - LOG_OVERHEAD) as i64 {
-            return Err(RecordError::InvalidHeader(
-                "batchLength shorter than the header",
-            ));
+            return Err(RecordError::InvalidHeader("batchLength shorter than the header"));
         }
         if header.base_offset < 0 {
             return Err(RecordError::InvalidHeader("negative baseOffset"));
         }
         if header.record_count <= 0 {
-            return Err(RecordError::InvalidHeader(
-                "a batch must hold at least one record",
-            ));
+            return Err(RecordError::InvalidHeader("a batch must hold at least one record"));
         }
         // Strata never compacts, so offsets inside a batch are dense.
         if i64::from(header.last_offset_delta) != i64::from(header.record_count) - 1 {
-            return Err(RecordError::InvalidHeader(
-                "lastOffsetDelta must be recordCount - 1",
-            ));
+            return Err(RecordError::InvalidHeader("lastOffsetDelta must be recordCount - 1"));
         }
-        if header
-            .base_offset
-            .checked_add(i64::from(header.last_offset_delta))
-            .is_none()
-        {
+        if header.base_offset.checked_add(i64::from(header.last_offset_delta)).is_none() {
             return Err(RecordError::InvalidHeader("last offset overflows"));
         }
         header.attributes.compression()?;
@@ -252,10 +248,7 @@ impl<'a> RecordBatch<'a> {
         }
         let computed = crc_of(bytes);
         if computed != header.crc {
-            return Err(RecordError::CrcMismatch {
-                stored: header.crc,
-                computed,
-            });
+            return Err(RecordError::CrcMismatch { stored: header.crc, computed });
         }
         Ok(RecordBatch { header, bytes })
     }
@@ -268,36 +261,56 @@ impl<'a> RecordBatch<'a> {
         self.bytes
     }
 
-    /// The records, decoded lazily. Fails at once for a compressed batch, which this crate
-    /// cannot open yet.
+    /// The records of an uncompressed batch, decoded lazily. A compressed batch fails with
+    /// `UnsupportedCompression`: decompress it first ([`Self::decompressed_records`]) and
+    /// iterate with [`Self::records_in`].
     pub fn records(&self) -> Result<Records<'a>> {
         match self.header.attributes.compression()? {
-            Compression::None
-                if self.header.record_count as usize * MIN_RECORD_LEN
-                    > self.bytes.len() - BATCH_HEADER_LEN =>
-            {
-                Err(RecordError::InvalidHeader(
-                    "record count larger than the batch can hold",
-                ))
-            }
-            Compression::None => Ok(Records::new(
-                &self.bytes[BATCH_HEADER_LEN..],
-                self.header.record_count as u32,
-                self.header.base_offset,
-                self.header.base_timestamp,
-            )),
+            Compression::None => self.records_in(&self.bytes[BATCH_HEADER_LEN..]),
             other => Err(RecordError::UnsupportedCompression(other)),
         }
     }
 
-    /// Walks every record and checks its framing, its offset delta and the record count, as a
-    /// broker must before it stores a producer's batch. Compressed batches are accepted on
-    /// their header and CRC alone.
-    pub fn validate_records(&self) -> Result<()> {
-        if self.header.attributes.compression()? != Compression::None {
-            return Ok(());
+    /// Compression codec of the records section.
+    pub fn compression(&self) -> Result<Compression> {
+        self.header.attributes.compression()
+    }
+
+    /// The records section decompressed, refusing to grow past `limit` bytes; `None` for an
+    /// uncompressed batch (use [`Self::records`]).
+    pub fn decompressed_records(&self, limit: usize) -> Result<Option<Vec<u8>>> {
+        match self.compression()? {
+            Compression::None => Ok(None),
+            codec => crate::compression::decompress(codec, &self.bytes[BATCH_HEADER_LEN..], limit)
+                .map(Some),
         }
-        let mut records = self.records()?;
+    }
+
+    /// Iterates this batch's records over `section`, its (decompressed) records section.
+    pub fn records_in<'b>(&self, section: &'b [u8]) -> Result<Records<'b>> {
+        if self.header.record_count as usize * MIN_RECORD_LEN > section.len() {
+            return Err(RecordError::InvalidHeader("record count larger than the batch can hold"));
+        }
+        Ok(Records::new(
+            section,
+            self.header.record_count as u32,
+            self.header.base_offset,
+            self.header.base_timestamp,
+        ))
+    }
+
+    /// Walks every record and checks its framing, its offset delta and the record count, as a
+    /// broker must before it stores a producer's batch. Compressed batches are decompressed
+    /// (at most [`DEFAULT_MAX_DECOMPRESSED`] bytes) to be checked.
+    pub fn validate_records(&self) -> Result<()> {
+        self.validate_records_limited(DEFAULT_MAX_DECOMPRESSED)
+    }
+
+    /// [`Self::validate_records`] with a limit on the decompressed size.
+    pub fn validate_records_limited(&self, max_decompressed: usize) -> Result<()> {
+        let owned = self.decompressed_records(max_decompressed)?;
+        let section = owned.as_deref().unwrap_or(&self.bytes[BATCH_HEADER_LEN..]);
+        let mut records = self.records_in(section)?;
         let mut index = 0u32;
         for record in records.by_ref() {
             let record = record?;
@@ -341,12 +354,7 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut builder = BatchBuilder::new();
-        builder.push(
-            Timestamp(1_000),
-            Some(b"k1"),
-            Some(b"v1"),
-            &[("h", Some(b"x".as_slice()))],
-        );
+        builder.push(Timestamp(1_000), Some(b"k1"), Some(b"v1"), &[("h", Some(b"x".as_slice()))]);
         builder.push(Timestamp(1_005), None, Some(b"v2"), &[]);
         builder.build(Offset(7)).to_vec()
     }
@@ -382,10 +390,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(
-                    RecordBatch::new(&bad).is_err(),
-                    "flip at byte {byte} bit {bit}"
-                );
+                assert!(RecordBatch::new(&bad).is_err(), "flip at byte {byte} bit {bit}");
             }
         }
     }
@@ -397,27 +402,33 @@ mod tests {
             RecordBatch::new(&bytes[..bytes.len() - 1]),
             Err(RecordError::LengthMismatch { .. })
         ));
-        assert!(matches!(
-            RecordBatch::new(&bytes[..10]),
-            Err(RecordError::Truncated { .. })
-        ));
+        assert!(matches!(RecordBatch::new(&bytes[..10]), Err(RecordError::Truncated { .. })));
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(
-            RecordBatch::new(&longer),
-            Err(RecordError::LengthMismatch { .. })
-        ));
+        assert!(matches!(RecordBatch::new(&longer), Err(RecordError::LengthMismatch { .. })));
     }
 
     #[test]
-    fn compressed_batches_are_reported_not_decoded() {
-        let mut bytes = sample();
-        bytes[ATTRIBUTES_AT + 1] |= 4; // zstd
-        seal_crc(&mut bytes);
-        let batch = RecordBatch::new(&bytes).unwrap();
-        assert_eq!(
-            batch.records().err(),
-            Some(RecordError::UnsupportedCompression(Compression::Zstd))
-        );
+    fn compressed_batches_roundtrip_and_validate() {
+        for codec in [Compression::Lz4, Compression::Zstd] {
+            let mut builder = BatchBuilder::new();
+            for i in 0..50 {
+                builder.push(Timestamp(i), Some(b"key"), Some(&[7u8; 300]), &[("h", None)]);
+            }
+            let bytes = builder.build_compressed(Offset(3), codec).unwrap();
+            let batch = RecordBatch::new(&bytes).unwrap();
+            assert_eq!(batch.compression().unwrap(), codec);
+            assert!(bytes.len() < 2000, "{codec:?}: {} bytes", bytes.len());
+            assert_eq!(batch.records().err(), Some(RecordError::UnsupportedCompression(codec)));
+            batch.validate_records().unwrap();
+            assert_eq!(
+                batch.validate_records_limited(1000),
+                Err(RecordError::DecompressedTooLarge { limit: 1000 })
+            );
+            let section = batch.decompressed_records(1 << 20).unwrap().unwrap();
+            let offsets: Vec<u64> =
+                batch.records_in(&section).unwrap().map(|r| r.unwrap().offset().0).collect();
+            assert_eq!(offsets, (3..53).collect::<Vec<_>>());
+        }
     }
 }

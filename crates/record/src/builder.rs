@@ -7,9 +7,11 @@ use crate::batch::{
     LENGTH_AT, LOG_OVERHEAD, MAGIC_AT, MAX_TIMESTAMP_AT, PRODUCER_EPOCH_AT, PRODUCER_ID_AT,
     RECORD_COUNT_AT, seal_crc, set_base_offset,
 };
+use crate::compression::compress;
 use crate::varint::{varlong_len, write_varlong};
 use crate::{
-    BATCH_HEADER_LEN, MAGIC_V2, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Offset, Timestamp,
+    BATCH_HEADER_LEN, Compression, MAGIC_V2, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
+    Offset, Result, Timestamp,
 };
 
 /// Builds one uncompressed RecordBatch v2, record by record.
@@ -118,11 +120,7 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[(&str, Option<&[u8]>)],
     ) -> usize {
-        let base = if self.count == 0 {
-            timestamp.0
-        } else {
-            self.base_timestamp
-        };
+        let base = if self.count == 0 { timestamp.0 } else { self.base_timestamp };
         1 + varlong_len(timestamp.0.wrapping_sub(base))
             + varlong_len(i64::from(self.count))
             + nullable_len(key)
@@ -168,7 +166,24 @@ impl BatchBuilder {
     ///
     /// # Panics
     /// If no record was pushed: an empty batch is not a valid RecordBatch.
-    pub fn build(mut self, base_offset: Offset) -> Bytes {
+    pub fn build(self, base_offset: Offset) -> Bytes {
+        self.finish(base_offset, Compression::None)
+    }
+
+    /// Finishes the batch with its records section compressed by `codec` (lz4 or zstd).
+    ///
+    /// # Panics
+    /// If no record was pushed.
+    pub fn build_compressed(mut self, base_offset: Offset, codec: Compression) -> Result<Bytes> {
+        if codec != Compression::None {
+            let packed = compress(codec, &self.buf[BATCH_HEADER_LEN..])?;
+            self.buf.truncate(BATCH_HEADER_LEN);
+            self.buf.extend_from_slice(&packed);
+        }
+        Ok(self.finish(base_offset, codec))
+    }
+
+    fn finish(mut self, base_offset: Offset, codec: Compression) -> Bytes {
         assert!(self.count > 0, "a record batch needs at least one record");
         let len = i32::try_from(self.buf.len() - LOG_OVERHEAD).expect("batch under 2 GiB");
         let b = &mut self.buf;
@@ -176,7 +191,7 @@ impl BatchBuilder {
         b[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4]
             .copy_from_slice(&self.partition_leader_epoch.to_be_bytes());
         b[MAGIC_AT] = MAGIC_V2 as u8;
-        b[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&0i16.to_be_bytes());
+        b[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&codec.attribute_bits().to_be_bytes());
         b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
             .copy_from_slice(&(self.count - 1).to_be_bytes());
         b[BASE_TIMESTAMP_AT..BASE_TIMESTAMP_AT + 8]
@@ -213,9 +228,6 @@ mod tests {
             assert_eq!(builder.size() - before, predicted);
         }
         let bytes = builder.build(Offset(0));
-        RecordBatch::new(&bytes)
-            .unwrap()
-            .validate_records()
-            .unwrap();
+        RecordBatch::new(&bytes).unwrap().validate_records().unwrap();
     }
 }

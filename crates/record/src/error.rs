@@ -20,6 +20,10 @@ pub enum RecordError {
     InvalidRecord { index: u32, reason: &'static str },
     #[error("compression codec {0:?} is not supported by this build")]
     UnsupportedCompression(Compression),
+    #[error("decompressed records exceed the limit of {limit} bytes")]
+    DecompressedTooLarge { limit: usize },
+    #[error("cannot decompress records: {0}")]
+    Compression(String),
     #[error("batch would exceed {limit} bytes")]
     BatchTooLarge { limit: usize },
     #[error("invalid topic name {name:?}: {reason}")]

@@ -37,9 +37,7 @@ impl Timestamp {
 
     /// The wall clock now. A clock before 1970 reads as 0 rather than panicking.
     pub fn now() -> Timestamp {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         Timestamp(i64::try_from(millis).unwrap_or(i64::MAX))
     }
 }
@@ -79,10 +77,7 @@ impl TopicName {
     pub const MAX_LEN: usize = 249;
 
     pub fn new(name: &str) -> Result<TopicName, RecordError> {
-        let invalid = |reason| RecordError::InvalidTopicName {
-            name: name.to_owned(),
-            reason,
-        };
+        let invalid = |reason| RecordError::InvalidTopicName { name: name.to_owned(), reason };
         if name.is_empty() {
             return Err(invalid("must not be empty"));
         }
@@ -92,13 +87,8 @@ impl TopicName {
         if name == "." || name == ".." {
             return Err(invalid("'.' and '..' are reserved"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(invalid(
-                "only ASCII letters, digits, '.', '_' and '-' are allowed",
-            ));
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(invalid("only ASCII letters, digits, '.', '_' and '-' are allowed"));
         }
         Ok(TopicName(Arc::from(name)))
     }

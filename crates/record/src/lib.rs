@@ -11,16 +11,18 @@
 
 mod batch;
 mod builder;
+mod compression;
 mod error;
 mod ids;
 mod record;
 mod varint;
 
 pub use batch::{
-    Attributes, BATCH_HEADER_LEN, BatchHeader, Compression, MAGIC_V2, NO_PRODUCER_EPOCH,
-    NO_PRODUCER_ID, NO_SEQUENCE, RecordBatch, TimestampType, batch_len_at,
+    Attributes, BATCH_HEADER_LEN, BatchHeader, Compression, DEFAULT_MAX_DECOMPRESSED, MAGIC_V2,
+    NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, RecordBatch, TimestampType, batch_len_at,
 };
 pub use builder::BatchBuilder;
+pub use compression::decompress;
 pub use error::RecordError;
 pub use ids::{NodeId, Offset, PartitionId, Timestamp, TopicName};
 pub use record::{Header, Headers, Record, Records};

@@ -24,10 +24,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn fail<T>(&self, reason: &'static str) -> Result<T> {
-        Err(RecordError::InvalidRecord {
-            index: self.index,
-            reason,
-        })
+        Err(RecordError::InvalidRecord { index: self.index, reason })
     }
 
     fn varint(&mut self, what: &'static str) -> Result<i32> {
@@ -143,10 +140,7 @@ impl<'a> Iterator for Headers<'a> {
             return None;
         }
         self.remaining -= 1;
-        let mut cursor = Cursor {
-            buf: self.buf,
-            index: self.record_index,
-        };
+        let mut cursor = Cursor { buf: self.buf, index: self.record_index };
         let header = (|| {
             let key = cursor.nullable_bytes("bad header key length")?;
             let Some(key) = key else {
@@ -183,13 +177,7 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub(crate) fn new(buf: &'a [u8], count: u32, base_offset: i64, base_timestamp: i64) -> Self {
-        Records {
-            buf,
-            remaining: count,
-            index: 0,
-            base_offset,
-            base_timestamp,
-        }
+        Records { buf, remaining: count, index: 0, base_offset, base_timestamp }
     }
 
     /// Bytes not yet consumed; after the last record of a well-formed batch this is empty.
@@ -198,10 +186,7 @@ impl<'a> Records<'a> {
     }
 
     fn decode_next(&mut self) -> Result<Record<'a>> {
-        let mut outer = Cursor {
-            buf: self.buf,
-            index: self.index,
-        };
+        let mut outer = Cursor { buf: self.buf, index: self.index };
         let len = outer.varint("bad record length")?;
         let Ok(len) = usize::try_from(len) else {
             return outer.fail("negative record length");
@@ -210,10 +195,7 @@ impl<'a> Records<'a> {
             return outer.fail("record length runs past the batch");
         }
         let (body, rest) = outer.buf.split_at(len);
-        let mut c = Cursor {
-            buf: body,
-            index: self.index,
-        };
+        let mut c = Cursor { buf: body, index: self.index };
         let _attributes = c.byte("missing record attributes")?;
         let timestamp_delta = c.varlong("bad timestamp delta")?;
         let offset_delta = c.varint("bad offset delta")?;
@@ -231,11 +213,7 @@ impl<'a> Records<'a> {
         if header_count as usize > c.buf.len() / 2 {
             return c.fail("header count larger than the record");
         }
-        let headers = Headers {
-            buf: c.buf,
-            remaining: header_count,
-            record_index: self.index,
-        };
+        let headers = Headers { buf: c.buf, remaining: header_count, record_index: self.index };
         let mut walk = headers;
         for header in walk.by_ref() {
             header?;
@@ -255,14 +233,7 @@ impl<'a> Records<'a> {
             return c.fail("timestamp overflows");
         };
         self.buf = rest;
-        Ok(Record {
-            offset_delta,
-            offset,
-            timestamp: Timestamp(timestamp),
-            key,
-            value,
-            headers,
-        })
+        Ok(Record { offset_delta, offset, timestamp: Timestamp(timestamp), key, value, headers })
     }
 }
 
@@ -294,12 +265,7 @@ mod tests {
     use crate::{BatchBuilder, Offset, RecordBatch, Timestamp};
     use proptest::prelude::*;
 
-    type OwnedRecord = (
-        i64,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Vec<(String, Option<Vec<u8>>)>,
-    );
+    type OwnedRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>);
 
     fn record_strategy() -> impl Strategy<Value = OwnedRecord> {
         (
@@ -307,10 +273,7 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
             proptest::collection::vec(
-                (
-                    "[a-z]{0,8}",
-                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
-                ),
+                ("[a-z]{0,8}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))),
                 0..4,
             ),
         )

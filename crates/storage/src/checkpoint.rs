@@ -76,10 +76,7 @@ mod tests {
     fn roundtrip_and_corruption() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()), None);
-        let cp = Checkpoint {
-            log_start: Offset(5),
-            recovery_point: Offset(77),
-        };
+        let cp = Checkpoint { log_start: Offset(5), recovery_point: Offset(77) };
         write(dir.path(), cp).unwrap();
         assert_eq!(read(dir.path()), Some(cp));
         let path = dir.path().join(CHECKPOINT_FILE);

@@ -19,21 +19,13 @@ pub enum StorageError {
     #[error("batch of {size} bytes exceeds the limit of {limit} bytes")]
     BatchTooLarge { size: usize, limit: usize },
     #[error("offset {offset} is out of range: the log holds [{start}, {end})")]
-    OffsetOutOfRange {
-        offset: Offset,
-        start: Offset,
-        end: Offset,
-    },
+    OffsetOutOfRange { offset: Offset, start: Offset, end: Offset },
     #[error("batch base offset {got} does not continue the log, whose end offset is {expected}")]
     NonSequentialOffset { got: Offset, expected: Offset },
     #[error("offset {offset} is not the first offset of a batch")]
     NotBatchBoundary { offset: Offset },
     #[error("corrupt segment {path} at byte {position}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, position: u64, reason: String },
     #[error("log {dir} refuses writes after an I/O failure: {reason}")]
     Failed { dir: PathBuf, reason: String },
     #[error("invalid log configuration: {0}")]
@@ -49,9 +41,6 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
-        self.map_err(|source| StorageError::Io {
-            path: path.as_ref().to_path_buf(),
-            source,
-        })
+        self.map_err(|source| StorageError::Io { path: path.as_ref().to_path_buf(), source })
     }
 }

@@ -20,18 +20,12 @@ pub(crate) const TIME_ENTRY_LEN: usize = 12;
 
 pub(crate) fn offset_entry(entries: &[u8], i: usize) -> (u32, u32) {
     let e = &entries[i * OFFSET_ENTRY_LEN..(i + 1) * OFFSET_ENTRY_LEN];
-    (
-        u32::from_be_bytes(e[..4].try_into().unwrap()),
-        u32::from_be_bytes(e[4..].try_into().unwrap()),
-    )
+    (u32::from_be_bytes(e[..4].try_into().unwrap()), u32::from_be_bytes(e[4..].try_into().unwrap()))
 }
 
 pub(crate) fn time_entry(entries: &[u8], i: usize) -> (i64, u32) {
     let e = &entries[i * TIME_ENTRY_LEN..(i + 1) * TIME_ENTRY_LEN];
-    (
-        i64::from_be_bytes(e[..8].try_into().unwrap()),
-        u32::from_be_bytes(e[8..].try_into().unwrap()),
-    )
+    (i64::from_be_bytes(e[..8].try_into().unwrap()), u32::from_be_bytes(e[8..].try_into().unwrap()))
 }
 
 pub(crate) fn encode_offset_entry(relative_offset: u32, position: u32) -> [u8; OFFSET_ENTRY_LEN] {
@@ -61,11 +55,7 @@ pub(crate) fn entry_at_or_before(entries: &[u8], relative_offset: u32) -> Option
 pub(crate) fn time_search_start(entries: &[u8], timestamp: i64) -> u32 {
     let n = entries.len() / TIME_ENTRY_LEN;
     let after = partition_point(n, |i| time_entry(entries, i).0 < timestamp);
-    if after == 0 {
-        0
-    } else {
-        time_entry(entries, after - 1).1 + 1
-    }
+    if after == 0 { 0 } else { time_entry(entries, after - 1).1 + 1 }
 }
 
 fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
@@ -152,13 +142,7 @@ impl WritableIndex {
         file.set_len(used as u64).at(path)?;
         file.set_len(len).at(path)?;
         let map = map_index_mut(&file, len as usize).at(path)?;
-        Ok(WritableIndex {
-            path: path.to_owned(),
-            file,
-            map,
-            used,
-            entry_len,
-        })
+        Ok(WritableIndex { path: path.to_owned(), file, map, used, entry_len })
     }
 
     /// Writes a new, empty index of `capacity` entries to a temporary file and renames it to
@@ -178,13 +162,7 @@ impl WritableIndex {
         file.set_len(len as u64).at(&tmp)?;
         std::fs::rename(&tmp, path).at(path)?;
         let map = map_index_mut(&file, len).at(path)?;
-        Ok(WritableIndex {
-            path: path.to_owned(),
-            file,
-            map,
-            used: 0,
-            entry_len,
-        })
+        Ok(WritableIndex { path: path.to_owned(), file, map, used: 0, entry_len })
     }
 
     pub(crate) fn entries(&self) -> &[u8] {
@@ -204,13 +182,7 @@ impl WritableIndex {
 
     /// Writes the entries back, trims the file to them, fsyncs, and reopens it read-only.
     pub(crate) fn seal(self) -> Result<ReadOnlyIndex> {
-        let WritableIndex {
-            path,
-            file,
-            map,
-            used,
-            ..
-        } = self;
+        let WritableIndex { path, file, map, used, .. } = self;
         map.flush().at(&path)?;
         drop(map);
         file.set_len(used as u64).at(&path)?;
@@ -230,9 +202,7 @@ impl ReadOnlyIndex {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).at(path)?;
         let len = file.metadata().at(path)?.len() as usize;
-        Ok(ReadOnlyIndex {
-            map: map_index(&file, len).at(path)?,
-        })
+        Ok(ReadOnlyIndex { map: map_index(&file, len).at(path)? })
     }
 
     pub(crate) fn entries(&self) -> &[u8] {
@@ -245,10 +215,7 @@ mod tests {
     use super::*;
 
     fn offsets(entries: &[(u32, u32)]) -> Vec<u8> {
-        entries
-            .iter()
-            .flat_map(|&(r, p)| encode_offset_entry(r, p))
-            .collect()
+        entries.iter().flat_map(|&(r, p)| encode_offset_entry(r, p)).collect()
     }
 
     #[test]
@@ -281,11 +248,7 @@ mod tests {
     fn sanity_checks() {
         assert!(offset_index_is_sane(&offsets(&[(1, 10), (2, 20)]), 100, 5));
         assert!(!offset_index_is_sane(&offsets(&[(2, 10), (2, 20)]), 100, 5));
-        assert!(!offset_index_is_sane(
-            &offsets(&[(1, 10), (2, 200)]),
-            100,
-            5
-        ));
+        assert!(!offset_index_is_sane(&offsets(&[(1, 10), (2, 200)]), 100, 5));
         assert!(!offset_index_is_sane(&[0; 7], 100, 5));
     }
 }

@@ -73,18 +73,11 @@ impl State {
     }
 
     fn segments(&self) -> Vec<SegmentRef<'_>> {
-        self.sealed
-            .iter()
-            .map(SealedSegment::as_ref)
-            .chain([self.active.as_ref()])
-            .collect()
+        self.sealed.iter().map(SealedSegment::as_ref).chain([self.active.as_ref()]).collect()
     }
 
     fn checkpoint(&self) -> Checkpoint {
-        Checkpoint {
-            log_start: self.log_start,
-            recovery_point: self.active.core.base,
-        }
+        Checkpoint { log_start: self.log_start, recovery_point: self.active.core.base }
     }
 
     fn check_readable(&self, offset: Offset) -> Result<()> {
@@ -121,11 +114,7 @@ impl Log {
         }
         let recovered = recovery::open(&dir, &config)?;
         // Bytes a crashed process wrote may still sit in the page cache only.
-        recovered
-            .active
-            .sync_handle()
-            .sync_data()
-            .at(&recovered.active.core.log_path)?;
+        recovered.active.sync_handle().sync_data().at(&recovered.active.core.log_path)?;
         let end = recovered.active.core.next;
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
@@ -149,10 +138,7 @@ impl Log {
 
     /// The configuration in force.
     pub fn config(&self) -> Arc<LogConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Changes the configuration of an open log (a topic's settings were altered). Sizes and
@@ -203,19 +189,14 @@ impl Log {
 
     /// Base offsets of the segments, oldest first.
     pub fn segment_bases(&self) -> Vec<Offset> {
-        self.read_state()
-            .segments()
-            .iter()
-            .map(|s| s.core.base)
-            .collect()
+        self.read_state().segments().iter().map(|s| s.core.base).collect()
     }
 
     fn ensure_writable(&self) -> Result<()> {
         match self.failure.get() {
-            Some(reason) => Err(StorageError::Failed {
-                dir: self.dir.clone(),
-                reason: reason.clone(),
-            }),
+            Some(reason) => {
+                Err(StorageError::Failed { dir: self.dir.clone(), reason: reason.clone() })
+            }
             None => Ok(()),
         }
     }
@@ -257,22 +238,11 @@ impl Log {
         let info = {
             let mut state = self.write_state();
             let end = state.end();
-            let base = if keep_offset {
-                header.base_offset()
-            } else {
-                end
-            };
+            let base = if keep_offset { header.base_offset() } else { end };
             if base != end {
-                return Err(StorageError::NonSequentialOffset {
-                    got: base,
-                    expected: end,
-                });
+                return Err(StorageError::NonSequentialOffset { got: base, expected: end });
             }
-            if base
-                .0
-                .checked_add(header.offset_count())
-                .is_none_or(|next| next > i64::MAX as u64)
-            {
+            if base.0.checked_add(header.offset_count()).is_none_or(|next| next > i64::MAX as u64) {
                 return Err(StorageError::OffsetOutOfRange {
                     offset: base,
                     start: state.log_start,
@@ -282,10 +252,7 @@ impl Log {
             if self.needs_roll(&state.active, batch.len(), header.offset_count()) {
                 self.roll(&mut state)?;
             }
-            state
-                .active
-                .append(base, &header, batch)
-                .map_err(|e| self.fail(e))?;
+            state.active.append(base, &header, batch).map_err(|e| self.fail(e))?;
             AppendInfo {
                 base_offset: base,
                 last_offset: base.plus(header.offset_count() - 1),
@@ -340,11 +307,7 @@ impl Log {
     fn sync_locked(&self, last_sync: &mut Instant) -> Result<()> {
         let (file, end, path) = {
             let state = self.read_state();
-            (
-                state.active.sync_handle(),
-                state.end(),
-                state.active.core.log_path.clone(),
-            )
+            (state.active.sync_handle(), state.end(), state.active.core.log_path.clone())
         };
         file.sync_data().at(&path).map_err(|e| self.fail(e))?;
         self.durable_end.fetch_max(end.0, Ordering::AcqRel);
@@ -435,10 +398,7 @@ impl Log {
         // Lower the recovery point first: a crash from here on rescans this segment.
         checkpoint::write(
             &self.dir,
-            Checkpoint {
-                log_start: state.log_start,
-                recovery_point: base,
-            },
+            Checkpoint { log_start: state.log_start, recovery_point: base },
         )?;
         let result = self.rewrite_prefix(base, position, &later);
         let active = result.map_err(|e| self.fail(e))?;
@@ -476,9 +436,7 @@ impl Log {
             return Err(StorageError::Corrupt {
                 path,
                 position: outcome.valid_len,
-                reason: outcome
-                    .stop_reason
-                    .unwrap_or_else(|| "kept prefix does not scan".into()),
+                reason: outcome.stop_reason.unwrap_or_else(|| "kept prefix does not scan".into()),
             });
         }
         Ok(active)
@@ -509,11 +467,7 @@ impl Log {
             return Ok(());
         }
         state.log_start = offset;
-        let doomed = state
-            .sealed
-            .iter()
-            .take_while(|s| s.core.next <= offset)
-            .count();
+        let doomed = state.sealed.iter().take_while(|s| s.core.next <= offset).count();
         self.drop_oldest(&mut state, doomed)?;
         Ok(())
     }
@@ -547,18 +501,15 @@ impl Log {
         let mut total: u64 =
             state.sealed.iter().map(|s| s.core.size).sum::<u64>() + state.active.core.size;
         let config = self.config();
-        let cutoff = config
-            .retention_age
-            .map(|age| now.0.saturating_sub(age.as_millis() as i64));
+        let cutoff = config.retention_age.map(|age| now.0.saturating_sub(age.as_millis() as i64));
         let mut doomed = 0;
         for segment in &state.sealed {
             if segment.core.next > upto {
                 break;
             }
             let too_old = cutoff.is_some_and(|cutoff| segment.core.max_timestamp < cutoff);
-            let too_big = config
-                .retention_bytes
-                .is_some_and(|limit| total - segment.core.size >= limit);
+            let too_big =
+                config.retention_bytes.is_some_and(|limit| total - segment.core.size >= limit);
             if !(too_old || too_big) {
                 break;
             }
@@ -586,9 +537,7 @@ impl Log {
         drop(state.sealed);
         checkpoint::write(&self.dir, checkpoint)?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
-        File::create(&marker)
-            .and_then(|f| f.sync_all())
-            .at(&marker)?;
+        File::create(&marker).and_then(|f| f.sync_all()).at(&marker)?;
         sync_dir(&self.dir)?;
         tracing::debug!(dir = %self.dir.display(), "log closed cleanly");
         Ok(())

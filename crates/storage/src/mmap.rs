@@ -28,11 +28,7 @@ pub(crate) fn map_log(file: &File, len: usize) -> io::Result<Bytes> {
     if len == 0 {
         return Ok(Bytes::new());
     }
-    debug_assert!(
-        file.metadata()
-            .map(|m| m.len() >= len as u64)
-            .unwrap_or(true)
-    );
+    debug_assert!(file.metadata().map(|m| m.len() >= len as u64).unwrap_or(true));
     // SAFETY: invariants 1 and 2 of this module: nothing shrinks or rewrites the first `len`
     // bytes of this inode while the map lives, and `len` is within the file.
     let map = unsafe { MmapOptions::new().len(len).map(file)? };

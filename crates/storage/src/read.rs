@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_record::{BatchHeader, Compression, Offset, RecordBatch};
+use strata_record::{BATCH_HEADER_LEN, BatchHeader, DEFAULT_MAX_DECOMPRESSED, Offset, RecordBatch};
 
 use crate::error::{Result, StorageError};
 use crate::index::{entry_at_or_before, time_search_start};
@@ -35,12 +35,7 @@ impl<'a> BatchWalk<'a> {
         let (relative, position) =
             entry_at_or_before(segment.offset_entries, relative_offset).unwrap_or((0, 0));
         let expected = segment.core.base.plus(u64::from(relative));
-        Ok(BatchWalk {
-            segment,
-            data,
-            position: u64::from(position),
-            expected,
-        })
+        Ok(BatchWalk { segment, data, position: u64::from(position), expected })
     }
 
     /// The next batch header and its position, or `None` at the end of the segment.
@@ -55,10 +50,7 @@ impl<'a> BatchWalk<'a> {
             BatchHeader::parse(bytes).map_err(|e| self.segment.core.corrupt(at, e.to_string()))?;
         let len = header.total_len() as u64;
         if len > size - at {
-            return Err(self
-                .segment
-                .core
-                .corrupt(at, "batch runs past the end of the segment"));
+            return Err(self.segment.core.corrupt(at, "batch runs past the end of the segment"));
         }
         if header.base_offset() != self.expected {
             return Err(self.segment.core.corrupt(
@@ -70,10 +62,7 @@ impl<'a> BatchWalk<'a> {
             ));
         }
         if header.last_offset() >= self.segment.core.next {
-            return Err(self
-                .segment
-                .core
-                .corrupt(at, "batch runs past the segment's last offset"));
+            return Err(self.segment.core.corrupt(at, "batch runs past the segment's last offset"));
         }
         self.expected = header.last_offset().plus(1);
         self.position = at + len;
@@ -87,9 +76,7 @@ impl<'a> BatchWalk<'a> {
 
 /// Index of the segment that holds `offset`: the last one whose base is at or below it.
 pub(crate) fn segment_for(segments: &[SegmentRef<'_>], offset: Offset) -> usize {
-    segments
-        .partition_point(|s| s.core.base <= offset)
-        .saturating_sub(1)
+    segments.partition_point(|s| s.core.base <= offset).saturating_sub(1)
 }
 
 /// Whole batches from the one containing `from`, stopping before any batch that reaches
@@ -164,10 +151,8 @@ pub(crate) fn offset_for_time(
         if segment.core.next <= log_start || segment.core.max_timestamp < timestamp {
             continue;
         }
-        let hint = segment.core.base.plus(u64::from(time_search_start(
-            segment.time_entries,
-            timestamp,
-        )));
+        let hint =
+            segment.core.base.plus(u64::from(time_search_start(segment.time_entries, timestamp)));
         let start = hint.max(log_start);
         let mut walk = BatchWalk::starting_at(*segment, segment.core.relative(start))?;
         while let Some((header, position)) = walk.next_header()? {
@@ -177,10 +162,11 @@ pub(crate) fn offset_for_time(
             let bytes = walk.slice(position, header.total_len());
             let batch = RecordBatch::new(&bytes)
                 .map_err(|e| segment.core.corrupt(position, e.to_string()))?;
-            if header.attributes.compression()? != Compression::None {
-                return Ok(Some(header.base_offset().max(start)));
-            }
-            for record in batch.records()? {
+            let decompressed = batch
+                .decompressed_records(DEFAULT_MAX_DECOMPRESSED)
+                .map_err(|e| segment.core.corrupt(position, e.to_string()))?;
+            let section = decompressed.as_deref().unwrap_or(&bytes[BATCH_HEADER_LEN..]);
+            for record in batch.records_in(section)? {
                 let record = record.map_err(|e| segment.core.corrupt(position, e.to_string()))?;
                 if record.offset() >= start && record.timestamp().0 >= timestamp {
                     return Ok(Some(record.offset()));

@@ -105,10 +105,8 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         // Without a readable checkpoint, scan the last two segments: a roll fsyncs the old
         // segment before the checkpoint moves on, so only those two can hold unsynced bytes.
         // Scanning (and possibly cutting) older, sealed segments would risk deleting good data.
-        let recovery_point = checkpoint.map_or_else(
-            || bases[bases.len().saturating_sub(2)],
-            |cp| cp.recovery_point,
-        );
+        let recovery_point =
+            checkpoint.map_or_else(|| bases[bases.len().saturating_sub(2)], |cp| cp.recovery_point);
         open_after_crash(dir, &bases, config, log_start, recovery_point)?
     };
     // From here on a crash is an unclean stop again.
@@ -118,10 +116,7 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     let active_base = recovered.active.core.base;
     checkpoint::write(
         dir,
-        Checkpoint {
-            log_start: recovered.log_start,
-            recovery_point: active_base,
-        },
+        Checkpoint { log_start: recovered.log_start, recovery_point: active_base },
     )?;
     Ok(recovered)
 }
@@ -144,11 +139,7 @@ fn open_clean(
             ActiveSegment::open_scanning(dir, *last, config, ScanMode::VerifyAndTruncate)?.0
         }
     };
-    Ok(Recovered {
-        sealed,
-        active,
-        log_start,
-    })
+    Ok(Recovered { sealed, active, log_start })
 }
 
 fn open_after_crash(
@@ -159,9 +150,7 @@ fn open_after_crash(
     recovery_point: Offset,
 ) -> Result<Recovered> {
     // The segment holding the recovery point is the first one that may hold unsynced bytes.
-    let first_scanned = bases
-        .partition_point(|&b| b <= recovery_point)
-        .saturating_sub(1);
+    let first_scanned = bases.partition_point(|&b| b <= recovery_point).saturating_sub(1);
     let mut sealed = Vec::with_capacity(bases.len());
     for i in 0..first_scanned {
         sealed.push(SealedSegment::open(dir, bases[i], bases[i + 1], config)?);
@@ -188,11 +177,7 @@ fn open_after_crash(
                 checkpoint::sync_dir(dir)?;
             }
             let log_start = log_start.min(segment.core.next);
-            return Ok(Recovered {
-                sealed,
-                active: segment,
-                log_start,
-            });
+            return Ok(Recovered { sealed, active: segment, log_start });
         }
         sealed.push(segment.seal()?);
         i += 1;

@@ -41,11 +41,7 @@ pub(crate) struct MappedLog {
 
 impl MappedLog {
     fn new(file: Arc<File>, path: PathBuf) -> Self {
-        MappedLog {
-            file,
-            path,
-            view: Mutex::new(Bytes::new()),
-        }
+        MappedLog { file, path, view: Mutex::new(Bytes::new()) }
     }
 
     /// Bytes covering at least `[0, len)`. `len` must not exceed the file's length.
@@ -77,11 +73,7 @@ impl SegmentCore {
     }
 
     pub(crate) fn corrupt(&self, position: u64, reason: impl Into<String>) -> StorageError {
-        StorageError::Corrupt {
-            path: self.log_path.to_path_buf(),
-            position,
-            reason: reason.into(),
-        }
+        StorageError::Corrupt { path: self.log_path.to_path_buf(), position, reason: reason.into() }
     }
 }
 
@@ -161,10 +153,8 @@ impl ActiveSegment {
         // Room for every entry the bytes already there can need, even if the configuration
         // shrank since they were written.
         let capacity = config.index_capacity(size);
-        let created = file
-            .metadata()
-            .and_then(|m| m.created())
-            .unwrap_or_else(|_| SystemTime::now());
+        let created =
+            file.metadata().and_then(|m| m.created()).unwrap_or_else(|_| SystemTime::now());
         let offsets_path = segment_file(dir, base, OFFSET_INDEX_SUFFIX);
         let times_path = segment_file(dir, base, TIME_INDEX_SUFFIX);
         let (offset_index, time_index) = match keep_entries {
@@ -207,11 +197,7 @@ impl ActiveSegment {
         mode: ScanMode,
     ) -> Result<(Self, ScanOutcome)> {
         let log_path = segment_file(dir, base, LOG_SUFFIX);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .at(&log_path)?;
+        let file = OpenOptions::new().read(true).write(true).open(&log_path).at(&log_path)?;
         let file_len = file.metadata().at(&log_path)?.len();
         let mut segment = Self::with_file(dir, base, file, log_path, config, None)?;
         segment.core.size = 0;
@@ -242,21 +228,12 @@ impl ActiveSegment {
             );
             segment.writer.set_len(position).at(path)?;
             segment.writer.sync_all().at(path)?;
-            (&*segment.writer)
-                .seek(SeekFrom::Start(position))
-                .at(path)?;
+            (&*segment.writer).seek(SeekFrom::Start(position)).at(path)?;
         }
         if mode == ScanMode::HeadersOnly {
             segment.core.size = file_len;
         }
-        Ok((
-            segment,
-            ScanOutcome {
-                valid_len: position,
-                file_len,
-                stop_reason,
-            },
-        ))
+        Ok((segment, ScanOutcome { valid_len: position, file_len, stop_reason }))
     }
 
     /// Reopens the active segment left by a clean shutdown, trusting its trimmed indexes: only
@@ -264,18 +241,11 @@ impl ActiveSegment {
     /// Returns `None` when anything does not add up; the caller then scans the whole segment.
     pub(crate) fn open_clean(dir: &Path, base: Offset, config: &LogConfig) -> Result<Option<Self>> {
         let log_path = segment_file(dir, base, LOG_SUFFIX);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .at(&log_path)?;
+        let file = OpenOptions::new().read(true).write(true).open(&log_path).at(&log_path)?;
         let file_len = file.metadata().at(&log_path)?.len();
         let indexes = ReadOnlyIndex::open(&segment_file(dir, base, OFFSET_INDEX_SUFFIX)).and_then(
             |offsets| {
-                Ok((
-                    offsets,
-                    ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?,
-                ))
+                Ok((offsets, ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?))
             },
         );
         let Ok((offsets, times)) = indexes else {
@@ -301,14 +271,8 @@ impl ActiveSegment {
         };
         // The writable maps below reopen these files; the read-only maps go first (mmap.rs).
         drop((offsets, times));
-        let mut segment = Self::with_file(
-            dir,
-            base,
-            file,
-            log_path,
-            config,
-            Some((kept_offsets, kept_times)),
-        )?;
+        let mut segment =
+            Self::with_file(dir, base, file, log_path, config, Some((kept_offsets, kept_times)))?;
         let data = segment.core.data.view(file_len)?;
         while position < file_len {
             match check_batch_at(&data[position as usize..], next, ScanMode::HeadersOnly) {
@@ -342,9 +306,7 @@ impl ActiveSegment {
     }
 
     pub(crate) fn age(&self) -> Duration {
-        SystemTime::now()
-            .duration_since(self.created)
-            .unwrap_or(Duration::ZERO)
+        SystemTime::now().duration_since(self.created).unwrap_or(Duration::ZERO)
     }
 
     /// Offsets the segment can still take: index entries store offsets relative to the base
@@ -393,8 +355,7 @@ impl ActiveSegment {
             return;
         }
         let rel_base = self.core.relative(header.base_offset());
-        self.offset_index
-            .push(&encode_offset_entry(rel_base, position as u32));
+        self.offset_index.push(&encode_offset_entry(rel_base, position as u32));
         self.indexer.bytes_since_entry = 0;
         let max_ts = self.core.max_timestamp.max(header.max_timestamp);
         if max_ts > self.indexer.last_time_entry {
@@ -411,8 +372,7 @@ impl ActiveSegment {
         if self.core.max_timestamp > self.indexer.last_time_entry && self.core.next > self.core.base
         {
             let rel_last = self.core.relative(Offset(self.core.next.0 - 1));
-            self.time_index
-                .push(&encode_time_entry(self.core.max_timestamp, rel_last));
+            self.time_index.push(&encode_time_entry(self.core.max_timestamp, rel_last));
             self.indexer.last_time_entry = self.core.max_timestamp;
         }
         Ok(())
@@ -438,17 +398,12 @@ pub(crate) fn check_batch_at(
     mode: ScanMode,
 ) -> Result<BatchHeader, String> {
     if bytes.len() < BATCH_HEADER_LEN {
-        return Err(format!(
-            "{} trailing bytes, shorter than a batch header",
-            bytes.len()
-        ));
+        return Err(format!("{} trailing bytes, shorter than a batch header", bytes.len()));
     }
     let header = BatchHeader::parse(bytes).map_err(|e| e.to_string())?;
     let len = header.total_len();
     if len > bytes.len() {
-        return Err(format!(
-            "batch of {len} bytes runs past the end of the file"
-        ));
+        return Err(format!("batch of {len} bytes runs past the end of the file"));
     }
     if header.base_offset() != expected {
         return Err(format!(
@@ -494,10 +449,7 @@ impl SealedSegment {
         let max_relative = next.0.saturating_sub(base.0).saturating_sub(1);
         let indexes =
             ReadOnlyIndex::open(&segment_file(dir, base, OFFSET_INDEX_SUFFIX)).and_then(|o| {
-                Ok((
-                    o,
-                    ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?,
-                ))
+                Ok((o, ReadOnlyIndex::open(&segment_file(dir, base, TIME_INDEX_SUFFIX))?))
             });
         if let Ok((offsets, times)) = indexes {
             let n_times = times.entries().len() / TIME_ENTRY_LEN;

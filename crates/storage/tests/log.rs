@@ -27,19 +27,12 @@ fn append_assigns_dense_offsets_and_reads_back_whole_batches() {
     assert_eq!((a.base_offset, a.last_offset), (Offset(0), Offset(2)));
     assert_eq!((b.base_offset, b.last_offset), (Offset(3), Offset(4)));
     assert_eq!(log.end_offset(), Offset(5));
-    assert_eq!(
-        log.durable_end_offset(),
-        Offset(5),
-        "EveryAppend fsyncs before returning"
-    );
+    assert_eq!(log.durable_end_offset(), Offset(5), "EveryAppend fsyncs before returning");
 
     let all = log.read(Offset(0), usize::MAX).unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(base_of(&all[1]), Offset(3));
-    RecordBatch::new(&all[1])
-        .unwrap()
-        .validate_records()
-        .unwrap();
+    RecordBatch::new(&all[1]).unwrap().validate_records().unwrap();
 
     // From the middle of a batch: the whole batch that holds the offset.
     let mid = log.read(Offset(4), usize::MAX).unwrap();
@@ -49,52 +42,28 @@ fn append_assigns_dense_offsets_and_reads_back_whole_batches() {
     assert_eq!(log.read(Offset(0), 1).unwrap().len(), 1);
     // At the end: nothing; past it: an error naming the range.
     assert!(log.read(Offset(5), 100).unwrap().is_empty());
-    assert!(matches!(
-        log.read(Offset(6), 100),
-        Err(StorageError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read(Offset(6), 100), Err(StorageError::OffsetOutOfRange { .. })));
     // read_until never returns a batch that reaches the bound.
-    assert_eq!(
-        log.read_until(Offset(0), Offset(4), usize::MAX)
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(log.read_until(Offset(0), Offset(4), usize::MAX).unwrap().len(), 1);
 }
 
 #[test]
 fn invalid_batches_are_rejected_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        max_batch_bytes: 2048,
-        ..small_config()
-    };
+    let config = LogConfig { max_batch_bytes: 2048, ..small_config() };
     let log = Log::open(dir.path(), config).unwrap();
     log.append(&batch(1, 10, 0)).unwrap();
     let mut bad_crc = batch(1, 10, 0).to_vec();
     *bad_crc.last_mut().unwrap() ^= 1;
-    assert!(matches!(
-        log.append(&bad_crc),
-        Err(StorageError::InvalidBatch(_))
-    ));
-    assert!(matches!(
-        log.append(b"garbage"),
-        Err(StorageError::InvalidBatch(_))
-    ));
-    assert!(matches!(
-        log.append(&batch(1, 4096, 0)),
-        Err(StorageError::BatchTooLarge { .. })
-    ));
+    assert!(matches!(log.append(&bad_crc), Err(StorageError::InvalidBatch(_))));
+    assert!(matches!(log.append(b"garbage"), Err(StorageError::InvalidBatch(_))));
+    assert!(matches!(log.append(&batch(1, 4096, 0)), Err(StorageError::BatchTooLarge { .. })));
     let wrong_offset = at_offset(&batch(1, 10, 0), Offset(7));
-    assert!(matches!(
-        log.append_at(&wrong_offset),
-        Err(StorageError::NonSequentialOffset { .. })
-    ));
+    assert!(matches!(log.append_at(&wrong_offset), Err(StorageError::NonSequentialOffset { .. })));
     assert_eq!(log.end_offset(), Offset(1));
     assert_eq!(log.read(Offset(0), usize::MAX).unwrap().len(), 1);
     // append_at at the right offset works.
-    log.append_at(&at_offset(&batch(2, 10, 0), Offset(1)))
-        .unwrap();
+    log.append_at(&at_offset(&batch(2, 10, 0), Offset(1))).unwrap();
     assert_eq!(log.end_offset(), Offset(3));
 }
 
@@ -108,11 +77,7 @@ fn rolls_segments_and_reads_across_them_after_clean_and_unclean_reopen() {
             let info = log.append(&batch(1 + i % 4, 100, i as i64 * 10)).unwrap();
             expected.push((info.base_offset, info.last_offset));
         }
-        assert!(
-            log.segment_count() > 5,
-            "small segments roll: {}",
-            log.segment_count()
-        );
+        assert!(log.segment_count() > 5, "small segments roll: {}", log.segment_count());
         log.close().unwrap();
     }
     for round in 0..2 {
@@ -141,10 +106,7 @@ fn rolls_segments_and_reads_across_them_after_clean_and_unclean_reopen() {
 fn second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
-    assert!(matches!(
-        Log::open(dir.path(), small_config()),
-        Err(StorageError::Locked { .. })
-    ));
+    assert!(matches!(Log::open(dir.path(), small_config()), Err(StorageError::Locked { .. })));
     drop(log);
     Log::open(dir.path(), small_config()).unwrap();
 }
@@ -161,25 +123,13 @@ fn finds_offsets_by_timestamp() {
     assert_eq!(log.offset_for_time(Timestamp(0)).unwrap(), Some(Offset(0)));
     assert_eq!(log.offset_for_time(Timestamp(1)).unwrap(), Some(Offset(1)));
     assert_eq!(log.offset_for_time(Timestamp(3)).unwrap(), Some(Offset(3)));
-    assert_eq!(
-        log.offset_for_time(Timestamp(17_002)).unwrap(),
-        Some(Offset(53))
-    );
-    assert_eq!(
-        log.offset_for_time(Timestamp(17_003)).unwrap(),
-        Some(Offset(54))
-    );
-    assert_eq!(
-        log.offset_for_time(Timestamp(39_002)).unwrap(),
-        Some(Offset(119))
-    );
+    assert_eq!(log.offset_for_time(Timestamp(17_002)).unwrap(), Some(Offset(53)));
+    assert_eq!(log.offset_for_time(Timestamp(17_003)).unwrap(), Some(Offset(54)));
+    assert_eq!(log.offset_for_time(Timestamp(39_002)).unwrap(), Some(Offset(119)));
     assert_eq!(log.offset_for_time(Timestamp(39_003)).unwrap(), None);
     log.close().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
-    assert_eq!(
-        log.offset_for_time(Timestamp(17_003)).unwrap(),
-        Some(Offset(54))
-    );
+    assert_eq!(log.offset_for_time(Timestamp(17_003)).unwrap(), Some(Offset(54)));
 }
 
 #[test]
@@ -191,10 +141,7 @@ fn truncation_keeps_handed_out_batches_intact() {
     }
     let before = log.read(Offset(0), usize::MAX).unwrap();
     let copies: Vec<Vec<u8>> = before.iter().map(|b| b.to_vec()).collect();
-    assert!(matches!(
-        log.truncate_from(Offset(31)),
-        Err(StorageError::NotBatchBoundary { .. })
-    ));
+    assert!(matches!(log.truncate_from(Offset(31)), Err(StorageError::NotBatchBoundary { .. })));
     log.truncate_from(Offset(30)).unwrap(); // inside a sealed segment
     assert_eq!(log.end_offset(), Offset(30));
     let info = log.append(&batch(1, 10, 0)).unwrap();
@@ -202,11 +149,7 @@ fn truncation_keeps_handed_out_batches_intact() {
     log.truncate_from(Offset(30)).unwrap(); // inside the active segment
     log.truncate_from(Offset(30)).unwrap(); // at the end: nothing to do
     for (old, copy) in before.iter().zip(&copies) {
-        assert_eq!(
-            &old[..],
-            &copy[..],
-            "a batch read before truncation changed under the reader"
-        );
+        assert_eq!(&old[..], &copy[..], "a batch read before truncation changed under the reader");
     }
     let after = log.read(Offset(0), usize::MAX).unwrap();
     assert_eq!(after.len(), 15);
@@ -227,55 +170,34 @@ fn prefix_deletion_and_reset() {
     log.delete_before(Offset(41)).unwrap();
     assert_eq!(log.start_offset(), Offset(41));
     assert!(log.segment_count() < segments);
-    assert!(matches!(
-        log.read(Offset(40), 10),
-        Err(StorageError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read(Offset(40), 10), Err(StorageError::OffsetOutOfRange { .. })));
     assert_eq!(base_of(&log.read(Offset(41), 10).unwrap()[0]), Offset(40));
     drop(log);
     let log = Log::open(dir.path(), small_config()).unwrap();
-    assert_eq!(
-        log.start_offset(),
-        Offset(41),
-        "log start survives a reopen"
-    );
+    assert_eq!(log.start_offset(), Offset(41), "log start survives a reopen");
     // Past the end: the log restarts there, empty.
     log.delete_before(Offset(1000)).unwrap();
     assert_eq!(
         (log.start_offset(), log.end_offset(), log.segment_count()),
         (Offset(1000), Offset(1000), 1)
     );
-    assert_eq!(
-        log.append(&batch(1, 1, 0)).unwrap().base_offset,
-        Offset(1000)
-    );
+    assert_eq!(log.append(&batch(1, 1, 0)).unwrap().base_offset, Offset(1000));
     log.close().unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
-    assert_eq!(
-        (log.start_offset(), log.end_offset()),
-        (Offset(1000), Offset(1001))
-    );
+    assert_eq!((log.start_offset(), log.end_offset()), (Offset(1000), Offset(1001)));
 }
 
 #[test]
 fn retention_by_size_and_age_drops_whole_sealed_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        retention_bytes: Some(8192),
-        ..small_config()
-    };
+    let config = LogConfig { retention_bytes: Some(8192), ..small_config() };
     let log = Log::open(dir.path(), config).unwrap();
     for i in 0..60 {
         log.append(&batch(2, 150, i)).unwrap();
     }
     let size = log.size_bytes();
     // Nothing is deleted above the bound the caller gives (the high watermark).
-    assert_eq!(
-        log.apply_retention(Timestamp(0), Offset(3))
-            .unwrap()
-            .segments_deleted,
-        0
-    );
+    assert_eq!(log.apply_retention(Timestamp(0), Offset(3)).unwrap().segments_deleted, 0);
     let outcome = log.apply_retention(Timestamp(0), log.end_offset()).unwrap();
     assert!(outcome.segments_deleted > 0);
     assert!(log.size_bytes() >= 8192 && log.size_bytes() < size);
@@ -283,23 +205,16 @@ fn retention_by_size_and_age_drops_whole_sealed_segments() {
     assert_eq!(log.end_offset(), Offset(120));
     drop(log);
 
-    let config = LogConfig {
-        retention_age: Some(std::time::Duration::from_secs(10)),
-        ..small_config()
-    };
+    let config =
+        LogConfig { retention_age: Some(std::time::Duration::from_secs(10)), ..small_config() };
     let log = Log::open(dir.path(), config).unwrap();
     // Timestamps are 0..60 ms: at now = 10 s + 30 ms, segments whose newest record is < 30 go.
-    log.apply_retention(Timestamp(10_030), log.end_offset())
-        .unwrap();
+    log.apply_retention(Timestamp(10_030), log.end_offset()).unwrap();
     let first = log.read(log.start_offset(), 1).unwrap();
     let header = *RecordBatch::new(&first[0]).unwrap().header();
-    assert!(
-        header.max_timestamp >= 20,
-        "kept segments are the young ones"
-    );
+    assert!(header.max_timestamp >= 20, "kept segments are the young ones");
     // Everything old: all sealed segments go, the active one stays.
-    log.apply_retention(Timestamp(1_000_000), log.end_offset())
-        .unwrap();
+    log.apply_retention(Timestamp(1_000_000), log.end_offset()).unwrap();
     assert_eq!(log.segment_count(), 1);
     assert_eq!(log.end_offset(), Offset(120));
 }
@@ -315,12 +230,7 @@ fn torn_tail_is_cut_at_the_last_good_batch() {
     } // dropped without close: an unclean stop
     let file = segment_files(dir.path(), "log").pop().unwrap();
     let len = fs::metadata(&file).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(len - 7)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len - 7).unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     assert_eq!(log.end_offset(), Offset(18));
     assert_eq!(log.append(&batch(1, 1, 0)).unwrap().base_offset, Offset(18));
@@ -343,20 +253,14 @@ fn a_clean_shutdown_skips_the_scan_and_corruption_is_still_never_served() {
     bytes[last] ^= 0x10;
     fs::write(&file, &bytes).unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    assert!(
-        !dir.path().join("clean-shutdown").exists(),
-        "marker is consumed on open"
-    );
+    assert!(!dir.path().join("clean-shutdown").exists(), "marker is consumed on open");
     assert_eq!(log.end_offset(), Offset(20));
     assert_eq!(
         log.read(Offset(0), usize::MAX).unwrap().len(),
         9,
         "reading stops before the bad batch"
     );
-    assert!(matches!(
-        log.read(Offset(18), usize::MAX),
-        Err(StorageError::Corrupt { .. })
-    ));
+    assert!(matches!(log.read(Offset(18), usize::MAX), Err(StorageError::Corrupt { .. })));
     // After a crash the scan finds the same damage and cuts the tail there.
     drop(log);
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
@@ -382,19 +286,12 @@ fn damaged_or_missing_indexes_are_rebuilt() {
     let mut count = 0;
     while from < log.end_offset() {
         let b = log.read(from, 1).unwrap();
-        from = RecordBatch::new(&b[0])
-            .unwrap()
-            .header()
-            .last_offset()
-            .plus(1);
+        from = RecordBatch::new(&b[0]).unwrap().header().last_offset().plus(1);
         count += 1;
     }
     assert_eq!(count, 40);
     // Batch 19 holds offsets 38 and 39 with timestamps 19 and 20.
-    assert_eq!(
-        log.offset_for_time(Timestamp(20)).unwrap(),
-        Some(Offset(39))
-    );
+    assert_eq!(log.offset_for_time(Timestamp(20)).unwrap(), Some(Offset(39)));
 }
 
 #[test]
@@ -427,10 +324,7 @@ fn concurrent_appenders_share_fsyncs_and_lose_nothing() {
             })
         })
         .collect();
-    let mut offsets: Vec<Offset> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let mut offsets: Vec<Offset> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     offsets.sort();
     assert_eq!(offsets, (0..200).map(Offset).collect::<Vec<_>>());
     assert_eq!(log.durable_end_offset(), Offset(200));
@@ -439,11 +333,7 @@ fn concurrent_appenders_share_fsyncs_and_lose_nothing() {
 #[test]
 fn reopening_with_a_smaller_configuration_keeps_every_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let big = LogConfig {
-        segment_bytes: 1 << 20,
-        index_interval_bytes: 4096,
-        ..small_config()
-    };
+    let big = LogConfig { segment_bytes: 1 << 20, index_interval_bytes: 4096, ..small_config() };
     {
         let log = Log::open(dir.path(), big).unwrap();
         for i in 0..100 {
@@ -452,11 +342,7 @@ fn reopening_with_a_smaller_configuration_keeps_every_batch() {
         log.flush().unwrap();
     } // crash
     // Far denser index and far smaller segments than the data was written with.
-    let small = LogConfig {
-        index_interval_bytes: 64,
-        segment_bytes: 2048,
-        ..small_config()
-    };
+    let small = LogConfig { index_interval_bytes: 64, segment_bytes: 2048, ..small_config() };
     let log = Log::open(dir.path(), small.clone()).unwrap();
     assert_eq!(log.end_offset(), Offset(200));
     log.close().unwrap();
@@ -478,10 +364,7 @@ fn clean_reopen_with_a_missing_active_index_scans_instead() {
     fs::remove_file(segment_files(dir.path(), "timeindex").pop().unwrap()).unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.end_offset(), Offset(80));
-    assert_eq!(
-        log.offset_for_time(Timestamp(39)).unwrap(),
-        Some(Offset(77))
-    );
+    assert_eq!(log.offset_for_time(Timestamp(39)).unwrap(), Some(Offset(77)));
 }
 
 #[test]
@@ -503,9 +386,6 @@ fn without_a_checkpoint_only_the_last_segments_are_scanned() {
     fs::remove_file(dir.path().join("checkpoint")).unwrap();
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.end_offset(), Offset(80));
-    assert!(matches!(
-        log.read(Offset(0), 1),
-        Err(StorageError::Corrupt { .. })
-    ));
+    assert!(matches!(log.read(Offset(0), 1), Err(StorageError::Corrupt { .. })));
     assert_eq!(log.read(Offset(40), usize::MAX).unwrap().len(), 20);
 }

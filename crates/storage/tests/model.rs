@@ -67,9 +67,7 @@ fn header(batch: &[u8]) -> BatchHeader {
 impl Model {
     /// Index of the batch holding `offset`.
     fn batch_holding(&self, offset: u64) -> Option<usize> {
-        self.batches
-            .iter()
-            .position(|b| header(b).last_offset().0 >= offset)
+        self.batches.iter().position(|b| header(b).last_offset().0 >= offset)
     }
 
     fn expected_read(&self, from: u64, max_bytes: usize) -> Vec<Vec<u8>> {
@@ -118,12 +116,8 @@ fn build(records: &[(i64, usize)]) -> Vec<u8> {
 fn check(log: &Log, model: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(log.end_offset(), Offset(model.end));
     prop_assert_eq!(log.start_offset(), Offset(model.start));
-    let got: Vec<Vec<u8>> = log
-        .read(Offset(model.start), usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|b| b.to_vec())
-        .collect();
+    let got: Vec<Vec<u8>> =
+        log.read(Offset(model.start), usize::MAX).unwrap().iter().map(|b| b.to_vec()).collect();
     let want = model.expected_read(model.start, usize::MAX);
     prop_assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -159,22 +153,12 @@ fn crash(dir: &Path, log: Log, model: &mut Model, damage: &Damage) {
         pos += b.len() as u64;
     }
     assert_eq!(pos, file_len, "model and file agree on the active segment");
-    let durable_pos = spans
-        .iter()
-        .filter(|s| s.2 < durable)
-        .map(|s| s.1)
-        .max()
-        .unwrap_or(0);
+    let durable_pos = spans.iter().filter(|s| s.2 < durable).map(|s| s.1).max().unwrap_or(0);
     let survivors = match damage {
         Damage::None => spans.len(),
         Damage::Cut(at) => {
             let cut = durable_pos + at.index((file_len - durable_pos + 1) as usize) as u64;
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(cut)
-                .unwrap();
+            fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
             spans.iter().filter(|s| s.1 <= cut).count()
         }
         Damage::Flip(at, bit) => {
@@ -196,10 +180,7 @@ fn crash(dir: &Path, log: Log, model: &mut Model, damage: &Damage) {
         }
     };
     model.batches.truncate(first_active + survivors);
-    model.end = model
-        .batches
-        .last()
-        .map_or(active_base, |b| header(b).last_offset().0 + 1);
+    model.end = model.batches.last().map_or(active_base, |b| header(b).last_offset().0 + 1);
     model.start = model.start.min(model.end);
 }
 
@@ -219,12 +200,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Read { at, max_bytes } => {
                 let from = model.start + at.index((model.end - model.start + 1) as usize) as u64;
-                let got: Vec<Vec<u8>> = l
-                    .read(Offset(from), max_bytes)
-                    .unwrap()
-                    .iter()
-                    .map(|b| b.to_vec())
-                    .collect();
+                let got: Vec<Vec<u8>> =
+                    l.read(Offset(from), max_bytes).unwrap().iter().map(|b| b.to_vec()).collect();
                 prop_assert_eq!(got, model.expected_read(from, max_bytes));
             }
             Op::TimeLookup { ts } => {
@@ -234,9 +211,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 );
             }
             Op::Truncate { at } => {
-                let first = model
-                    .batch_holding(model.start)
-                    .unwrap_or(model.batches.len());
+                let first = model.batch_holding(model.start).unwrap_or(model.batches.len());
                 let candidates: Vec<usize> = (first..model.batches.len())
                     .filter(|&i| header(&model.batches[i]).base_offset().0 >= model.start)
                     .collect();
@@ -282,10 +257,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 /// 64 cases by default; `PROPTEST_CASES=5000` for a long soak.
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
 }
 
 proptest! {

@@ -38,10 +38,8 @@ impl Assignor {
         subscriptions: &BTreeMap<String, BTreeSet<String>>,
         partitions: &BTreeMap<String, u32>,
     ) -> BTreeMap<String, BTreeSet<TopicPartition>> {
-        let mut out: BTreeMap<String, BTreeSet<TopicPartition>> = subscriptions
-            .keys()
-            .map(|m| (m.clone(), BTreeSet::new()))
-            .collect();
+        let mut out: BTreeMap<String, BTreeSet<TopicPartition>> =
+            subscriptions.keys().map(|m| (m.clone(), BTreeSet::new())).collect();
         let subscribers = |topic: &str| -> Vec<&String> {
             subscriptions
                 .iter()
@@ -72,9 +70,8 @@ impl Assignor {
                     let members = subscribers(topic);
                     for p in 0..count {
                         // The eligible member with the fewest partitions so far, ties by id.
-                        let Some(member) = members
-                            .iter()
-                            .min_by_key(|m| (out[m.as_str()].len(), m.as_str()))
+                        let Some(member) =
+                            members.iter().min_by_key(|m| (out[m.as_str()].len(), m.as_str()))
                         else {
                             break;
                         };
@@ -111,11 +108,7 @@ mod tests {
 
     #[test]
     fn uniform_balances_across_topics_and_skips_unsubscribed() {
-        let parts = BTreeMap::from([
-            ("a".to_owned(), 3),
-            ("b".to_owned(), 3),
-            ("c".to_owned(), 2),
-        ]);
+        let parts = BTreeMap::from([("a".to_owned(), 3), ("b".to_owned(), 3), ("c".to_owned(), 2)]);
         let out =
             Assignor::Uniform.assign(&subs(&[("m1", &["a", "b"]), ("m2", &["a", "b"])]), &parts);
         assert_eq!(out["m1"].len(), 3);

@@ -48,12 +48,7 @@ struct Group {
 
 impl Group {
     fn new(assignor: Assignor) -> Group {
-        Group {
-            epoch: 0,
-            assignor,
-            members: BTreeMap::new(),
-            offsets_epoch: 0,
-        }
+        Group { epoch: 0, assignor, members: BTreeMap::new(), offsets_epoch: 0 }
     }
 
     fn expire(&mut self, now: Instant, group_id: &str) {
@@ -72,19 +67,13 @@ impl Group {
 
     /// Recomputes every member's target from subscriptions and current partition counts.
     fn retarget(&mut self, topics: &Topics) {
-        let subscriptions: BTreeMap<String, BTreeSet<String>> = self
-            .members
-            .iter()
-            .map(|(id, m)| (id.clone(), m.subscribed.clone()))
-            .collect();
+        let subscriptions: BTreeMap<String, BTreeSet<String>> =
+            self.members.iter().map(|(id, m)| (id.clone(), m.subscribed.clone())).collect();
         let wanted: BTreeSet<&String> = subscriptions.values().flatten().collect();
         let partitions: BTreeMap<String, u32> = wanted
             .into_iter()
             .filter_map(|t| {
-                topics
-                    .get(t)
-                    .ok()
-                    .map(|topic| (t.clone(), topic.partitions.len() as u32))
+                topics.get(t).ok().map(|topic| (t.clone(), topic.partitions.len() as u32))
             })
             .collect();
         let targets = self.assignor.assign(&subscriptions, &partitions);
@@ -108,10 +97,7 @@ impl Group {
             .target
             .iter()
             .filter(|tp| {
-                !self
-                    .members
-                    .iter()
-                    .any(|(id, m)| id != member_id && m.owned.contains(*tp))
+                !self.members.iter().any(|(id, m)| id != member_id && m.owned.contains(*tp))
             })
             .cloned()
             .collect()
@@ -120,11 +106,7 @@ impl Group {
     fn state(&self) -> &'static str {
         if self.members.is_empty() {
             "empty"
-        } else if self
-            .members
-            .values()
-            .all(|m| m.sent == m.target && m.owned == m.target)
-        {
+        } else if self.members.values().all(|m| m.sent == m.target && m.owned == m.target) {
             "stable"
         } else {
             "reconciling"
@@ -198,10 +180,7 @@ fn new_member_id() -> String {
 
 impl Groups {
     pub fn new(offsets: Arc<OffsetStore>) -> Groups {
-        Groups {
-            groups: Mutex::new(BTreeMap::new()),
-            offsets,
-        }
+        Groups { groups: Mutex::new(BTreeMap::new()), offsets }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Group>> {
@@ -223,9 +202,7 @@ impl Groups {
         })?;
         let now = Instant::now();
         let mut groups = self.lock();
-        let group = groups
-            .entry(request.group_id.clone())
-            .or_insert_with(|| Group::new(assignor));
+        let group = groups.entry(request.group_id.clone()).or_insert_with(|| Group::new(assignor));
         group.expire(now, &request.group_id);
         if group.members.is_empty() {
             group.assignor = assignor;
@@ -319,7 +296,13 @@ impl Groups {
     fn check_committer(&self, group_id: &str, member_id: &str, member_epoch: i32) -> Result<()> {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return Ok(());
+            // No member joined since this start: only standalone commits are valid.
+            if member_id.is_empty() {
+                return Ok(());
+            }
+            return Err(BrokerError::Fenced(format!(
+                "member {member_id} is not in group {group_id}"
+            )));
         };
         group.expire(Instant::now(), group_id);
         if member_id.is_empty() {
@@ -336,9 +319,9 @@ impl Groups {
                 "stale member epoch {member_epoch} for {member_id} (current {})",
                 m.epoch
             ))),
-            None => Err(BrokerError::Fenced(format!(
-                "member {member_id} is not in group {group_id}"
-            ))),
+            None => {
+                Err(BrokerError::Fenced(format!("member {member_id} is not in group {group_id}")))
+            }
         }
     }
 
@@ -352,8 +335,17 @@ impl Groups {
         topics: &Topics,
     ) -> Result<()> {
         validate_group_id(group_id)?;
-        for ((topic, partition), _) in offsets {
-            topics.partition(topic, *partition)?;
+        for ((topic, partition), committed) in offsets {
+            let high_watermark = topics.partition(topic, *partition)?.high_watermark().0;
+            if committed.offset > high_watermark {
+                return Err(BrokerError::OffsetOutOfRange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: committed.offset,
+                    start: 0,
+                    end: high_watermark,
+                });
+            }
         }
         self.check_committer(group_id, member_id, member_epoch)?;
         self.offsets.commit(group_id, offsets)
@@ -362,12 +354,7 @@ impl Groups {
     pub fn list(&self) -> Vec<(String, &'static str, usize)> {
         let mut names: BTreeSet<String> = self.offsets.groups().into_iter().collect();
         let groups = self.lock();
-        names.extend(
-            groups
-                .iter()
-                .filter(|(_, g)| !g.members.is_empty())
-                .map(|(n, _)| n.clone()),
-        );
+        names.extend(groups.iter().filter(|(_, g)| !g.members.is_empty()).map(|(n, _)| n.clone()));
         names
             .into_iter()
             .map(|name| match groups.get(&name) {
@@ -448,19 +435,10 @@ impl Groups {
 
     /// Topics a group subscribes to or has offsets for.
     pub(crate) fn topics_of(&self, group_id: &str) -> BTreeSet<String> {
-        let mut topics: BTreeSet<String> = self
-            .offsets
-            .get(group_id)
-            .into_keys()
-            .map(|(t, _)| t)
-            .collect();
+        let mut topics: BTreeSet<String> =
+            self.offsets.get(group_id).into_keys().map(|(t, _)| t).collect();
         if let Some(group) = self.lock().get(group_id) {
-            topics.extend(
-                group
-                    .members
-                    .values()
-                    .flat_map(|m| m.subscribed.iter().cloned()),
-            );
+            topics.extend(group.members.values().flat_map(|m| m.subscribed.iter().cloned()));
         }
         topics
     }
@@ -468,9 +446,8 @@ impl Groups {
     /// Tells live members that the offsets changed under them.
     pub(crate) fn bump_offsets_epoch(&self, group_id: &str) -> u64 {
         let mut groups = self.lock();
-        let group = groups
-            .entry(group_id.to_owned())
-            .or_insert_with(|| Group::new(Assignor::Range));
+        let group =
+            groups.entry(group_id.to_owned()).or_insert_with(|| Group::new(Assignor::Range));
         group.offsets_epoch += 1;
         group.offsets_epoch
     }

@@ -69,10 +69,7 @@ impl OffsetStore {
                         continue;
                     };
                     let entry = offsets.entry(group).or_default();
-                    match record
-                        .value()
-                        .and_then(|v| serde_json::from_slice::<Committed>(v).ok())
-                    {
+                    match record.value().and_then(|v| serde_json::from_slice::<Committed>(v).ok()) {
                         Some(committed) => {
                             entry.insert((topic, partition), committed);
                         }
@@ -85,10 +82,7 @@ impl OffsetStore {
         }
         offsets.retain(|_, o| !o.is_empty());
         tracing::info!(groups = offsets.len(), "committed offsets loaded");
-        Ok(Arc::new(OffsetStore {
-            log,
-            offsets: Mutex::new(offsets),
-        }))
+        Ok(Arc::new(OffsetStore { log, offsets: Mutex::new(offsets) }))
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, GroupOffsets>> {
@@ -159,13 +153,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = OffsetStore::open(dir.path()).unwrap();
-            let c = |o| Committed {
-                offset: o,
-                metadata: String::new(),
-            };
-            store
-                .commit("g1", &[(("t".into(), 0), c(5)), (("t".into(), 1), c(7))])
-                .unwrap();
+            let c = |o| Committed { offset: o, metadata: String::new() };
+            store.commit("g1", &[(("t".into(), 0), c(5)), (("t".into(), 1), c(7))]).unwrap();
             store.commit("g1", &[(("t".into(), 0), c(9))]).unwrap();
             store.commit("g2", &[(("u".into(), 0), c(1))]).unwrap();
             store.delete_group("g2").unwrap();

@@ -53,11 +53,9 @@ fn expand(
         return Ok(list.iter().map(|(tp, _)| tp.clone()).collect());
     }
     let requested: Vec<(String, Vec<u32>)> = match scope {
-        ResetScope::AllTopics => groups
-            .topics_of(group_id)
-            .into_iter()
-            .map(|t| (t, Vec::new()))
-            .collect(),
+        ResetScope::AllTopics => {
+            groups.topics_of(group_id).into_iter().map(|t| (t, Vec::new())).collect()
+        }
         ResetScope::Topics(list) => list.clone(),
     };
     let mut out = Vec::new();
@@ -120,31 +118,18 @@ pub async fn reset_offsets(
             ResetStrategy::ShiftBy(delta) => current.saturating_add_signed(*delta),
             ResetStrategy::ToDatetime(ms) => partition.offset_for_time(Timestamp(*ms)).await?.0,
             ResetStrategy::ByDuration(ms) => {
-                partition
-                    .offset_for_time(Timestamp(now.saturating_sub(*ms)))
-                    .await?
-                    .0
+                partition.offset_for_time(Timestamp(now.saturating_sub(*ms))).await?.0
             }
             ResetStrategy::FromList(_) => explicit[&tp],
         };
         let new = wanted.clamp(start, end);
-        changes.push(OffsetChange {
-            partition: tp,
-            previous,
-            new,
-        });
+        changes.push(OffsetChange { partition: tp, previous, new });
     }
     if execute {
         let commits: Vec<(TopicPartition, Committed)> = changes
             .iter()
             .map(|c| {
-                (
-                    c.partition.clone(),
-                    Committed {
-                        offset: c.new,
-                        metadata: "reset-offsets".into(),
-                    },
-                )
+                (c.partition.clone(), Committed { offset: c.new, metadata: "reset-offsets".into() })
             })
             .collect();
         let store = groups.offsets().clone();

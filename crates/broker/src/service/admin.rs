@@ -69,21 +69,14 @@ fn strategy(request: &ResetOffsetsRequest) -> Result<ResetStrategy> {
         Strategy::ToDatetimeMs(ms) => ResetStrategy::ToDatetime(*ms),
         Strategy::ByDurationMs(ms) if *ms >= 0 => ResetStrategy::ByDuration(*ms),
         Strategy::ByDurationMs(_) => {
-            return Err(BrokerError::InvalidArgument(
-                "by-duration must not be negative".into(),
-            ));
+            return Err(BrokerError::InvalidArgument("by-duration must not be negative".into()));
         }
         Strategy::FromList(list) => {
             if list.offsets.is_empty() {
-                return Err(BrokerError::InvalidArgument(
-                    "from-file lists no offsets".into(),
-                ));
+                return Err(BrokerError::InvalidArgument("from-file lists no offsets".into()));
             }
             ResetStrategy::FromList(
-                list.offsets
-                    .iter()
-                    .map(|o| ((o.topic.clone(), o.partition), o.offset))
-                    .collect(),
+                list.offsets.iter().map(|o| ((o.topic.clone(), o.partition), o.offset)).collect(),
             )
         }
     })

@@ -70,10 +70,7 @@ impl Broker for BrokerService {
                     "a produce request needs at least one batch".into(),
                 ));
             }
-            let partition = self
-                .shared
-                .topics
-                .partition(&request.topic, request.partition)?;
+            let partition = self.shared.topics.partition(&request.topic, request.partition)?;
             let _acks = request.acks(); // one node: leader and all are the same durable append
             let infos = partition.append(request.batches).await?;
             Ok(ProduceResponse {
@@ -96,10 +93,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<FetchResponse>, Status> {
         let request = request.into_inner();
         respond("fetch", async {
-            let partition = self
-                .shared
-                .topics
-                .partition(&request.topic, request.partition)?;
+            let partition = self.shared.topics.partition(&request.topic, request.partition)?;
             let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_WAIT_CAP);
             let fetched = partition
                 .fetch(
@@ -158,9 +152,7 @@ impl Broker for BrokerService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn metadata(
@@ -177,17 +169,12 @@ impl Broker for BrokerService {
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let request = request.into_inner();
         respond("list_offsets", async {
-            let partition = self
-                .shared
-                .topics
-                .partition(&request.topic, request.partition)?;
+            let partition = self.shared.topics.partition(&request.topic, request.partition)?;
             let offset = match request.spec() {
                 OffsetSpec::Earliest => partition.log_start(),
                 OffsetSpec::Latest | OffsetSpec::Unspecified => partition.high_watermark(),
                 OffsetSpec::Timestamp => {
-                    partition
-                        .offset_for_time(Timestamp(request.timestamp_ms))
-                        .await?
+                    partition.offset_for_time(Timestamp(request.timestamp_ms)).await?
                 }
             };
             Ok(ListOffsetsResponse { offset: offset.0 })
@@ -203,9 +190,7 @@ impl Broker for BrokerService {
         let request = request.into_inner();
         respond("group_heartbeat", async {
             let heartbeat = Heartbeat {
-                owned: from_topic_partitions(&request.owned_partitions)
-                    .into_iter()
-                    .collect(),
+                owned: from_topic_partitions(&request.owned_partitions).into_iter().collect(),
                 group_id: request.group_id,
                 member_id: request.member_id,
                 member_epoch: request.member_epoch,
@@ -214,10 +199,7 @@ impl Broker for BrokerService {
                 assignor: request.assignor,
                 client_id: request.client_id,
             };
-            let reply = self
-                .shared
-                .groups
-                .heartbeat(heartbeat, &self.shared.topics)?;
+            let reply = self.shared.groups.heartbeat(heartbeat, &self.shared.topics)?;
             Ok(GroupHeartbeatResponse {
                 member_id: reply.member_id,
                 member_epoch: reply.member_epoch,
@@ -239,13 +221,7 @@ impl Broker for BrokerService {
                 .offsets
                 .into_iter()
                 .map(|o| {
-                    (
-                        (o.topic, o.partition),
-                        Committed {
-                            offset: o.offset,
-                            metadata: o.metadata,
-                        },
-                    )
+                    ((o.topic, o.partition), Committed { offset: o.offset, metadata: o.metadata })
                 })
                 .collect();
             let shared = self.shared.clone();

@@ -14,9 +14,7 @@ use crate::error::{BrokerError, Result};
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| BrokerError::ShuttingDown)?
+    tokio::task::spawn_blocking(work).await.map_err(|_| BrokerError::ShuttingDown)?
 }
 
 /// Awaits `work` and turns its error into a gRPC status, logging the outcome at debug level.

@@ -36,10 +36,7 @@ pub fn small_config() -> LogConfig {
 }
 
 pub fn with_durability(durability: Durability) -> LogConfig {
-    LogConfig {
-        durability,
-        ..small_config()
-    }
+    LogConfig { durability, ..small_config() }
 }
 
 pub fn base_of(batch: &[u8]) -> Offset {
