@@ -174,7 +174,64 @@ async fn group_members_split_partitions_and_take_over() {
     // b leaves cleanly: a takes over everything.
     b.close().await.unwrap();
     poll_until(&mut a, "a to take over all 4", |c| c.assignment().len() == 4).await;
+
+    // A member that dies without leaving is dropped after its session timeout (3 s) and its
+    // partitions move to the survivor.
+    let mut c = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            group: Some("workers".into()),
+            session_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
+    );
+    c.subscribe(vec!["shared".into()]).await.unwrap();
+    for _ in 0..100 {
+        a.poll(Duration::from_millis(50)).await.unwrap();
+        c.poll(Duration::from_millis(50)).await.unwrap();
+        if c.assignment().len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(c.assignment().len(), 2);
+    drop(c); // no close, no more heartbeats
+    poll_until(&mut a, "a to take over after c's session expired", |c| c.assignment().len() == 4)
+        .await;
     a.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribe_streams_records_as_they_are_committed() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "stream", 1).await;
+    let mut broker = raw(&server).await;
+    let request = FetchRequest {
+        topic: "stream".into(),
+        partition: 0,
+        offset: 0,
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 0,
+    };
+    let mut stream = broker.subscribe(request).await.unwrap().into_inner();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut seen = Vec::new();
+    for i in 0..3u64 {
+        producer.send(Record::new("stream").value(format!("s{i}"))).await.unwrap().await.unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for batch in &response.batches {
+            let batch = strata_record::RecordBatch::new(batch).unwrap();
+            seen.extend(batch.records().unwrap().map(|r| r.unwrap().offset().0));
+        }
+        assert_eq!(response.high_watermark, i + 1);
+    }
+    assert_eq!(seen, vec![0, 1, 2]);
+    producer.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
