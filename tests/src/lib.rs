@@ -39,24 +39,41 @@ pub struct Server {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     log: PathBuf,
+    extra_args: Vec<String>,
     _root: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// Starts a server in a fresh temporary data directory.
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a server in a fresh temporary data directory with extra `strata server` flags.
+    pub fn start_with(extra_args: &[&str]) -> Server {
         let root = tempfile::tempdir().expect("temp dir");
         let data_dir = root.path().join("data");
-        let mut server = Server::start_in(&data_dir, root.path().join("server.log"));
+        let mut server = Server::new(&data_dir, root.path().join("server.log"), extra_args);
         server._root = Some(root);
+        server.spawn();
         server
+    }
+
+    fn new(data_dir: &Path, log: PathBuf, extra_args: &[&str]) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        Server {
+            child: None,
+            addr,
+            data_dir: data_dir.to_owned(),
+            log,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            _root: None,
+        }
     }
 
     /// Starts a server on `data_dir` (kept by the caller), logging to `log`.
     pub fn start_in(data_dir: &Path, log: PathBuf) -> Server {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
-        let mut server =
-            Server { child: None, addr, data_dir: data_dir.to_owned(), log, _root: None };
+        let mut server = Server::new(data_dir, log, &[]);
         server.spawn();
         server
     }
@@ -71,6 +88,7 @@ impl Server {
             .args(["server", "--listen", &self.addr.to_string(), "--maintenance-interval", "200ms"])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -212,4 +230,24 @@ pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A free loopback address for a second listener (metrics).
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// `GET path` over plain HTTP/1.1; returns (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status =
+        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }

@@ -6,6 +6,7 @@
 mod convert;
 mod error;
 pub mod groups;
+mod metrics;
 mod partition;
 mod server;
 mod service;

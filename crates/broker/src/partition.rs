@@ -163,6 +163,18 @@ impl Partition {
         Ok(self.log.close()?)
     }
 
+    /// Timestamp of the record at `offset`, if it is readable (used for message age).
+    pub fn record_timestamp(&self, offset: Offset) -> Option<i64> {
+        let batches = self.log.read(offset, 1).ok()?;
+        let batch = RecordBatch::new(batches.first()?).ok()?;
+        let decompressed =
+            batch.decompressed_records(strata_record::DEFAULT_MAX_DECOMPRESSED).ok()?;
+        let section =
+            decompressed.as_deref().unwrap_or(&batches[0][strata_record::BATCH_HEADER_LEN..]);
+        let mut records = batch.records_in(section).ok()?;
+        records.find_map(|r| r.ok().filter(|r| r.offset() >= offset).map(|r| r.timestamp().0))
+    }
+
     /// Earliest, latest, or the first offset at or after a timestamp (latest if none).
     pub async fn offset_for_time(self: &Arc<Self>, timestamp: Timestamp) -> Result<Offset> {
         let partition = self.clone();

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{BrokerError, Result};
 use crate::groups::{Groups, OffsetStore};
+use crate::metrics::Metrics;
 use crate::service::{AdminService, BrokerService};
 use crate::topics::Topics;
 
@@ -35,6 +36,8 @@ pub struct BrokerConfig {
     pub maintenance_interval: Duration,
     /// Largest gRPC request accepted; checked from the length prefix before the request is read.
     pub max_request_bytes: usize,
+    /// Where to serve `/metrics`, `/health` and `/ready` (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl BrokerConfig {
@@ -53,6 +56,7 @@ impl BrokerConfig {
             durability: Durability::EveryAppend,
             maintenance_interval: Duration::from_secs(30),
             max_request_bytes: 64 * 1024 * 1024,
+            metrics_listen: None,
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct Shared {
     pub config: BrokerConfig,
     pub topics: Arc<Topics>,
     pub groups: Arc<Groups>,
+    pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -152,14 +157,28 @@ pub async fn run(
         .map_err(BrokerError::io(format!("listening on {}", config.listen)))?;
     let local = listener.local_addr().map_err(BrokerError::io("reading the bound address"))?;
     let max_request = config.max_request_bytes;
+    let metrics = Metrics::new(topics.clone(), groups.clone());
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(BrokerError::io(format!("listening for metrics on {addr}")))?,
+        ),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         config,
         topics,
         groups,
+        metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
     shared.tasks.spawn(maintenance(shared.clone()));
+    shared.tasks.spawn(sample_throughput(metrics.clone(), shutdown.clone()));
+    if let Some(listener) = metrics_listener {
+        shared.tasks.spawn(crate::metrics::serve(listener, metrics.clone(), shutdown.clone()));
+    }
 
     let broker = BrokerServer::new(BrokerService::new(shared.clone()))
         .max_decoding_message_size(max_request)
@@ -171,6 +190,14 @@ pub async fn run(
         "strata server listening"
     );
     on_ready(local);
+    metrics.set_ready(true);
+    let not_ready = metrics.clone();
+    let stopping = shutdown.clone();
+    shared.tasks.spawn(async move {
+        stopping.cancelled().await;
+        not_ready.set_ready(false);
+    });
+    drop(metrics);
     let served = tonic::transport::Server::builder()
         .add_service(broker)
         .add_service(admin)
@@ -189,8 +216,21 @@ pub async fn run(
     Ok(())
 }
 
+/// Samples throughput totals once a second for `cluster status`.
+async fn sample_throughput(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => metrics.sample(),
+        }
+    }
+}
+
 /// Closes every log with a clean-shutdown marker. Anything still shared is left to recovery.
 fn close_all(shared: Shared) {
+    // The metrics collector holds the topics and groups: let go of it first.
+    drop(shared.metrics);
     match Arc::try_unwrap(shared.topics) {
         Ok(topics) => topics.close(),
         Err(_) => {

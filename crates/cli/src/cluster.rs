@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use serde_json::json;
-use strata_client::Client;
+use strata_client::{Admin, Client};
 
 use crate::output::{Format, Table};
 
@@ -16,12 +16,38 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
     match command {
         ClusterCommand::Status => {
             let metadata = client.metadata(&[]).await?;
-            let mut nodes = Table::new(&["NODE", "ADDRESS", "STATUS", "CONTROLLER"]);
-            for b in &metadata.brokers {
-                let controller = b.node_id == metadata.controller_id;
+            let cluster = Admin::new(client.clone()).describe_cluster().await?;
+            let mut nodes = Table::new(&["NODE", "ADDRESS", "STATUS", "CONTROLLER", "IN", "OUT"]);
+            for n in &cluster.nodes {
+                let controller = n.node_id == cluster.controller_id;
                 nodes.row(
-                    vec![b.node_id.to_string(), b.address.clone(), "up".into(), if controller { "yes" } else { "" }.into()],
-                    json!({"kind": "node", "node": b.node_id, "address": b.address, "alive": true, "controller": controller}),
+                    vec![
+                        n.node_id.to_string(),
+                        n.address.clone(),
+                        if n.alive { "up" } else { "down" }.into(),
+                        if controller { "yes" } else { "" }.into(),
+                        format!(
+                            "{} ({:.0} rec/s)",
+                            rate(n.produce_bytes_per_s),
+                            n.produce_records_per_s
+                        ),
+                        format!(
+                            "{} ({:.0} rec/s)",
+                            rate(n.fetch_bytes_per_s),
+                            n.fetch_records_per_s
+                        ),
+                    ],
+                    json!({
+                        "kind": "node",
+                        "node": n.node_id,
+                        "address": n.address,
+                        "alive": n.alive,
+                        "controller": controller,
+                        "produce_bytes_per_s": n.produce_bytes_per_s,
+                        "produce_records_per_s": n.produce_records_per_s,
+                        "fetch_bytes_per_s": n.fetch_bytes_per_s,
+                        "fetch_records_per_s": n.fetch_records_per_s,
+                    }),
                 );
             }
             nodes.print(format);
@@ -44,4 +70,14 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
         }
     }
     Ok(())
+}
+
+/// Bytes per second for people: `12.3 MB/s`.
+fn rate(bytes_per_s: f64) -> String {
+    match bytes_per_s {
+        b if b >= 1e9 => format!("{:.1} GB/s", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB/s", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB/s", b / 1e3),
+        b => format!("{b:.0} B/s"),
+    }
 }

@@ -103,6 +103,7 @@ pub async fn run(command: &GroupCommand, client: &Client, format: Format) -> any
                 "CURRENT-OFFSET",
                 "LOG-END-OFFSET",
                 "LAG",
+                "OLDEST-AGE",
                 "MEMBER",
             ]);
             for p in &d.partitions {
@@ -114,6 +115,7 @@ pub async fn run(command: &GroupCommand, client: &Client, format: Format) -> any
                         p.committed_offset.map_or("-".into(), |o| o.to_string()),
                         p.log_end_offset.to_string(),
                         p.lag.to_string(),
+                        age(p.oldest_unconsumed_age_ms),
                         if p.owner.is_empty() { "-".into() } else { p.owner.clone() },
                     ],
                     json!({
@@ -123,6 +125,7 @@ pub async fn run(command: &GroupCommand, client: &Client, format: Format) -> any
                         "committed_offset": p.committed_offset,
                         "log_end_offset": p.log_end_offset,
                         "lag": p.lag,
+                        "oldest_unconsumed_age_ms": p.oldest_unconsumed_age_ms,
                         "member": if p.owner.is_empty() { None } else { Some(&p.owner) },
                     }),
                 );
@@ -185,4 +188,15 @@ pub async fn run(command: &GroupCommand, client: &Client, format: Format) -> any
         }
     }
     Ok(())
+}
+
+/// How long a record has waited, for people: `-` when caught up, else `42s`, `3m12s`, `2h5m`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        _ if ms == 0 => "-".into(),
+        0..60 => format!("{}s", s.max(1)),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
 }

@@ -39,6 +39,9 @@ pub struct ServerArgs {
     /// When partition logs fsync: `every` append (default), `interval:DURATION`, or `never`.
     #[arg(long, env = "STRATA_FSYNC")]
     fsync: Option<String>,
+    /// Serve Prometheus metrics at /metrics, and /health and /ready, on HOST:PORT.
+    #[arg(long, env = "STRATA_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How often retention runs [default: 30s].
     #[arg(long, env = "STRATA_MAINTENANCE_INTERVAL")]
     maintenance_interval: Option<String>,
@@ -57,6 +60,7 @@ struct FileConfig {
     peers: Option<String>,
     fsync: Option<String>,
     maintenance_interval: Option<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn durability(text: &str) -> anyhow::Result<Durability> {
@@ -104,6 +108,7 @@ fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
             );
         }
     }
+    config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if let Some(fsync) = args.fsync.clone().or(file.fsync) {
         config.durability = durability(&fsync)?;
     }

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use strata_proto::reset_offsets_request::Strategy;
 use strata_proto::{
-    AlterTopicRequest, CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest,
-    DescribeGroupRequest, DescribeTopicRequest, GroupDescription, GroupSummary, ListGroupsRequest,
-    ListTopicsRequest, OffsetList, PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse,
-    TopicDescription, TopicPartitions, TopicSummary,
+    AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
+    DeleteTopicRequest, DescribeClusterRequest, DescribeGroupRequest, DescribeTopicRequest,
+    GroupDescription, GroupSummary, ListGroupsRequest, ListTopicsRequest, OffsetList,
+    PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicPartitions,
+    TopicSummary,
 };
 use strata_record::Timestamp;
 
@@ -106,6 +107,11 @@ impl Admin {
     pub async fn delete_group(&self, group: &str) -> Result<()> {
         self.client.admin().delete_group(DeleteGroupRequest { group_id: group.to_owned() }).await?;
         Ok(())
+    }
+
+    /// Nodes, the controller and each node's throughput over the last minute.
+    pub async fn describe_cluster(&self) -> Result<ClusterDescription> {
+        Ok(self.client.admin().describe_cluster(DescribeClusterRequest {}).await?.into_inner())
     }
 
     pub async fn reset_offsets(&self, spec: ResetSpec) -> Result<ResetOffsetsResponse> {

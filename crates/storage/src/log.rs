@@ -309,7 +309,7 @@ impl Log {
             let state = self.read_state();
             (state.active.sync_handle(), state.end(), state.active.core.log_path.clone())
         };
-        file.sync_data().at(&path).map_err(|e| self.fail(e))?;
+        crate::observe::timed_fsync(|| file.sync_data()).at(&path).map_err(|e| self.fail(e))?;
         self.durable_end.fetch_max(end.0, Ordering::AcqRel);
         *last_sync = Instant::now();
         Ok(())

@@ -368,7 +368,7 @@ impl ActiveSegment {
     /// The fallible part of sealing that leaves the segment usable if it fails: fsyncs the
     /// log and records the final max timestamp in the time index. Idempotent.
     pub(crate) fn prepare_seal(&mut self) -> Result<()> {
-        self.writer.sync_data().at(&self.core.log_path)?;
+        crate::observe::timed_fsync(|| self.writer.sync_data()).at(&self.core.log_path)?;
         if self.core.max_timestamp > self.indexer.last_time_entry && self.core.next > self.core.base
         {
             let rel_last = self.core.relative(Offset(self.core.next.0 - 1));

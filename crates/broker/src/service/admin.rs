@@ -6,12 +6,14 @@ use std::sync::Arc;
 use strata_proto::admin_server::Admin;
 use strata_proto::reset_offsets_request::Strategy;
 use strata_proto::{
-    AlterTopicRequest, CreateTopicRequest, DeleteGroupRequest, DeleteGroupResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DescribeGroupRequest, DescribeTopicRequest,
-    GroupDescription, GroupMember, GroupSummary, ListGroupsRequest, ListGroupsResponse,
-    ListTopicsRequest, ListTopicsResponse, OffsetChange, PartitionDescription, PartitionLag,
-    ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicSummary,
+    AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
+    DeleteGroupResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
+    DescribeGroupRequest, DescribeTopicRequest, GroupDescription, GroupMember, GroupSummary,
+    ListGroupsRequest, ListGroupsResponse, ListTopicsRequest, ListTopicsResponse, NodeStatus,
+    OffsetChange, PartitionDescription, PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
+    TopicDescription, TopicSummary,
 };
+use strata_record::{Offset, Timestamp};
 use tonic::{Request, Response, Status};
 
 use super::{blocking, respond};
@@ -89,7 +91,7 @@ impl Admin for AdminService {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let request = request.into_inner();
-        respond("create_topic", async {
+        respond(&self.shared.metrics, "create_topic", async {
             let shared = self.shared.clone();
             let topic = blocking(move || {
                 shared.topics.create(
@@ -110,7 +112,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
-        respond("list_topics", async {
+        respond(&self.shared.metrics, "list_topics", async {
             let topics = self
                 .shared
                 .topics
@@ -135,7 +137,7 @@ impl Admin for AdminService {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let request = request.into_inner();
-        respond("describe_topic", async {
+        respond(&self.shared.metrics, "describe_topic", async {
             let topic = self.shared.topics.get(&request.name)?;
             Ok(self.describe(&topic))
         })
@@ -147,7 +149,7 @@ impl Admin for AdminService {
         request: Request<AlterTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let request = request.into_inner();
-        respond("alter_topic", async {
+        respond(&self.shared.metrics, "alter_topic", async {
             if request.configs.is_empty() {
                 return Err(BrokerError::InvalidArgument(
                     "give at least one --config KEY=VALUE".into(),
@@ -166,7 +168,7 @@ impl Admin for AdminService {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let request = request.into_inner();
-        respond("delete_topic", async {
+        respond(&self.shared.metrics, "delete_topic", async {
             let shared = self.shared.clone();
             blocking(move || shared.topics.delete(&request.name)).await?;
             Ok(DeleteTopicResponse {})
@@ -178,7 +180,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
-        respond("list_groups", async {
+        respond(&self.shared.metrics, "list_groups", async {
             let groups = self
                 .shared
                 .groups
@@ -200,7 +202,7 @@ impl Admin for AdminService {
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<GroupDescription>, Status> {
         let request = request.into_inner();
-        respond("describe_group", async {
+        respond(&self.shared.metrics, "describe_group", async {
             let view = self.shared.groups.describe(&request.group_id)?;
             let mut rows: std::collections::BTreeSet<_> = view.committed.keys().cloned().collect();
             rows.extend(view.owners.keys().cloned());
@@ -208,9 +210,17 @@ impl Admin for AdminService {
                 .into_iter()
                 .map(|tp| {
                     let committed = view.committed.get(&tp).map(|c| c.offset);
-                    let (start, end) = match self.shared.topics.partition(&tp.0, tp.1) {
-                        Ok(p) => (p.log_start().0, p.high_watermark().0),
-                        Err(_) => (0, 0), // the topic was deleted since the commit
+                    let partition = self.shared.topics.partition(&tp.0, tp.1).ok();
+                    // (0, 0) when the topic was deleted since the commit.
+                    let (start, end) = partition
+                        .as_ref()
+                        .map_or((0, 0), |p| (p.log_start().0, p.high_watermark().0));
+                    let next = committed.unwrap_or(start);
+                    let age_ms = match &partition {
+                        Some(p) if next < end => p
+                            .record_timestamp(Offset(next))
+                            .map_or(0, |ts| (Timestamp::now().0 - ts).max(0) as u64),
+                        _ => 0,
                     };
                     PartitionLag {
                         owner: view.owners.get(&tp).cloned().unwrap_or_default(),
@@ -218,7 +228,8 @@ impl Admin for AdminService {
                         partition: tp.1,
                         committed_offset: committed,
                         log_end_offset: end,
-                        lag: end.saturating_sub(committed.unwrap_or(start)),
+                        lag: end.saturating_sub(next),
+                        oldest_unconsumed_age_ms: age_ms,
                     }
                 })
                 .collect();
@@ -250,10 +261,33 @@ impl Admin for AdminService {
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let request = request.into_inner();
-        respond("delete_group", async {
+        respond(&self.shared.metrics, "delete_group", async {
             let shared = self.shared.clone();
             blocking(move || shared.groups.delete(&request.group_id)).await?;
             Ok(DeleteGroupResponse {})
+        })
+        .await
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<DescribeClusterRequest>,
+    ) -> Result<Response<ClusterDescription>, Status> {
+        respond(&self.shared.metrics, "describe_cluster", async {
+            let config = &self.shared.config;
+            let rate = self.shared.metrics.throughput();
+            Ok(ClusterDescription {
+                nodes: vec![NodeStatus {
+                    node_id: config.node_id,
+                    address: config.advertise.clone(),
+                    alive: true,
+                    produce_bytes_per_s: rate.produce_bytes,
+                    produce_records_per_s: rate.produce_records,
+                    fetch_bytes_per_s: rate.fetch_bytes,
+                    fetch_records_per_s: rate.fetch_records,
+                }],
+                controller_id: config.node_id,
+            })
         })
         .await
     }
@@ -263,7 +297,7 @@ impl Admin for AdminService {
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         let request = request.into_inner();
-        respond("reset_offsets", async {
+        respond(&self.shared.metrics, "reset_offsets", async {
             let strategy = strategy(&request)?;
             let scope = if request.all_topics {
                 ResetScope::AllTopics

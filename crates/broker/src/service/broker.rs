@@ -15,7 +15,7 @@ use strata_proto::{
 use strata_record::{Offset, Timestamp};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, respond};
+use super::{blocking, record_count, respond};
 use crate::convert::{from_topic_partitions, to_topic_partitions};
 use crate::error::BrokerError;
 use crate::groups::{Committed, Heartbeat};
@@ -64,7 +64,7 @@ impl Broker for BrokerService {
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let request = request.into_inner();
-        respond("produce", async {
+        respond(&self.shared.metrics, "produce", async {
             if request.batches.is_empty() {
                 return Err(BrokerError::InvalidArgument(
                     "a produce request needs at least one batch".into(),
@@ -72,7 +72,10 @@ impl Broker for BrokerService {
             }
             let partition = self.shared.topics.partition(&request.topic, request.partition)?;
             let _acks = request.acks(); // one node: leader and all are the same durable append
+            let records = record_count(&request.batches);
+            let bytes: usize = request.batches.iter().map(|b| b.len()).sum();
             let infos = partition.append(request.batches).await?;
+            self.shared.metrics.produced(&request.topic, request.partition, records, bytes as u64);
             Ok(ProduceResponse {
                 batches: infos
                     .iter()
@@ -92,7 +95,7 @@ impl Broker for BrokerService {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let request = request.into_inner();
-        respond("fetch", async {
+        respond(&self.shared.metrics, "fetch", async {
             let partition = self.shared.topics.partition(&request.topic, request.partition)?;
             let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_WAIT_CAP);
             let fetched = partition
@@ -104,6 +107,9 @@ impl Broker for BrokerService {
                     &self.shared.shutdown,
                 )
                 .await?;
+            let bytes: usize = fetched.batches.iter().map(|b| b.len()).sum();
+            let records = record_count(&fetched.batches);
+            self.shared.metrics.fetched(&request.topic, request.partition, records, bytes as u64);
             Ok(fetch_response(fetched))
         })
         .await
@@ -124,6 +130,7 @@ impl Broker for BrokerService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let shutdown = self.shared.shutdown.clone();
         let max_bytes = fetch_bytes(request.max_bytes);
+        let metrics = self.shared.metrics.clone();
         self.shared.tasks.spawn(async move {
             let mut offset = Offset(request.offset);
             loop {
@@ -137,6 +144,8 @@ impl Broker for BrokerService {
                 match fetched {
                     Ok(fetched) if fetched.batches.is_empty() => continue,
                     Ok(fetched) => {
+                        let bytes: usize = fetched.batches.iter().map(|b| b.len()).sum();
+                        metrics.fetched(&request.topic, request.partition, record_count(&fetched.batches), bytes as u64);
                         let last = fetched.batches.last().and_then(|b| strata_record::BatchHeader::parse(b).ok());
                         if let Some(header) = last {
                             offset = header.last_offset().plus(1);
@@ -160,7 +169,8 @@ impl Broker for BrokerService {
         request: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
         let request = request.into_inner();
-        respond("metadata", async { self.shared.metadata(&request.topics) }).await
+        respond(&self.shared.metrics, "metadata", async { self.shared.metadata(&request.topics) })
+            .await
     }
 
     async fn list_offsets(
@@ -168,7 +178,7 @@ impl Broker for BrokerService {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let request = request.into_inner();
-        respond("list_offsets", async {
+        respond(&self.shared.metrics, "list_offsets", async {
             let partition = self.shared.topics.partition(&request.topic, request.partition)?;
             let offset = match request.spec() {
                 OffsetSpec::Earliest => partition.log_start(),
@@ -188,7 +198,7 @@ impl Broker for BrokerService {
         request: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
         let request = request.into_inner();
-        respond("group_heartbeat", async {
+        respond(&self.shared.metrics, "group_heartbeat", async {
             let heartbeat = Heartbeat {
                 owned: from_topic_partitions(&request.owned_partitions).into_iter().collect(),
                 group_id: request.group_id,
@@ -216,7 +226,7 @@ impl Broker for BrokerService {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let request = request.into_inner();
-        respond("commit_offsets", async {
+        respond(&self.shared.metrics, "commit_offsets", async {
             let offsets: Vec<_> = request
                 .offsets
                 .into_iter()
@@ -245,7 +255,7 @@ impl Broker for BrokerService {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let request = request.into_inner();
-        respond("fetch_offsets", async {
+        respond(&self.shared.metrics, "fetch_offsets", async {
             let wanted = from_topic_partitions(&request.partitions);
             let offsets = self
                 .shared

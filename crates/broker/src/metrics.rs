@@ -1,0 +1,402 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text) and the `/metrics`, `/health`,
+//! `/ready` endpoints.
+//!
+//! Counters and histograms are updated on the request path. Offsets, lag and message age are
+//! not stored as metrics at all: a collector computes them from the broker's own state at
+//! scrape time (a few map lookups per partition and group, plus one cached record read per
+//! group partition whose committed offset moved), so they are never stale and cost nothing
+//! between scrapes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use strata_record::{Offset, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::groups::Groups;
+use crate::topics::Topics;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub rpc: String,
+    pub code: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~26 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+/// The storage engine reports fsync times through a plain function pointer, so this
+/// histogram lives in a static.
+static FSYNC_SECONDS: OnceLock<Histogram> = OnceLock::new();
+
+fn observe_fsync(elapsed: Duration) {
+    if let Some(histogram) = FSYNC_SECONDS.get() {
+        histogram.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Totals sampled once a second, for the throughput `strata cluster status` shows.
+#[derive(Debug, Default)]
+struct Totals {
+    produce_bytes: AtomicU64,
+    produce_records: AtomicU64,
+    fetch_bytes: AtomicU64,
+    fetch_records: AtomicU64,
+}
+
+/// Throughput over the last minute, per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Throughput {
+    pub produce_bytes: f64,
+    pub produce_records: f64,
+    pub fetch_bytes: f64,
+    pub fetch_records: f64,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    produce_records: Family<PartitionLabels, Counter>,
+    produce_bytes: Family<PartitionLabels, Counter>,
+    fetch_records: Family<PartitionLabels, Counter>,
+    fetch_bytes: Family<PartitionLabels, Counter>,
+    request_seconds: Family<RpcLabels, Histogram>,
+    request_errors: Family<ErrorLabels, Counter>,
+    totals: Totals,
+    samples: Mutex<std::collections::VecDeque<(Instant, [u64; 4])>>,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new(topics: Arc<Topics>, groups: Arc<Groups>) -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let produce_records = Family::<PartitionLabels, Counter>::default();
+        let produce_bytes = Family::<PartitionLabels, Counter>::default();
+        let fetch_records = Family::<PartitionLabels, Counter>::default();
+        let fetch_bytes = Family::<PartitionLabels, Counter>::default();
+        let request_seconds = Family::<RpcLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let request_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "strata_produce_records",
+            "Records appended, by partition",
+            produce_records.clone(),
+        );
+        registry.register(
+            "strata_produce_bytes",
+            "Batch bytes appended, by partition",
+            produce_bytes.clone(),
+        );
+        registry.register(
+            "strata_fetch_records",
+            "Records sent to consumers, by partition",
+            fetch_records.clone(),
+        );
+        registry.register(
+            "strata_fetch_bytes",
+            "Batch bytes sent to consumers, by partition",
+            fetch_bytes.clone(),
+        );
+        registry.register(
+            "strata_request_duration_seconds",
+            "Time to answer a request, by RPC",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "strata_request_errors",
+            "Requests answered with an error, by RPC and gRPC status code",
+            request_errors.clone(),
+        );
+        let fsync = FSYNC_SECONDS.get_or_init(latency_histogram).clone();
+        registry.register(
+            "strata_fsync_duration_seconds",
+            "Time of one fdatasync of a partition log",
+            fsync,
+        );
+        strata_storage::set_fsync_observer(observe_fsync);
+        registry.register_collector(Box::new(StateCollector {
+            topics,
+            groups,
+            ages: Mutex::new(HashMap::new()),
+        }));
+        Arc::new(Metrics {
+            registry,
+            produce_records,
+            produce_bytes,
+            fetch_records,
+            fetch_bytes,
+            request_seconds,
+            request_errors,
+            totals: Totals::default(),
+            samples: Mutex::new(std::collections::VecDeque::new()),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    fn labels(topic: &str, partition: u32) -> PartitionLabels {
+        PartitionLabels { topic: topic.to_owned(), partition: partition.to_string() }
+    }
+
+    pub fn produced(&self, topic: &str, partition: u32, records: u64, bytes: u64) {
+        let labels = Self::labels(topic, partition);
+        self.produce_records.get_or_create(&labels).inc_by(records);
+        self.produce_bytes.get_or_create(&labels).inc_by(bytes);
+        self.totals.produce_records.fetch_add(records, Ordering::Relaxed);
+        self.totals.produce_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn fetched(&self, topic: &str, partition: u32, records: u64, bytes: u64) {
+        if records == 0 {
+            return;
+        }
+        let labels = Self::labels(topic, partition);
+        self.fetch_records.get_or_create(&labels).inc_by(records);
+        self.fetch_bytes.get_or_create(&labels).inc_by(bytes);
+        self.totals.fetch_records.fetch_add(records, Ordering::Relaxed);
+        self.totals.fetch_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn request(&self, rpc: &str, elapsed: Duration, error: Option<tonic::Code>) {
+        self.request_seconds
+            .get_or_create(&RpcLabels { rpc: rpc.to_owned() })
+            .observe(elapsed.as_secs_f64());
+        if let Some(code) = error {
+            let labels = ErrorLabels { rpc: rpc.to_owned(), code: format!("{code:?}") };
+            self.request_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    fn snapshot(&self) -> [u64; 4] {
+        let t = &self.totals;
+        [
+            t.produce_bytes.load(Ordering::Relaxed),
+            t.produce_records.load(Ordering::Relaxed),
+            t.fetch_bytes.load(Ordering::Relaxed),
+            t.fetch_records.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Records the totals; called once a second. Keeps a minute of samples.
+    pub fn sample(&self) {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        samples.push_back((now, self.snapshot()));
+        while samples.front().is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(61))
+        {
+            samples.pop_front();
+        }
+    }
+
+    /// Per-second rates over the sampled window (up to a minute).
+    pub fn throughput(&self) -> Throughput {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&(since, old)) = samples.front() else { return Throughput::default() };
+        let elapsed = since.elapsed().as_secs_f64();
+        if elapsed < 0.5 {
+            return Throughput::default();
+        }
+        let now = self.snapshot();
+        let rate = |i: usize| now[i].saturating_sub(old[i]) as f64 / elapsed;
+        Throughput {
+            produce_bytes: rate(0),
+            produce_records: rate(1),
+            fetch_bytes: rate(2),
+            fetch_records: rate(3),
+        }
+    }
+
+    fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Offsets, sizes, committed offsets, lag and message age, read from the broker's state on
+/// each scrape.
+#[derive(Debug)]
+struct StateCollector {
+    topics: Arc<Topics>,
+    groups: Arc<Groups>,
+    /// (group, topic, partition) → (committed offset, timestamp of the record there).
+    ages: Mutex<HashMap<GroupPartition, (u64, i64)>>,
+}
+
+type Rows<T> = Vec<(Vec<(&'static str, String)>, T)>;
+/// (group, topic, partition).
+type GroupPartition = (String, String, u32);
+
+fn gauge<T: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    rows: &Rows<T>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        metric.encode_family(labels)?.encode_gauge(value)?;
+    }
+    Ok(())
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (mut end, mut start, mut size) = (Rows::new(), Rows::new(), Rows::new());
+        for topic in self.topics.all() {
+            for p in &topic.partitions {
+                let labels =
+                    vec![("topic", topic.name.to_string()), ("partition", p.id().to_string())];
+                end.push((labels.clone(), p.high_watermark().0));
+                start.push((labels.clone(), p.log_start().0));
+                size.push((labels, p.log().size_bytes()));
+            }
+        }
+        gauge(
+            &mut encoder,
+            "strata_partition_log_end_offset",
+            "Offset the next committed record gets (high watermark)",
+            &end,
+        )?;
+        gauge(
+            &mut encoder,
+            "strata_partition_log_start_offset",
+            "First offset still retained",
+            &start,
+        )?;
+        gauge(
+            &mut encoder,
+            "strata_partition_size_bytes",
+            "Bytes in the partition's segment files",
+            &size,
+        )?;
+
+        let (mut committed, mut lag, mut age) = (Rows::new(), Rows::new(), Rows::<f64>::new());
+        let now = Timestamp::now().0;
+        let mut ages = self.ages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = Vec::new();
+        for group in self.groups.offsets().groups() {
+            for ((topic, partition), c) in self.groups.offsets().get(&group) {
+                let Ok(p) = self.topics.partition(&topic, partition) else { continue };
+                let labels = vec![
+                    ("group", group.clone()),
+                    ("topic", topic.clone()),
+                    ("partition", partition.to_string()),
+                ];
+                let high_watermark = p.high_watermark().0;
+                committed.push((labels.clone(), c.offset));
+                lag.push((labels.clone(), high_watermark.saturating_sub(c.offset)));
+                let key = (group.clone(), topic.clone(), partition);
+                let seconds = if c.offset >= high_watermark {
+                    0.0
+                } else {
+                    let timestamp = match ages.get(&key) {
+                        Some(&(offset, ts)) if offset == c.offset => Some(ts),
+                        _ => p.record_timestamp(Offset(c.offset)).inspect(|&ts| {
+                            ages.insert(key.clone(), (c.offset, ts));
+                        }),
+                    };
+                    timestamp.map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
+                };
+                seen.push(key);
+                age.push((labels, seconds));
+            }
+        }
+        ages.retain(|k, _| seen.contains(k));
+        drop(ages);
+        gauge(
+            &mut encoder,
+            "strata_consumer_group_committed_offset",
+            "Committed offset of a group",
+            &committed,
+        )?;
+        gauge(
+            &mut encoder,
+            "strata_consumer_group_lag",
+            "Log end offset minus committed offset",
+            &lag,
+        )?;
+        gauge(
+            &mut encoder,
+            "strata_consumer_group_oldest_unconsumed_age_seconds",
+            "Age of the first record past the committed offset (0 when caught up)",
+            &age,
+        )?;
+        Ok(())
+    }
+}
+
+async fn metrics_page(metrics: Arc<Metrics>) -> impl IntoResponse {
+    match metrics.render() {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Serves `/metrics`, `/health` (the process answers) and `/ready` (it serves requests)
+/// until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let for_metrics = metrics.clone();
+    let router = axum::Router::new()
+        .route("/metrics", get(move || metrics_page(for_metrics.clone())))
+        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let ready = metrics.ready.load(Ordering::Acquire);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        );
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(address = ?local, "metrics endpoint listening");
+    if let Err(err) =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    {
+        tracing::error!(error = %err, "metrics endpoint failed");
+    }
+}
