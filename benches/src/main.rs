@@ -3,6 +3,8 @@
 //! Every mode prints a human summary and, with `--format json`, one JSON object as the last
 //! line so scripts (and `docs/benchmarks.md`) can pick the figures up.
 
+mod cluster;
+mod load;
 mod report;
 mod storage;
 
@@ -25,11 +27,24 @@ pub(crate) enum Format {
 enum Mode {
     /// The partition log against the raw limits of this disk and this CPU, in one run.
     Storage(storage::StorageArgs),
+    /// Producer throughput and send-to-acknowledgement latency.
+    Produce(load::ProduceArgs),
+    /// Consumer throughput.
+    Consume(load::ConsumeArgs),
+    /// Latency from a producer's send to a consumer's receipt, at a fixed rate.
+    E2e(load::EndToEndArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.mode {
         Mode::Storage(args) => storage::run(&args),
+        Mode::Produce(args) => runtime()?.block_on(load::produce(&args)),
+        Mode::Consume(args) => runtime()?.block_on(load::consume(&args)),
+        Mode::E2e(args) => runtime()?.block_on(load::end_to_end(&args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -304,7 +304,7 @@ impl Collector for StateCollector {
         let (mut committed, mut lag, mut age) = (Rows::new(), Rows::new(), Rows::<f64>::new());
         let now = Timestamp::now().0;
         let mut ages = self.ages.lock().unwrap_or_else(|e| e.into_inner());
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for group in self.groups.offsets().groups() {
             for ((topic, partition), c) in self.groups.offsets().get(&group) {
                 let Ok(p) = self.topics.partition(&topic, partition) else { continue };
@@ -328,7 +328,7 @@ impl Collector for StateCollector {
                     };
                     timestamp.map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
                 };
-                seen.push(key);
+                seen.insert(key);
                 age.push((labels, seconds));
             }
         }

@@ -12,6 +12,7 @@ use strata_proto::{BrokerInfo, MetadataResponse, PartitionMetadata, TopicMetadat
 use strata_record::Timestamp;
 use strata_storage::Durability;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -198,10 +199,21 @@ pub async fn run(
         not_ready.set_ready(false);
     });
     drop(metrics);
+    // Nagle off on every accepted connection (the builder's `tcp_nodelay` only applies to
+    // listeners tonic binds itself): an answer's last frame must not wait ~40 ms for the
+    // client's delayed ACK. HTTP/2 windows large enough that a batch never waits for a
+    // window update.
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     let served = tonic::transport::Server::builder()
+        .initial_stream_window_size(8 * 1024 * 1024)
+        .initial_connection_window_size(32 * 1024 * 1024)
         .add_service(broker)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     tracing::info!("stopped accepting requests; closing logs");
     shared.tasks.close();

@@ -27,6 +27,8 @@ fn endpoint(address: &str) -> Result<Endpoint> {
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
+                .initial_stream_window_size(8 * 1024 * 1024)
+                .initial_connection_window_size(32 * 1024 * 1024)
                 .http2_keep_alive_interval(Duration::from_secs(30))
         })
         .map_err(|e| {

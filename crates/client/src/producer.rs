@@ -4,7 +4,7 @@
 //! One background task owns the batches. Each partition has at most one request in flight, so
 //! batches (and their retries) reach a partition in the order the records were sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -143,58 +143,94 @@ impl Producer {
 struct Batch {
     builder: BatchBuilder,
     waiters: Vec<Waiter>,
+    /// When the batch is ready even if not full (first record + linger).
     deadline: Instant,
 }
+
+/// One partition's pending records: sealed batches waiting their turn, then the open one
+/// (the last). At most one request per partition is in flight, so a partition's batches — and
+/// retries of them — are written in the order their records were sent.
+#[derive(Default)]
+struct PartitionQueue {
+    batches: VecDeque<Batch>,
+    in_flight: bool,
+}
+
+type PartitionKey = (String, u32);
 
 struct Accumulator {
     client: Client,
     config: ProducerConfig,
-    batches: HashMap<(String, u32), Batch>,
-    in_flight: HashMap<(String, u32), JoinHandle<()>>,
+    queues: HashMap<PartitionKey, PartitionQueue>,
     partition_counts: HashMap<String, u32>,
     round_robin: u32,
+    /// Send tasks report here when their request finished, freeing the partition.
+    done_tx: mpsc::UnboundedSender<PartitionKey>,
+    done_rx: mpsc::UnboundedReceiver<PartitionKey>,
+    /// Flushes waiting for every queue to drain.
+    flushes: Vec<oneshot::Sender<()>>,
+    /// Set by flush and close: every batch is ready now, whatever its linger.
+    draining: bool,
 }
 
 impl Accumulator {
     fn new(client: Client, config: ProducerConfig) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Accumulator {
             client,
             config,
-            batches: HashMap::new(),
-            in_flight: HashMap::new(),
+            queues: HashMap::new(),
             partition_counts: HashMap::new(),
             round_robin: 0,
+            done_tx,
+            done_rx,
+            flushes: Vec::new(),
+            draining: false,
         }
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut open = true;
         loop {
-            let next_deadline = self.batches.values().map(|b| b.deadline).min();
-            let command = match next_deadline {
-                Some(deadline) => tokio::select! {
-                    command = commands.recv() => command,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        self.send_due(Instant::now());
-                        continue;
+            // The next moment an open batch of an idle partition becomes ready.
+            let next_deadline = self
+                .queues
+                .values()
+                .filter(|q| !q.in_flight)
+                .filter_map(|q| q.batches.front().map(|b| b.deadline))
+                .min();
+            tokio::select! {
+                command = commands.recv(), if open => match command {
+                    Some(Command::Send(record, waiter)) => self.add(record, waiter).await,
+                    Some(Command::Flush(done)) => {
+                        self.flushes.push(done);
+                        self.draining = true;
+                        self.send_ready();
+                    }
+                    None => {
+                        open = false;
+                        self.draining = true;
+                        self.send_ready();
                     }
                 },
-                None => commands.recv().await,
-            };
-            match command {
-                Some(Command::Send(record, waiter)) => self.add(record, waiter).await,
-                Some(Command::Flush(done)) => {
-                    self.send_due(Instant::now() + Duration::from_secs(3600 * 24));
-                    for (_, handle) in self.in_flight.drain() {
-                        let _ = handle.await;
+                Some(key) = self.done_rx.recv() => {
+                    if let Some(queue) = self.queues.get_mut(&key) {
+                        queue.in_flight = false;
                     }
+                    self.send_ready();
+                }
+                _ = sleep_until_or_forever(next_deadline) => self.send_ready(),
+            }
+            let idle = self.queues.values().all(|q| q.batches.is_empty() && !q.in_flight);
+            if idle {
+                self.draining = false;
+                for done in self.flushes.drain(..) {
                     let _ = done.send(());
                 }
-                None => break,
+                if !open {
+                    return;
+                }
             }
-        }
-        self.send_due(Instant::now() + Duration::from_secs(3600 * 24));
-        for (_, handle) in self.in_flight.drain() {
-            let _ = handle.await;
         }
     }
 
@@ -243,47 +279,59 @@ impl Accumulator {
         let timestamp = record.timestamp.unwrap_or_else(Timestamp::now);
         let headers: Vec<(&str, Option<&[u8]>)> =
             record.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-        let size = BatchBuilder::new().record_size(
-            timestamp,
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &headers,
-        );
-        if self.batches.get(&key).is_some_and(|b| {
-            !b.builder.is_empty() && b.builder.size() + size > self.config.batch_bytes
-        }) {
-            self.send_batch(key.clone());
-        }
-        let linger = self.config.linger;
-        let batch = self.batches.entry(key.clone()).or_insert_with(|| Batch {
-            builder: BatchBuilder::new(),
-            waiters: Vec::new(),
-            deadline: Instant::now() + linger,
+        let (linger, limit) = (self.config.linger, self.config.batch_bytes);
+        let queue = self.queues.entry(key.clone()).or_default();
+        let fits = queue.batches.back().is_some_and(|b| {
+            let size = b.builder.record_size(
+                timestamp,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &headers,
+            );
+            b.builder.size() + size <= limit
         });
+        if !fits {
+            queue.batches.push_back(Batch {
+                builder: BatchBuilder::new(),
+                waiters: Vec::new(),
+                deadline: Instant::now() + linger,
+            });
+        }
+        let batch = queue.batches.back_mut().expect("a batch is open");
         batch.builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         batch.waiters.push(waiter);
-        if batch.builder.size() >= self.config.batch_bytes {
-            self.send_batch(key);
+        if batch.builder.size() >= limit || queue.batches.len() > 1 {
+            self.send_ready();
         }
     }
 
-    fn send_due(&mut self, now: Instant) {
-        let due: Vec<_> = self
-            .batches
+    /// Sends the first batch of every idle partition whose batch is ready: sealed behind
+    /// another, full, past its linger, or everything while flushing.
+    fn send_ready(&mut self) {
+        let now = Instant::now();
+        let limit = self.config.batch_bytes;
+        let ready: Vec<PartitionKey> = self
+            .queues
             .iter()
-            .filter(|(_, b)| b.deadline <= now)
+            .filter(|(_, q)| !q.in_flight)
+            .filter(|(_, q)| {
+                q.batches.front().is_some_and(|b| {
+                    self.draining
+                        || q.batches.len() > 1
+                        || b.deadline <= now
+                        || b.builder.size() >= limit
+                })
+            })
             .map(|(k, _)| k.clone())
             .collect();
-        for key in due {
-            self.send_batch(key);
+        for key in ready {
+            self.send_first(key);
         }
     }
 
-    /// Starts sending one partition's batch after the partition's previous request finished.
-    fn send_batch(&mut self, key: (String, u32)) {
-        let Some(batch) = self.batches.remove(&key) else {
-            return;
-        };
+    fn send_first(&mut self, key: PartitionKey) {
+        let Some(queue) = self.queues.get_mut(&key) else { return };
+        let Some(batch) = queue.batches.pop_front() else { return };
         let bytes = match batch.builder.build_compressed(Offset(0), self.config.compression) {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -293,14 +341,12 @@ impl Accumulator {
                 return;
             }
         };
-        let previous = self.in_flight.remove(&key);
+        queue.in_flight = true;
         let client = self.client.clone();
         let config = self.config.clone();
-        let (topic, partition) = key.clone();
-        let handle = tokio::spawn(async move {
-            if let Some(previous) = previous {
-                let _ = previous.await;
-            }
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let (topic, partition) = key.clone();
             let waiters = batch.waiters;
             if config.acks == Acks::None {
                 let request = ProduceRequest {
@@ -313,17 +359,24 @@ impl Accumulator {
                 for waiter in waiters {
                     let _ = waiter.send(Ok(Delivered { partition, offset: None }));
                 }
-                return;
+            } else {
+                let result = produce_with_retries(&client, &config, &topic, partition, bytes).await;
+                for (i, waiter) in waiters.into_iter().enumerate() {
+                    let outcome = result
+                        .clone()
+                        .map(|base| Delivered { partition, offset: Some(base.plus(i as u64)) });
+                    let _ = waiter.send(outcome);
+                }
             }
-            let result = produce_with_retries(&client, &config, &topic, partition, bytes).await;
-            for (i, waiter) in waiters.into_iter().enumerate() {
-                let outcome = result
-                    .clone()
-                    .map(|base| Delivered { partition, offset: Some(base.plus(i as u64)) });
-                let _ = waiter.send(outcome);
-            }
+            let _ = done.send(key);
         });
-        self.in_flight.insert(key, handle);
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
