@@ -303,3 +303,95 @@ async fn sigterm_drains_and_leaves_clean_logs() {
     let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
     assert_eq!(records.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_joining_together_never_share_a_partition() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "crowd", 6).await;
+    let config = ConsumerConfig { group: Some("crowd-g".into()), ..Default::default() };
+    let mut members: Vec<Consumer> =
+        (0..3).map(|_| Consumer::new(client.clone(), config.clone())).collect();
+    for m in &mut members {
+        m.subscribe(vec!["crowd".into()]).await.unwrap();
+    }
+    let mut balanced = false;
+    for _ in 0..60 {
+        for m in &mut members {
+            m.poll(Duration::from_millis(30)).await.unwrap();
+        }
+        let sets: Vec<BTreeSet<_>> =
+            members.iter().map(|m| m.assignment().into_iter().collect()).collect();
+        for (i, a) in sets.iter().enumerate() {
+            for b in &sets[i + 1..] {
+                assert!(a.is_disjoint(b), "two members own the same partition: {sets:?}");
+            }
+        }
+        if sets.iter().all(|s| s.len() == 2) {
+            balanced = true;
+            break;
+        }
+    }
+    assert!(balanced, "6 partitions spread 2/2/2");
+    for m in members {
+        m.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_from_before_a_reset_cannot_undo_it() {
+    use strata_client::proto::{CommitOffsetsRequest, GroupHeartbeatRequest, PartitionOffset};
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "undo", 1).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for i in 0..10 {
+        producer.send(Record::new("undo").value(format!("{i}"))).await.unwrap().await.unwrap();
+    }
+    producer.close().await.unwrap();
+    let mut broker = raw(&server).await;
+    let joined = broker
+        .group_heartbeat(GroupHeartbeatRequest {
+            group_id: "undo-g".into(),
+            member_epoch: 0,
+            subscribed_topics: vec!["undo".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let commit = |offset: u64, offsets_epoch: u64| CommitOffsetsRequest {
+        group_id: "undo-g".into(),
+        member_id: joined.member_id.clone(),
+        member_epoch: joined.member_epoch,
+        offsets: vec![PartitionOffset {
+            topic: "undo".into(),
+            partition: 0,
+            offset,
+            metadata: String::new(),
+        }],
+        offsets_epoch,
+    };
+    broker.commit_offsets(commit(8, joined.offsets_epoch)).await.unwrap();
+    let spec = ResetSpec {
+        group: "undo-g".into(),
+        topics: vec![("undo".into(), vec![])],
+        all_topics: false,
+        target: ResetTarget::ToOffset(2),
+        execute: true,
+    };
+    Admin::new(client.clone()).reset_offsets(spec).await.unwrap();
+    // The member has not heartbeated since: its commit carries the old offsets epoch.
+    let stale = broker.commit_offsets(commit(9, joined.offsets_epoch)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted, "{}", stale.message());
+    let described = Admin::new(client.clone()).describe_group("undo-g").await.unwrap();
+    assert_eq!(described.partitions[0].committed_offset, Some(2), "the reset stands");
+    // Deleting the topic forgets the group's offsets for it.
+    Admin::new(client.clone()).delete_topic("undo").await.unwrap();
+    let described = Admin::new(client).describe_group("undo-g").await.unwrap();
+    assert!(
+        described.partitions.iter().all(|p| p.committed_offset.is_none()),
+        "{:?}",
+        described.partitions
+    );
+}

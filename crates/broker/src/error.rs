@@ -23,6 +23,9 @@ pub enum BrokerError {
     Fenced(String),
     #[error("{0}")]
     GroupNotEmpty(String),
+    /// A member committed without having seen the latest offset reset of its group.
+    #[error("{0}")]
+    OffsetsReset(String),
     #[error(
         "offset {offset} is out of range for {topic}/{partition}: valid offsets are [{start}, {end}]"
     )]
@@ -58,6 +61,7 @@ impl BrokerError {
             BrokerError::InvalidArgument(_) | BrokerError::InvalidBatch(_) => Code::InvalidArgument,
             BrokerError::TooLarge(_) => Code::ResourceExhausted,
             BrokerError::Fenced(_) | BrokerError::GroupNotEmpty(_) => Code::FailedPrecondition,
+            BrokerError::OffsetsReset(_) => Code::Aborted,
             BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,
             BrokerError::ShuttingDown => Code::Unavailable,
             BrokerError::Io { .. } => Code::Internal,

@@ -317,16 +317,18 @@ impl Collector for StateCollector {
                 committed.push((labels.clone(), c.offset));
                 lag.push((labels.clone(), high_watermark.saturating_sub(c.offset)));
                 let key = (group.clone(), topic.clone(), partition);
-                let seconds = if c.offset >= high_watermark {
+                // Below the log start, the oldest unconsumed record still there is the first.
+                let oldest = c.offset.max(p.log_start().0);
+                let seconds = if oldest >= high_watermark {
                     0.0
                 } else {
                     let timestamp = match ages.get(&key) {
-                        Some(&(offset, ts)) if offset == c.offset => Some(ts),
-                        _ => p.record_timestamp(Offset(c.offset)).inspect(|&ts| {
-                            ages.insert(key.clone(), (c.offset, ts));
+                        Some(&(offset, ts)) if offset == oldest => Some(ts),
+                        _ => p.record_timestamp(Offset(oldest)).inspect(|&ts| {
+                            ages.insert(key.clone(), (oldest, ts));
                         }),
                     };
-                    timestamp.map_or(0.0, |ts| (now - ts).max(0) as f64 / 1000.0)
+                    timestamp.map_or(0.0, |ts| now.saturating_sub(ts).max(0) as f64 / 1000.0)
                 };
                 seen.insert(key);
                 age.push((labels, seconds));

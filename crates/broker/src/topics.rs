@@ -55,6 +55,20 @@ pub struct Topics {
     trash: PathBuf,
     durability: Durability,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Names of topics being created right now.
+    creating: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Releases a topic name reserved for creation, whatever the outcome.
+struct Reservation<'a> {
+    creating: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    name: &'a str,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner()).remove(self.name);
+    }
 }
 
 fn write_meta(dir: &Path, meta: &TopicMeta) -> Result<()> {
@@ -122,7 +136,13 @@ impl Topics {
             );
         }
         tracing::info!(topics = topics.len(), "topics opened");
-        Ok(Topics { root, trash, durability, topics: RwLock::new(topics) })
+        Ok(Topics {
+            root,
+            trash,
+            durability,
+            topics: RwLock::new(topics),
+            creating: Default::default(),
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
@@ -168,10 +188,16 @@ impl Topics {
             )));
         }
         let config = TopicConfig::default().with_changes(changes)?;
-        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        if topics.contains_key(name) {
-            return Err(BrokerError::TopicExists(name.to_owned()));
+        // Reserve the name, then create the partitions without holding the topics lock: opening
+        // thousands of logs must not stall every request that looks a topic up.
+        {
+            let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+            let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            if topics.contains_key(name) || !creating.insert(name.to_owned()) {
+                return Err(BrokerError::TopicExists(name.to_owned()));
+            }
         }
+        let _reservation = Reservation { creating: &self.creating, name };
         let dir = self.root.join(name);
         if dir.exists() {
             fs::remove_dir_all(&dir)
@@ -195,7 +221,10 @@ impl Topics {
             }
         };
         let topic = Arc::new(Topic { name: topic_name, meta: RwLock::new(meta), partitions });
-        topics.insert(name.to_owned(), topic.clone());
+        self.topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), topic.clone());
         tracing::info!(topic = name, partitions = topic.partitions.len(), "topic created");
         Ok(topic)
     }

@@ -315,16 +315,35 @@ impl Consumer {
         }
         let added: Vec<TopicPartition> =
             target.into_iter().filter(|tp| !self.partitions.contains_key(tp)).collect();
-        let mut reread: Vec<TopicPartition> = added.clone();
         if reset_seen {
             tracing::info!("group offsets were reset; resuming from the new committed offsets");
-            reread.extend(self.partitions.keys().cloned());
+            self.adopt_committed().await?;
         }
-        for (tp, offset) in self.start_offsets(&reread).await? {
+        for (tp, offset) in self.start_offsets(&added).await? {
             self.partitions.insert(
                 tp,
                 PartitionState { position: offset, fetch_from: offset, ..Default::default() },
             );
+        }
+        Ok(())
+    }
+
+    /// Moves every owned partition that has a committed offset to it (after an offset reset),
+    /// and remembers the group's offsets epoch. Partitions without one keep their position.
+    async fn adopt_committed(&mut self) -> Result<()> {
+        let Some(group) = self.config.group.clone() else { return Ok(()) };
+        let owned: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        let request = FetchOffsetsRequest { group_id: group, partitions: topic_partitions(owned) };
+        let response = self.client.broker().fetch_offsets(request).await?.into_inner();
+        if let Some(member) = self.member.as_mut() {
+            member.offsets_epoch = Some(response.offsets_epoch);
+        }
+        for o in response.offsets {
+            let tp = (o.topic, o.partition);
+            if self.partitions.contains_key(&tp) {
+                self.committed.insert(tp.clone(), Offset(o.offset));
+                self.seek(&tp.0, tp.1, Offset(o.offset))?;
+            }
         }
         Ok(())
     }
@@ -458,13 +477,20 @@ impl Consumer {
             Some(m) => (m.id.clone(), m.epoch),
             None => (String::new(), -1),
         };
+        let offsets_epoch = self.member.as_ref().and_then(|m| m.offsets_epoch).unwrap_or(0);
         let request = CommitOffsetsRequest {
             group_id: group,
             member_id,
             member_epoch,
             offsets: offsets.clone(),
+            offsets_epoch,
         };
-        self.client.broker().commit_offsets(request).await?;
+        match self.client.broker().commit_offsets(request).await {
+            Ok(_) => {}
+            // An operator reset the offsets since our last heartbeat: theirs win.
+            Err(status) if status.code() == Code::Aborted => return self.adopt_committed().await,
+            Err(status) => return Err(status.into()),
+        }
         for o in offsets {
             self.committed.insert((o.topic, o.partition), Offset(o.offset));
         }

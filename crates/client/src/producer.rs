@@ -355,9 +355,13 @@ impl Accumulator {
                     acks: config.acks.to_proto() as i32,
                     batches: vec![bytes],
                 };
-                tokio::spawn(async move { client.broker().produce(request).await });
+                // Fire and forget for the caller, but the request still completes before the
+                // partition's next one starts (order) and before flush returns (no loss).
                 for waiter in waiters {
                     let _ = waiter.send(Ok(Delivered { partition, offset: None }));
+                }
+                if let Err(status) = client.broker().produce(request).await {
+                    tracing::warn!(topic = %key.0, partition, error = %status, "acks=none batch was refused");
                 }
             } else {
                 let result = produce_with_retries(&client, &config, &topic, partition, bytes).await;

@@ -90,14 +90,17 @@ impl Group {
         }
     }
 
-    /// What `member_id` may own now: its target, less partitions another member still owns.
+    /// What `member_id` may own now: its target, less partitions another member still owns or
+    /// was last told to own (it may not have heard yet that the partition moved).
     fn assignable(&self, member_id: &str) -> BTreeSet<TopicPartition> {
         let member = &self.members[member_id];
         member
             .target
             .iter()
             .filter(|tp| {
-                !self.members.iter().any(|(id, m)| id != member_id && m.owned.contains(*tp))
+                !self.members.iter().any(|(id, m)| {
+                    id != member_id && (m.owned.contains(*tp) || m.sent.contains(*tp))
+                })
             })
             .cloned()
             .collect()
@@ -163,6 +166,10 @@ pub struct MemberView {
 pub struct Groups {
     groups: Mutex<BTreeMap<String, Group>>,
     offsets: Arc<OffsetStore>,
+    /// Serialises every change to committed offsets (check, append, apply), so a member's
+    /// commit can never land between an offset reset's epoch bump and its write, and the
+    /// in-memory map always applies commits in log order.
+    commit_lock: Mutex<()>,
 }
 
 fn validate_group_id(group_id: &str) -> Result<()> {
@@ -180,7 +187,7 @@ fn new_member_id() -> String {
 
 impl Groups {
     pub fn new(offsets: Arc<OffsetStore>) -> Groups {
-        Groups { groups: Mutex::new(BTreeMap::new()), offsets }
+        Groups { groups: Mutex::new(BTreeMap::new()), offsets, commit_lock: Mutex::new(()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Group>> {
@@ -293,7 +300,13 @@ impl Groups {
 
     /// Checks that a commit comes from a live member at its current (or previous) epoch, or
     /// from outside the group while it has no members.
-    fn check_committer(&self, group_id: &str, member_id: &str, member_epoch: i32) -> Result<()> {
+    fn check_committer(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        member_epoch: i32,
+        offsets_epoch: u64,
+    ) -> Result<()> {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
             // No member joined since this start: only standalone commits are valid.
@@ -314,6 +327,13 @@ impl Groups {
             )));
         }
         match group.members.get(member_id) {
+            Some(_) if offsets_epoch < group.offsets_epoch => {
+                Err(BrokerError::OffsetsReset(format!(
+                    "group {group_id}'s offsets were reset (offsets epoch {}, commit from epoch {offsets_epoch}): \
+                 re-read the committed offsets",
+                    group.offsets_epoch
+                )))
+            }
             Some(m) if member_epoch == m.epoch || member_epoch == m.previous_epoch => Ok(()),
             Some(m) => Err(BrokerError::Fenced(format!(
                 "stale member epoch {member_epoch} for {member_id} (current {})",
@@ -331,6 +351,7 @@ impl Groups {
         group_id: &str,
         member_id: &str,
         member_epoch: i32,
+        offsets_epoch: u64,
         offsets: &[(TopicPartition, Committed)],
         topics: &Topics,
     ) -> Result<()> {
@@ -347,8 +368,29 @@ impl Groups {
                 });
             }
         }
-        self.check_committer(group_id, member_id, member_epoch)?;
+        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_committer(group_id, member_id, member_epoch, offsets_epoch)?;
         self.offsets.commit(group_id, offsets)
+    }
+
+    /// Stores an operator's offset reset and bumps the group's offsets epoch in one step
+    /// (blocking: it fsyncs). Members learn of it from the epoch in their next heartbeat, and
+    /// their commits from before it are refused.
+    pub fn commit_reset(
+        &self,
+        group_id: &str,
+        offsets: &[(TopicPartition, Committed)],
+    ) -> Result<u64> {
+        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = self.bump_offsets_epoch(group_id);
+        self.offsets.commit(group_id, offsets)?;
+        Ok(epoch)
+    }
+
+    /// Forgets every group's offsets for a deleted topic (blocking: it fsyncs).
+    pub fn forget_topic(&self, topic: &str) -> Result<()> {
+        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.offsets.delete_topic(topic)
     }
 
     pub fn list(&self) -> Vec<(String, &'static str, usize)> {
@@ -417,6 +459,7 @@ impl Groups {
 
     /// Deletes a group's offsets; refused while it has live members.
     pub fn delete(&self, group_id: &str) -> Result<()> {
+        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut groups = self.lock();
             if let Some(group) = groups.get_mut(group_id) {

@@ -125,6 +125,37 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// Durably forgets every group's offsets of `topic` (the topic was deleted).
+    pub fn delete_topic(&self, topic: &str) -> Result<()> {
+        let doomed: Vec<(String, u32)> = {
+            let map = self.map();
+            let mut doomed = Vec::new();
+            for (group, offsets) in map.iter() {
+                doomed.extend(
+                    offsets.keys().filter(|(t, _)| t == topic).map(|(_, p)| (group.clone(), *p)),
+                );
+            }
+            doomed
+        };
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let mut builder = BatchBuilder::new();
+        let now = Timestamp::now();
+        for (group, partition) in &doomed {
+            builder.push(now, Some(&key(group, topic, *partition)), None, &[]);
+        }
+        self.log.append(&builder.build(Offset(0)))?;
+        let mut map = self.map();
+        for (group, partition) in doomed {
+            if let Some(offsets) = map.get_mut(&group) {
+                offsets.remove(&(topic.to_owned(), partition));
+            }
+        }
+        map.retain(|_, offsets| !offsets.is_empty());
+        Ok(())
+    }
+
     pub fn get(&self, group: &str) -> GroupOffsets {
         self.map().get(group).cloned().unwrap_or_default()
     }

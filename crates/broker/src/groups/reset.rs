@@ -93,6 +93,9 @@ pub async fn reset_offsets(
     super::validate_group_id(group_id)?;
     let partitions = expand(&scope, &strategy, groups, group_id, topics)?;
     if partitions.is_empty() {
+        if matches!(scope, ResetScope::AllTopics) && groups.describe(group_id).is_err() {
+            return Err(BrokerError::UnknownGroup(group_id.to_owned()));
+        }
         return Err(BrokerError::InvalidArgument(format!(
             "nothing to reset: group {group_id} has no topics in scope"
         )));
@@ -132,12 +135,10 @@ pub async fn reset_offsets(
                 (c.partition.clone(), Committed { offset: c.new, metadata: "reset-offsets".into() })
             })
             .collect();
-        let store = groups.offsets().clone();
-        let group = group_id.to_owned();
-        tokio::task::spawn_blocking(move || store.commit(&group, &commits))
+        let (owner, group) = (groups.clone(), group_id.to_owned());
+        let epoch = tokio::task::spawn_blocking(move || owner.commit_reset(&group, &commits))
             .await
             .map_err(|_| BrokerError::ShuttingDown)??;
-        let epoch = groups.bump_offsets_epoch(group_id);
         tracing::info!(
             group = group_id,
             partitions = changes.len(),

@@ -93,7 +93,7 @@ impl Admin for AdminService {
         let request = request.into_inner();
         respond(&self.shared.metrics, "create_topic", async {
             let shared = self.shared.clone();
-            let topic = blocking(move || {
+            let topic = blocking(&self.shared.tasks, move || {
                 shared.topics.create(
                     &request.name,
                     request.partitions,
@@ -157,7 +157,9 @@ impl Admin for AdminService {
             }
             let shared = self.shared.clone();
             let changes: HashMap<String, String> = request.configs;
-            let topic = blocking(move || shared.topics.alter(&request.name, &changes)).await?;
+            let topic =
+                blocking(&self.shared.tasks, move || shared.topics.alter(&request.name, &changes))
+                    .await?;
             Ok(self.describe(&topic))
         })
         .await
@@ -170,7 +172,11 @@ impl Admin for AdminService {
         let request = request.into_inner();
         respond(&self.shared.metrics, "delete_topic", async {
             let shared = self.shared.clone();
-            blocking(move || shared.topics.delete(&request.name)).await?;
+            blocking(&self.shared.tasks, move || {
+                shared.topics.delete(&request.name)?;
+                shared.groups.forget_topic(&request.name)
+            })
+            .await?;
             Ok(DeleteTopicResponse {})
         })
         .await
@@ -216,10 +222,12 @@ impl Admin for AdminService {
                         .as_ref()
                         .map_or((0, 0), |p| (p.log_start().0, p.high_watermark().0));
                     let next = committed.unwrap_or(start);
+                    // Below the log start, the oldest unconsumed record still there is the first.
+                    let oldest = next.max(start);
                     let age_ms = match &partition {
-                        Some(p) if next < end => p
-                            .record_timestamp(Offset(next))
-                            .map_or(0, |ts| (Timestamp::now().0 - ts).max(0) as u64),
+                        Some(p) if oldest < end => p
+                            .record_timestamp(Offset(oldest))
+                            .map_or(0, |ts| Timestamp::now().0.saturating_sub(ts).max(0) as u64),
                         _ => 0,
                     };
                     PartitionLag {
@@ -263,7 +271,7 @@ impl Admin for AdminService {
         let request = request.into_inner();
         respond(&self.shared.metrics, "delete_group", async {
             let shared = self.shared.clone();
-            blocking(move || shared.groups.delete(&request.group_id)).await?;
+            blocking(&self.shared.tasks, move || shared.groups.delete(&request.group_id)).await?;
             Ok(DeleteGroupResponse {})
         })
         .await

@@ -150,8 +150,10 @@ impl Broker for BrokerService {
                         if let Some(header) = last {
                             offset = header.last_offset().plus(1);
                         }
-                        if tx.send(Ok(fetch_response(fetched))).await.is_err() {
-                            return;
+                                                // A subscriber that stops reading must not hold up shutdown.
+                        tokio::select! {
+                            sent = tx.send(Ok(fetch_response(fetched))) => if sent.is_err() { return },
+                            _ = shutdown.cancelled() => return,
                         }
                     }
                     Err(err) => {
@@ -235,11 +237,12 @@ impl Broker for BrokerService {
                 })
                 .collect();
             let shared = self.shared.clone();
-            blocking(move || {
+            blocking(&self.shared.tasks, move || {
                 shared.groups.commit(
                     &request.group_id,
                     &request.member_id,
                     request.member_epoch,
+                    request.offsets_epoch,
                     &offsets,
                     &shared.topics,
                 )

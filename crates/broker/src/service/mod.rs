@@ -12,11 +12,13 @@ use std::time::Instant;
 use crate::error::{BrokerError, Result};
 use crate::metrics::Metrics;
 
-/// Runs blocking work (fsyncs, directory changes) off the async runtime.
+/// Runs blocking work (fsyncs, directory changes) off the async runtime, tracked so that
+/// shutdown waits for it even if the client gave up on the request.
 pub(crate) async fn blocking<T: Send + 'static>(
+    tasks: &tokio_util::task::TaskTracker,
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.map_err(|_| BrokerError::ShuttingDown)?
+    tasks.spawn_blocking(work).await.map_err(|_| BrokerError::ShuttingDown)?
 }
 
 /// Awaits `work`, turns its error into a gRPC status, and records the request's latency and
