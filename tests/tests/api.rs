@@ -395,3 +395,33 @@ async fn a_commit_from_before_a_reset_cannot_undo_it() {
         described.partitions
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_partition_does_not_delay_a_busy_one() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "mixed", 2).await;
+    let config = ConsumerConfig { max_wait: Duration::from_secs(5), ..Default::default() };
+    let mut consumer = Consumer::new(client.clone(), config);
+    consumer.assign(vec![("mixed".into(), 0), ("mixed".into(), 1)]).await.unwrap();
+    let producer_client = client.clone();
+    let send = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let producer = Producer::new(producer_client, ProducerConfig::default());
+        producer
+            .send(Record::new("mixed").partition(1).value("hello"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        producer.close().await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let records = consumer.poll(Duration::from_secs(10)).await.unwrap();
+    let waited = started.elapsed();
+    send.await.unwrap();
+    assert_eq!(records.len(), 1);
+    // Partition 0's fetch waits up to 5 s for data that never comes; partition 1's record
+    // must not wait for it.
+    assert!(waited < Duration::from_secs(3), "poll took {waited:?}");
+}

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use strata_proto::{
     CommitOffsetsRequest, FetchOffsetsRequest, FetchRequest, GroupHeartbeatRequest,
     ListOffsetsRequest, OffsetSpec, PartitionOffset, TopicPartitions,
@@ -408,43 +410,66 @@ impl Consumer {
         if wanted.is_empty() {
             return Ok(());
         }
-        let requests = wanted.iter().map(|((topic, partition), offset)| {
-            let mut broker = self.client.broker();
-            let request = FetchRequest {
-                topic: topic.clone(),
-                partition: *partition,
-                offset: offset.0,
-                max_wait_ms: wait.as_millis() as u32,
-                min_bytes: 1,
-                max_bytes: self.config.fetch_max_bytes,
-            };
-            async move { broker.fetch(request).await }
-        });
-        let results = join_all(requests).await;
-        for ((tp, offset), result) in wanted.into_iter().zip(results) {
-            match result {
-                Ok(response) => {
-                    let response = response.into_inner();
-                    let state = self.partitions.get_mut(&tp).expect("fetched partition is owned");
-                    let mut records = Vec::new();
-                    for batch in &response.batches {
-                        decode(&tp.0, tp.1, batch, offset, &mut records)?;
-                    }
-                    if let Some(last) = records.last() {
-                        state.fetch_from = last.offset.plus(1);
-                    }
-                    state.buffered.extend(records);
+        let mut requests: FuturesUnordered<_> = wanted
+            .into_iter()
+            .map(|(tp, offset)| {
+                let mut broker = self.client.broker();
+                let request = FetchRequest {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    offset: offset.0,
+                    max_wait_ms: wait.as_millis() as u32,
+                    min_bytes: 1,
+                    max_bytes: self.config.fetch_max_bytes,
+                };
+                async move { (tp, offset, broker.fetch(request).await) }
+            })
+            .collect();
+        // Return as soon as one partition has data (plus whatever else already arrived), so an
+        // idle partition's long poll never delays a busy one. Fetches still waiting are
+        // dropped (cancelled): they are read-only, and the next round asks again.
+        while let Some((tp, offset, result)) = requests.next().await {
+            if self.take_fetch(tp, offset, result).await? {
+                while let Some(Some((tp, offset, result))) = requests.next().now_or_never() {
+                    self.take_fetch(tp, offset, result).await?;
                 }
-                Err(status) if status.code() == Code::OutOfRange => {
-                    // Retention passed us, or the log was truncated: start over per policy.
-                    let reset = self.list_offset(&tp, self.reset_spec(), 0).await?;
-                    tracing::warn!(topic = %tp.0, partition = tp.1, from = %offset, to = %reset, "offset out of range; resetting");
-                    self.seek(&tp.0, tp.1, reset)?;
-                }
-                Err(status) => return Err(status.into()),
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Buffers the records of one fetch answer; true if there were any.
+    async fn take_fetch(
+        &mut self,
+        tp: TopicPartition,
+        offset: Offset,
+        result: std::result::Result<tonic::Response<strata_proto::FetchResponse>, tonic::Status>,
+    ) -> Result<bool> {
+        match result {
+            Ok(response) => {
+                let response = response.into_inner();
+                let Some(state) = self.partitions.get_mut(&tp) else { return Ok(false) };
+                let mut records = Vec::new();
+                for batch in &response.batches {
+                    decode(&tp.0, tp.1, batch, offset, &mut records)?;
+                }
+                if let Some(last) = records.last() {
+                    state.fetch_from = last.offset.plus(1);
+                }
+                let got = !records.is_empty();
+                state.buffered.extend(records);
+                Ok(got)
+            }
+            Err(status) if status.code() == Code::OutOfRange => {
+                // Retention passed us, or the log was truncated: start over per policy.
+                let reset = self.list_offset(&tp, self.reset_spec(), 0).await?;
+                tracing::warn!(topic = %tp.0, partition = tp.1, from = %offset, to = %reset, "offset out of range; resetting");
+                self.seek(&tp.0, tp.1, reset)?;
+                Ok(false)
+            }
+            Err(status) => Err(status.into()),
+        }
     }
 
     /// Commits the positions of every owned partition that moved since the last commit.

@@ -395,7 +395,16 @@ impl Groups {
 
     pub fn list(&self) -> Vec<(String, &'static str, usize)> {
         let mut names: BTreeSet<String> = self.offsets.groups().into_iter().collect();
-        let groups = self.lock();
+        let mut groups = self.lock();
+        let now = Instant::now();
+        for (name, group) in groups.iter_mut() {
+            group.expire(now, name);
+        }
+        // Groups with neither members nor offsets are forgotten.
+        let committed = names.clone();
+        groups.retain(|name, g| {
+            !g.members.is_empty() || committed.contains(name) || g.offsets_epoch > 0
+        });
         names.extend(groups.iter().filter(|(_, g)| !g.members.is_empty()).map(|(n, _)| n.clone()));
         names
             .into_iter()
