@@ -316,7 +316,7 @@ async fn members_joining_together_never_share_a_partition() {
         m.subscribe(vec!["crowd".into()]).await.unwrap();
     }
     let mut balanced = false;
-    for _ in 0..60 {
+    for _ in 0..200 {
         for m in &mut members {
             m.poll(Duration::from_millis(30)).await.unwrap();
         }
