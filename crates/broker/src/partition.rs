@@ -82,25 +82,30 @@ impl Partition {
     /// them in order. Returns where each landed.
     pub async fn append(self: &Arc<Self>, batches: Vec<Bytes>) -> Result<Vec<AppendInfo>> {
         let limit = self.log.config().max_batch_bytes;
-        for (index, batch) in batches.iter().enumerate() {
-            if batch.len() > limit {
-                return Err(BrokerError::TooLarge(format!(
-                    "batch of {} bytes exceeds max.message.bytes {limit} of topic {}",
-                    batch.len(),
-                    self.topic
-                )));
-            }
-            RecordBatch::new(batch).and_then(|b| b.validate_records()).map_err(|err| {
-                BrokerError::InvalidArgument(format!(
-                    "batch #{index} of the request is invalid: {err}"
-                ))
-            })?;
+        if let Some(batch) = batches.iter().find(|b| b.len() > limit) {
+            return Err(BrokerError::TooLarge(format!(
+                "batch of {} bytes exceeds max.message.bytes {limit} of topic {}",
+                batch.len(),
+                self.topic
+            )));
         }
+        // Validation (CRC, framing, bounded decompression) is CPU work: it runs with the
+        // append off the async runtime, and the validated batches go to the log as they are,
+        // so their CRC is computed once.
         let partition = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let mut infos = Vec::with_capacity(batches.len());
-            for batch in &batches {
-                infos.push(partition.log.append(batch)?);
+            let mut checked = Vec::with_capacity(batches.len());
+            for (index, batch) in batches.iter().enumerate() {
+                let valid = RecordBatch::new(batch).and_then(|b| b.validate_records().map(|()| b));
+                checked.push(valid.map_err(|err| {
+                    BrokerError::InvalidArgument(format!(
+                        "batch #{index} of the request is invalid: {err}"
+                    ))
+                })?);
+            }
+            let mut infos = Vec::with_capacity(checked.len());
+            for batch in &checked {
+                infos.push(partition.log.append_checked(batch)?);
             }
             Ok::<_, BrokerError>(infos)
         })

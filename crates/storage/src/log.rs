@@ -226,15 +226,35 @@ impl Log {
         self.append_batch(batch, true)
     }
 
+    /// [`Log::append`] for a batch the caller already checked: a `RecordBatch` can only be made
+    /// by validating its header, length and CRC, so the log skips a second CRC pass.
+    pub fn append_checked(&self, batch: &RecordBatch<'_>) -> Result<AppendInfo> {
+        self.append_header(batch.as_bytes(), *batch.header(), false)
+    }
+
     fn append_batch(&self, batch: &[u8], keep_offset: bool) -> Result<AppendInfo> {
-        self.ensure_writable()?;
-        if batch.len() > self.config().max_batch_bytes {
-            return Err(StorageError::BatchTooLarge {
-                size: batch.len(),
-                limit: self.config().max_batch_bytes,
-            });
-        }
+        // Limits before work: an oversized batch is refused before its CRC is computed.
+        self.check_appendable(batch.len())?;
         let header = *RecordBatch::new(batch)?.header();
+        self.append_header(batch, header, keep_offset)
+    }
+
+    fn check_appendable(&self, len: usize) -> Result<()> {
+        self.ensure_writable()?;
+        let limit = self.config().max_batch_bytes;
+        if len > limit {
+            return Err(StorageError::BatchTooLarge { size: len, limit });
+        }
+        Ok(())
+    }
+
+    fn append_header(
+        &self,
+        batch: &[u8],
+        header: strata_record::BatchHeader,
+        keep_offset: bool,
+    ) -> Result<AppendInfo> {
+        self.check_appendable(batch.len())?;
         let info = {
             let mut state = self.write_state();
             let end = state.end();
