@@ -8,14 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use strata_proto::{
-    CommitOffsetsRequest, FetchOffsetsRequest, FetchRequest, GroupHeartbeatRequest,
+    CommitOffsetsRequest, FetchOffsetsRequest, FetchRequest, FetchResponse, GroupHeartbeatRequest,
     ListOffsetsRequest, OffsetSpec, PartitionOffset, TopicPartitions,
 };
 use strata_record::{Offset, Timestamp};
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -85,6 +83,12 @@ struct PartitionState {
     /// Next offset to fetch (ahead of `position` by what is buffered).
     fetch_from: Offset,
     buffered: VecDeque<ConsumerRecord>,
+    /// Key and value bytes in `buffered`: the prefetch bound.
+    buffered_bytes: usize,
+}
+
+fn record_bytes(record: &ConsumerRecord) -> usize {
+    record.key.as_ref().map_or(0, |k| k.len()) + record.value.as_ref().map_or(0, |v| v.len())
 }
 
 #[derive(Debug)]
@@ -97,7 +101,14 @@ pub struct Consumer {
     member: Option<Member>,
     committed: BTreeMap<TopicPartition, Offset>,
     last_commit: Instant,
+    /// Fetches running in the background (the prefetch): at most one per partition, each
+    /// bringing at most `fetch_max_bytes`, started while the partition's buffer is below that.
+    fetches: JoinSet<FetchOutcome>,
+    in_flight: BTreeMap<TopicPartition, (Offset, AbortHandle)>,
 }
+
+type FetchOutcome =
+    (TopicPartition, Offset, std::result::Result<tonic::Response<FetchResponse>, tonic::Status>);
 
 fn topic_partitions(set: impl IntoIterator<Item = TopicPartition>) -> Vec<TopicPartitions> {
     let mut by_topic: BTreeMap<String, Vec<u32>> = BTreeMap::new();
@@ -118,6 +129,21 @@ impl Consumer {
             member: None,
             committed: BTreeMap::new(),
             last_commit: Instant::now(),
+            fetches: JoinSet::new(),
+            in_flight: BTreeMap::new(),
+        }
+    }
+
+    /// Cancels a partition's background fetch (after a seek or when it is no longer owned).
+    fn forget_fetch(&mut self, tp: &TopicPartition) {
+        if let Some((_, handle)) = self.in_flight.remove(tp) {
+            handle.abort();
+        }
+    }
+
+    fn forget_all_fetches(&mut self) {
+        for (_, (_, handle)) in std::mem::take(&mut self.in_flight) {
+            handle.abort();
         }
     }
 
@@ -125,6 +151,7 @@ impl Consumer {
     /// committed offset if a group is configured and has one, else per `offset_reset`.
     pub async fn assign(&mut self, partitions: Vec<TopicPartition>) -> Result<()> {
         self.partitions.clear();
+        self.forget_all_fetches();
         let starts = self.start_offsets(&partitions).await?;
         for (tp, offset) in starts {
             self.partitions.insert(
@@ -170,7 +197,8 @@ impl Consumer {
                 "{topic}/{partition} is not assigned to this consumer"
             ))
         })?;
-        *state = PartitionState { position: offset, fetch_from: offset, buffered: VecDeque::new() };
+        *state = PartitionState { position: offset, fetch_from: offset, ..Default::default() };
+        self.forget_fetch(&(topic.to_owned(), partition));
         Ok(())
     }
 
@@ -283,6 +311,7 @@ impl Consumer {
                     "fenced by the group coordinator; rejoining"
                 );
                 self.partitions.clear();
+                self.forget_all_fetches();
                 self.member = Some(Member::default());
                 return Ok(());
             }
@@ -309,6 +338,7 @@ impl Consumer {
             }
             for tp in &revoked {
                 self.partitions.remove(tp);
+                self.forget_fetch(tp);
             }
             // Tell the coordinator at once, so the new owner does not wait a whole interval.
             if let Some(m) = self.member.as_mut() {
@@ -363,22 +393,65 @@ impl Consumer {
             {
                 self.commit().await?;
             }
+            self.start_fetches();
             let records = self.drain();
             if !records.is_empty() {
+                // Fetches started above keep running: the next poll finds their records.
                 return Ok(records);
             }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            let mut wait = (deadline - now).min(self.config.max_wait);
+            let mut wait = deadline - now;
             if let Some(next) = self.member.as_ref().and_then(|m| m.next_heartbeat) {
                 wait = wait.min(next.saturating_duration_since(now));
             }
-            self.fetch(wait).await?;
-            if self.partitions.is_empty() {
+            if self.fetches.is_empty() {
                 tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+                continue;
             }
+            // Wait for the first background fetch to answer (or the deadline / a heartbeat).
+            if let Ok(Some(joined)) = tokio::time::timeout(wait, self.fetches.join_next()).await
+                && let Ok((tp, offset, result)) = joined
+            {
+                self.take_fetch(tp, offset, result).await?;
+                // Take whatever else already arrived.
+                while let Some(Ok((tp, offset, result))) = self.fetches.try_join_next() {
+                    self.take_fetch(tp, offset, result).await?;
+                }
+            }
+        }
+    }
+
+    /// Starts a background fetch for every owned, unpaused partition that has none running
+    /// and less than one fetch's worth of records buffered.
+    fn start_fetches(&mut self) {
+        let limit = self.config.fetch_max_bytes as usize;
+        let wanted: Vec<(TopicPartition, Offset)> = self
+            .partitions
+            .iter()
+            .filter(|(tp, s)| {
+                s.buffered_bytes < limit
+                    && !self.paused.contains(*tp)
+                    && !self.in_flight.contains_key(*tp)
+            })
+            .map(|(tp, s)| (tp.clone(), s.fetch_from))
+            .collect();
+        for (tp, offset) in wanted {
+            let mut broker = self.client.broker();
+            let request = FetchRequest {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                offset: offset.0,
+                max_wait_ms: self.config.max_wait.as_millis() as u32,
+                min_bytes: 1,
+                max_bytes: self.config.fetch_max_bytes,
+            };
+            let key = tp.clone();
+            let handle =
+                self.fetches.spawn(async move { (key, offset, broker.fetch(request).await) });
+            self.in_flight.insert(tp, (offset, handle));
         }
     }
 
@@ -393,50 +466,11 @@ impl Consumer {
                     break;
                 };
                 state.position = record.offset.plus(1);
+                state.buffered_bytes = state.buffered_bytes.saturating_sub(record_bytes(&record));
                 out.push(record);
             }
         }
         out
-    }
-
-    /// One round of long-poll fetches for every owned, unpaused partition with an empty buffer.
-    async fn fetch(&mut self, wait: Duration) -> Result<()> {
-        let wanted: Vec<(TopicPartition, Offset)> = self
-            .partitions
-            .iter()
-            .filter(|(tp, s)| s.buffered.is_empty() && !self.paused.contains(*tp))
-            .map(|(tp, s)| (tp.clone(), s.fetch_from))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let mut requests: FuturesUnordered<_> = wanted
-            .into_iter()
-            .map(|(tp, offset)| {
-                let mut broker = self.client.broker();
-                let request = FetchRequest {
-                    topic: tp.0.clone(),
-                    partition: tp.1,
-                    offset: offset.0,
-                    max_wait_ms: wait.as_millis() as u32,
-                    min_bytes: 1,
-                    max_bytes: self.config.fetch_max_bytes,
-                };
-                async move { (tp, offset, broker.fetch(request).await) }
-            })
-            .collect();
-        // Return as soon as one partition has data (plus whatever else already arrived), so an
-        // idle partition's long poll never delays a busy one. Fetches still waiting are
-        // dropped (cancelled): they are read-only, and the next round asks again.
-        while let Some((tp, offset, result)) = requests.next().await {
-            if self.take_fetch(tp, offset, result).await? {
-                while let Some(Some((tp, offset, result))) = requests.next().now_or_never() {
-                    self.take_fetch(tp, offset, result).await?;
-                }
-                break;
-            }
-        }
-        Ok(())
     }
 
     /// Buffers the records of one fetch answer; true if there were any.
@@ -446,6 +480,14 @@ impl Consumer {
         offset: Offset,
         result: std::result::Result<tonic::Response<strata_proto::FetchResponse>, tonic::Status>,
     ) -> Result<bool> {
+        // Only the answer to the fetch still registered for this partition counts: after a
+        // seek or a revocation the partition moved on.
+        match self.in_flight.get(&tp) {
+            Some((registered, _)) if *registered == offset => {
+                self.in_flight.remove(&tp);
+            }
+            _ => return Ok(false),
+        }
         match result {
             Ok(response) => {
                 let response = response.into_inner();
@@ -458,6 +500,7 @@ impl Consumer {
                     state.fetch_from = last.offset.plus(1);
                 }
                 let got = !records.is_empty();
+                state.buffered_bytes += records.iter().map(record_bytes).sum::<usize>();
                 state.buffered.extend(records);
                 Ok(got)
             }
