@@ -4,11 +4,10 @@
 //! Each commit appends one batch with one record per partition: key
 //! `group \0 topic \0 partition`, value the JSON `{"offset":N,"metadata":"…"}`, or no value (a
 //! tombstone) when a group is deleted. The in-memory map is rebuilt by replaying the log on
-//! start. The log is never compacted yet: it grows with every commit (a few dozen bytes per
-//! partition), which is noted in docs/decisions.md.
+//! start, and compacted on start once it has grown well past what the live offsets need.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -44,43 +43,134 @@ fn parse_key(key: &[u8]) -> Option<(String, String, u32)> {
     Some((group.to_owned(), topic.to_owned(), partition.parse().ok()?))
 }
 
-impl OffsetStore {
-    pub fn open(dir: &Path) -> Result<Arc<OffsetStore>> {
-        let config = LogConfig {
-            segment_bytes: 64 * 1024 * 1024,
-            segment_age: None,
-            retention_age: None,
-            retention_bytes: None,
-            durability: Durability::EveryAppend,
-            ..LogConfig::default()
-        };
-        let log = Log::open(dir, config)?;
-        let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
-        let mut from = log.start_offset();
-        let end = log.end_offset();
-        while from < end {
-            let batches = log.read(from, 4 * 1024 * 1024)?;
-            for bytes in &batches {
-                let batch = RecordBatch::new(bytes)?;
-                from = batch.header().last_offset().plus(1);
-                for record in batch.records()? {
-                    let record = record?;
-                    let Some((group, topic, partition)) = record.key().and_then(parse_key) else {
-                        continue;
-                    };
-                    let entry = offsets.entry(group).or_default();
-                    match record.value().and_then(|v| serde_json::from_slice::<Committed>(v).ok()) {
-                        Some(committed) => {
-                            entry.insert((topic, partition), committed);
-                        }
-                        None => {
-                            entry.remove(&(topic, partition));
-                        }
+fn log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024 * 1024,
+        segment_age: None,
+        retention_age: None,
+        retention_bytes: None,
+        durability: Durability::EveryAppend,
+        ..LogConfig::default()
+    }
+}
+
+/// The log is rewritten with only the live offsets when it is larger than this and more than
+/// four times what the live offsets need (about 128 bytes each).
+const COMPACT_MIN_BYTES: u64 = 8 * 1024 * 1024;
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_owned();
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// Replays every commit and tombstone into the live map.
+fn replay(log: &Log) -> Result<HashMap<String, GroupOffsets>> {
+    let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
+    let mut from = log.start_offset();
+    let end = log.end_offset();
+    while from < end {
+        let batches = log.read(from, 4 * 1024 * 1024)?;
+        for bytes in &batches {
+            let batch = RecordBatch::new(bytes)?;
+            from = batch.header().last_offset().plus(1);
+            for record in batch.records()? {
+                let record = record?;
+                let Some((group, topic, partition)) = record.key().and_then(parse_key) else {
+                    continue;
+                };
+                let entry = offsets.entry(group).or_default();
+                match record.value().and_then(|v| serde_json::from_slice::<Committed>(v).ok()) {
+                    Some(committed) => {
+                        entry.insert((topic, partition), committed);
+                    }
+                    None => {
+                        entry.remove(&(topic, partition));
                     }
                 }
             }
         }
-        offsets.retain(|_, o| !o.is_empty());
+    }
+    offsets.retain(|_, o| !o.is_empty());
+    Ok(offsets)
+}
+
+/// Rewrites the log with one record per live offset: written in full to `<dir>.compacting`,
+/// then swapped in by two renames. A crash at any step is finished or undone by
+/// [`finish_interrupted_compaction`] on the next open.
+fn compact(dir: &Path, old: Log, offsets: &HashMap<String, GroupOffsets>) -> Result<Log> {
+    let before = old.size_bytes();
+    let staging = sibling(dir, ".compacting");
+    let retired = sibling(dir, ".old");
+    let io = |what: &str| BrokerError::io(format!("compacting the offsets log: {what}"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io("clearing the staging directory"))?;
+    }
+    let fresh = Log::open(&staging, log_config())?;
+    let now = Timestamp::now();
+    for (group, partitions) in offsets {
+        for chunk in partitions.iter().collect::<Vec<_>>().chunks(1000) {
+            let mut builder = BatchBuilder::new();
+            for ((topic, partition), committed) in chunk {
+                let value = serde_json::to_vec(committed).expect("offset serialises");
+                builder.push(now, Some(&key(group, topic, *partition)), Some(&value), &[]);
+            }
+            fresh.append(&builder.build(Offset(0)))?;
+        }
+    }
+    fresh.close()?;
+    old.close()?;
+    std::fs::rename(dir, &retired).map_err(io("retiring the old log"))?;
+    std::fs::rename(&staging, dir).map_err(io("installing the compacted log"))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the directory"))?;
+    }
+    std::fs::remove_dir_all(&retired).map_err(io("removing the old log"))?;
+    let log = Log::open(dir, log_config())?;
+    tracing::info!(
+        before_bytes = before,
+        after_bytes = log.size_bytes(),
+        "compacted the offsets log"
+    );
+    Ok(log)
+}
+
+/// Finishes or undoes a compaction a crash interrupted: a complete new log is in place once
+/// `<dir>` exists again; if only the retired one is left, it goes back.
+fn finish_interrupted_compaction(dir: &Path) -> Result<()> {
+    let staging = sibling(dir, ".compacting");
+    let retired = sibling(dir, ".old");
+    let io = |what: &str| BrokerError::io(format!("recovering an offsets compaction: {what}"));
+    if retired.exists() {
+        if !dir.exists() {
+            std::fs::rename(&retired, dir).map_err(io("restoring the old log"))?;
+        } else {
+            std::fs::remove_dir_all(&retired).map_err(io("removing the old log"))?;
+        }
+    }
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io("removing a partial compaction"))?;
+    }
+    Ok(())
+}
+
+impl OffsetStore {
+    pub fn open(dir: &Path) -> Result<Arc<OffsetStore>> {
+        Self::open_compacting_above(dir, COMPACT_MIN_BYTES)
+    }
+
+    fn open_compacting_above(dir: &Path, min_bytes: u64) -> Result<Arc<OffsetStore>> {
+        finish_interrupted_compaction(dir)?;
+        let log = Log::open(dir, log_config())?;
+        let offsets = replay(&log)?;
+        let live = offsets.values().map(BTreeMap::len).sum::<usize>() as u64;
+        let log = if log.size_bytes() > min_bytes && log.size_bytes() > live * 128 * 4 {
+            compact(dir, log, &offsets)?
+        } else {
+            log
+        };
         tracing::info!(groups = offsets.len(), "committed offsets loaded");
         Ok(Arc::new(OffsetStore { log, offsets: Mutex::new(offsets) }))
     }
@@ -196,5 +286,58 @@ mod tests {
         assert_eq!(g1[&("t".to_owned(), 1)].offset, 7);
         assert!(store.get("g2").is_empty());
         assert_eq!(store.groups(), vec!["g1".to_owned()]);
+    }
+}
+
+#[cfg(test)]
+mod compaction_tests {
+    use super::*;
+
+    fn c(offset: u64) -> Committed {
+        Committed { offset, metadata: String::new() }
+    }
+
+    #[test]
+    fn a_grown_log_is_compacted_on_open_and_keeps_every_live_offset() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("offsets");
+        {
+            let store = OffsetStore::open(&dir).unwrap();
+            for i in 0..300 {
+                store.commit("g", &[(("t".into(), 0), c(i)), (("t".into(), 1), c(i * 2))]).unwrap();
+            }
+            store.commit("gone", &[(("t".into(), 0), c(1))]).unwrap();
+            store.delete_group("gone").unwrap();
+        }
+        let before = Log::open(&dir, log_config()).unwrap().size_bytes();
+        let store = OffsetStore::open_compacting_above(&dir, 1024).unwrap();
+        assert!(
+            store.log().size_bytes() < before / 10,
+            "{} -> {}",
+            before,
+            store.log().size_bytes()
+        );
+        let g = store.get("g");
+        assert_eq!((g[&("t".to_owned(), 0)].offset, g[&("t".to_owned(), 1)].offset), (299, 598));
+        assert!(store.get("gone").is_empty());
+        store.commit("g", &[(("t".into(), 0), c(300))]).unwrap();
+        drop(store);
+        assert_eq!(OffsetStore::open(&dir).unwrap().get("g")[&("t".to_owned(), 0)].offset, 300);
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_finished_or_undone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("offsets");
+        OffsetStore::open(&dir).unwrap().commit("g", &[(("t".into(), 0), c(7))]).unwrap();
+        // Crash after the old log was retired, before the new one was installed.
+        std::fs::rename(&dir, sibling(&dir, ".old")).unwrap();
+        std::fs::create_dir_all(sibling(&dir, ".compacting")).unwrap();
+        assert_eq!(OffsetStore::open(&dir).unwrap().get("g")[&("t".to_owned(), 0)].offset, 7);
+        assert!(!sibling(&dir, ".old").exists() && !sibling(&dir, ".compacting").exists());
+        // Crash after the new log was installed, before the old one was removed.
+        std::fs::create_dir_all(sibling(&dir, ".old")).unwrap();
+        assert_eq!(OffsetStore::open(&dir).unwrap().get("g")[&("t".to_owned(), 0)].offset, 7);
+        assert!(!sibling(&dir, ".old").exists());
     }
 }
