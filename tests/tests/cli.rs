@@ -258,3 +258,63 @@ fn compressed_batches_roundtrip_through_the_broker() {
         server.cli(&["consume", "packed", "--from-time", "0", "--max-messages", "1"], "").ok();
     assert_eq!(from_time.stdout.lines().next(), input.lines().next());
 }
+
+#[test]
+fn retention_deletes_old_segments_and_alter_changes_it() {
+    let server = Server::start();
+    server
+        .cli(
+            &[
+                "topic",
+                "create",
+                "short",
+                "--config",
+                "segment.bytes=16384",
+                "--config",
+                "retention.bytes=40000",
+            ],
+            "",
+        )
+        .ok();
+    let line = "x".repeat(1000);
+    for _ in 0..10 {
+        let input: String = (0..20).map(|_| format!("{line}\n")).collect();
+        server.cli(&["produce", "short", "--partition", "0"], &input).ok();
+    }
+    // 200 records of ~1 KB in 16 KB segments: maintenance (every 200 ms here) drops the oldest
+    // sealed segments while at least 40,000 bytes remain.
+    let start = eventually(Duration::from_secs(15), "retention to move the log start", || {
+        let rows =
+            server.cli(&["topic", "describe", "short", "--format", "json"], "").ok().json_lines();
+        let start = rows[0]["log_start_offset"].as_u64().unwrap();
+        let size = rows[0]["size_bytes"].as_u64().unwrap();
+        // Done once no more whole segment (one ~20 KB batch each here) can go.
+        (start > 0 && size < 40_000 + 21_000).then_some((start, size))
+    });
+    assert!(start.1 >= 40_000 && start.1 < 200 * 1000, "size after retention: {}", start.1);
+    // Consumers from the beginning start at the new log start.
+    let first = server
+        .cli(
+            &["consume", "short", "--from-beginning", "--max-messages", "1", "--format", "json"],
+            "",
+        )
+        .ok();
+    assert_eq!(first.json_lines()[0]["offset"].as_u64().unwrap(), start.0);
+
+    // Tighter retention through alter applies to the running log.
+    let altered = server
+        .cli(
+            &["topic", "alter", "short", "--config", "retention.bytes=20000", "--format", "json"],
+            "",
+        )
+        .ok();
+    assert!(!altered.json_lines().is_empty());
+    eventually(Duration::from_secs(15), "the altered retention to apply", || {
+        let rows =
+            server.cli(&["topic", "describe", "short", "--format", "json"], "").ok().json_lines();
+        (rows[0]["size_bytes"].as_u64().unwrap() < start.1).then_some(())
+    });
+    let bad = server.cli(&["topic", "alter", "short", "--config", "retention.bytes=0"], "");
+    assert_ne!(bad.status, 0);
+    assert!(bad.stderr.contains("retention.bytes"), "{}", bad.stderr);
+}
