@@ -20,6 +20,11 @@ use crate::topics::Topics;
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(300);
 const MIN_SESSION_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most members one group may have.
+const MAX_MEMBERS: usize = 1000;
+/// Most topics one member may subscribe to, and partitions it may report owning.
+const MAX_SUBSCRIBED_TOPICS: usize = 1000;
+const MAX_OWNED_PARTITIONS: usize = 100_000;
 
 #[derive(Debug)]
 struct Member {
@@ -201,6 +206,14 @@ impl Groups {
     /// Joins, refreshes or leaves a member, and returns what it should own now.
     pub fn heartbeat(&self, request: Heartbeat, topics: &Topics) -> Result<HeartbeatReply> {
         validate_group_id(&request.group_id)?;
+        if request.subscribed_topics.len() > MAX_SUBSCRIBED_TOPICS
+            || request.owned.len() > MAX_OWNED_PARTITIONS
+        {
+            return Err(BrokerError::TooLarge(format!(
+                "a member may subscribe to at most {MAX_SUBSCRIBED_TOPICS} topics and own at most \
+                 {MAX_OWNED_PARTITIONS} partitions"
+            )));
+        }
         let assignor = Assignor::parse(&request.assignor).ok_or_else(|| {
             BrokerError::InvalidArgument(format!(
                 "unknown assignor {:?}: use range or uniform",
@@ -231,6 +244,13 @@ impl Groups {
         }
 
         let member_id = if request.member_epoch == 0 {
+            if group.members.len() >= MAX_MEMBERS && !group.members.contains_key(&request.member_id)
+            {
+                return Err(BrokerError::TooLarge(format!(
+                    "group {} already has {MAX_MEMBERS} members",
+                    request.group_id
+                )));
+            }
             let id = if request.member_id.is_empty() {
                 new_member_id()
             } else {
