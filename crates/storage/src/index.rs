@@ -114,7 +114,8 @@ pub(crate) fn time_index_is_sane(entries: &[u8], max_relative: u64) -> bool {
 #[derive(Debug)]
 pub(crate) struct WritableIndex {
     path: PathBuf,
-    file: File,
+    // No file handle is kept: the map needs none, and a partition then holds open only its
+    // active log file and its lock (the file is reopened by path to seal the index).
     map: MmapMut,
     used: usize,
     entry_len: usize,
@@ -142,7 +143,7 @@ impl WritableIndex {
         file.set_len(used as u64).at(path)?;
         file.set_len(len).at(path)?;
         let map = map_index_mut(&file, len as usize).at(path)?;
-        Ok(WritableIndex { path: path.to_owned(), file, map, used, entry_len })
+        Ok(WritableIndex { path: path.to_owned(), map, used, entry_len })
     }
 
     /// Writes a new, empty index of `capacity` entries to a temporary file and renames it to
@@ -162,7 +163,7 @@ impl WritableIndex {
         file.set_len(len as u64).at(&tmp)?;
         std::fs::rename(&tmp, path).at(path)?;
         let map = map_index_mut(&file, len).at(path)?;
-        Ok(WritableIndex { path: path.to_owned(), file, map, used: 0, entry_len })
+        Ok(WritableIndex { path: path.to_owned(), map, used: 0, entry_len })
     }
 
     pub(crate) fn entries(&self) -> &[u8] {
@@ -182,9 +183,10 @@ impl WritableIndex {
 
     /// Writes the entries back, trims the file to them, fsyncs, and reopens it read-only.
     pub(crate) fn seal(self) -> Result<ReadOnlyIndex> {
-        let WritableIndex { path, file, map, used, .. } = self;
+        let WritableIndex { path, map, used, .. } = self;
         map.flush().at(&path)?;
         drop(map);
+        let file = OpenOptions::new().read(true).write(true).open(&path).at(&path)?;
         file.set_len(used as u64).at(&path)?;
         file.sync_all().at(&path)?;
         let map = map_index(&file, used).at(&path)?;
