@@ -3,7 +3,6 @@
 //!
 //! Run one with [`run`]; `strata server` is a thin wrapper around it.
 
-mod convert;
 mod error;
 pub mod groups;
 mod metrics;

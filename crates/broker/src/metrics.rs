@@ -23,7 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use strata_record::{Offset, Timestamp};
+use strata_record::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::groups::Groups;
@@ -317,19 +317,15 @@ impl Collector for StateCollector {
                 committed.push((labels.clone(), c.offset));
                 lag.push((labels.clone(), high_watermark.saturating_sub(c.offset)));
                 let key = (group.clone(), topic.clone(), partition);
-                // Below the log start, the oldest unconsumed record still there is the first.
-                let oldest = c.offset.max(p.log_start().0);
-                let seconds = if oldest >= high_watermark {
-                    0.0
-                } else {
-                    let timestamp = match ages.get(&key) {
-                        Some(&(offset, ts)) if offset == oldest => Some(ts),
-                        _ => p.record_timestamp(Offset(oldest)).inspect(|&ts| {
-                            ages.insert(key.clone(), (oldest, ts));
+                let timestamp =
+                    p.first_unconsumed(c.offset).and_then(|oldest| match ages.get(&key) {
+                        Some(&(offset, ts)) if offset == oldest.0 => Some(ts),
+                        _ => p.record_timestamp(oldest).inspect(|&ts| {
+                            ages.insert(key.clone(), (oldest.0, ts));
                         }),
-                    };
-                    timestamp.map_or(0.0, |ts| now.saturating_sub(ts).max(0) as f64 / 1000.0)
-                };
+                    });
+                let seconds =
+                    timestamp.map_or(0.0, |ts| now.saturating_sub(ts).max(0) as f64 / 1000.0);
                 seen.insert(key);
                 age.push((labels, seconds));
             }

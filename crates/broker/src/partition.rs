@@ -32,14 +32,18 @@ pub struct Partition {
     log: Log,
     /// Last published high watermark; fetches waiting for data watch it.
     high_watermark: watch::Sender<u64>,
+    /// Whether every append is fsynced (the broker-wide setting; topic changes keep it), read
+    /// once here rather than from the log's config on every fetch.
+    fsync_every_append: bool,
 }
 
 impl Partition {
     /// Opens (creating if needed) the partition's log in `dir`.
     pub fn open(topic: TopicName, id: u32, dir: &Path, config: LogConfig) -> Result<Partition> {
+        let fsync_every_append = config.durability == Durability::EveryAppend;
         let log = Log::open(dir, config)?;
         let (high_watermark, _) = watch::channel(0);
-        let partition = Partition { topic, id, log, high_watermark };
+        let partition = Partition { topic, id, log, high_watermark, fsync_every_append };
         partition.publish_high_watermark();
         Ok(partition)
     }
@@ -59,10 +63,7 @@ impl Partition {
     /// Offset after the last record consumers may see: on one node, the last durable one (or
     /// the last appended one when the log is not fsynced on every append).
     pub fn high_watermark(&self) -> Offset {
-        match self.log.config().durability {
-            Durability::EveryAppend => self.log.durable_end_offset(),
-            _ => self.log.end_offset(),
-        }
+        if self.fsync_every_append { self.log.durable_end_offset() } else { self.log.end_offset() }
     }
 
     pub fn log_start(&self) -> Offset {
@@ -172,12 +173,16 @@ impl Partition {
     pub fn record_timestamp(&self, offset: Offset) -> Option<i64> {
         let batches = self.log.read(offset, 1).ok()?;
         let batch = RecordBatch::new(batches.first()?).ok()?;
-        let decompressed =
-            batch.decompressed_records(strata_record::DEFAULT_MAX_DECOMPRESSED).ok()?;
-        let section =
-            decompressed.as_deref().unwrap_or(&batches[0][strata_record::BATCH_HEADER_LEN..]);
-        let mut records = batch.records_in(section).ok()?;
+        let section = batch.records_section(strata_record::DEFAULT_MAX_DECOMPRESSED).ok()?;
+        let mut records = batch.records_in(&section).ok()?;
         records.find_map(|r| r.ok().filter(|r| r.offset() >= offset).map(|r| r.timestamp().0))
+    }
+
+    /// The oldest record a group with `committed` has not consumed, if any: the committed
+    /// offset, or the log start when retention already passed it.
+    pub fn first_unconsumed(&self, committed: u64) -> Option<Offset> {
+        let oldest = committed.max(self.log_start().0);
+        (oldest < self.high_watermark().0).then_some(Offset(oldest))
     }
 
     /// Earliest, latest, or the first offset at or after a timestamp (latest if none).

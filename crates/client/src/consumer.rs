@@ -110,14 +110,6 @@ pub struct Consumer {
 type FetchOutcome =
     (TopicPartition, Offset, std::result::Result<tonic::Response<FetchResponse>, tonic::Status>);
 
-fn topic_partitions(set: impl IntoIterator<Item = TopicPartition>) -> Vec<TopicPartitions> {
-    let mut by_topic: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for (t, p) in set {
-        by_topic.entry(t).or_default().push(p);
-    }
-    by_topic.into_iter().map(|(topic, partitions)| TopicPartitions { topic, partitions }).collect()
-}
-
 impl Consumer {
     pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
         Consumer {
@@ -257,7 +249,7 @@ impl Consumer {
         {
             let request = FetchOffsetsRequest {
                 group_id: group.clone(),
-                partitions: topic_partitions(partitions.iter().cloned()),
+                partitions: TopicPartitions::group(partitions.iter().cloned()),
             };
             let response = self.client.broker().fetch_offsets(request).await?.into_inner();
             for o in response.offsets {
@@ -296,7 +288,7 @@ impl Consumer {
             member_id: member.id.clone(),
             member_epoch: member.epoch,
             subscribed_topics: if joining { self.subscription.clone() } else { Vec::new() },
-            owned_partitions: topic_partitions(self.partitions.keys().cloned()),
+            owned_partitions: TopicPartitions::group(self.partitions.keys().cloned()),
             session_timeout_ms: self.config.session_timeout.as_millis() as u32,
             assignor: self.config.assignor.clone(),
             client_id: self.config.client_id.clone(),
@@ -325,11 +317,8 @@ impl Consumer {
         let reset_seen = member.offsets_epoch.is_some_and(|e| e != response.offsets_epoch);
         member.offsets_epoch = Some(response.offsets_epoch);
 
-        let target: BTreeSet<TopicPartition> = response
-            .assignment
-            .iter()
-            .flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p)))
-            .collect();
+        let target: BTreeSet<TopicPartition> =
+            TopicPartitions::pairs(&response.assignment).collect();
         let revoked: Vec<TopicPartition> =
             self.partitions.keys().filter(|tp| !target.contains(*tp)).cloned().collect();
         if !revoked.is_empty() {
@@ -365,7 +354,8 @@ impl Consumer {
     async fn adopt_committed(&mut self) -> Result<()> {
         let Some(group) = self.config.group.clone() else { return Ok(()) };
         let owned: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
-        let request = FetchOffsetsRequest { group_id: group, partitions: topic_partitions(owned) };
+        let request =
+            FetchOffsetsRequest { group_id: group, partitions: TopicPartitions::group(owned) };
         let response = self.client.broker().fetch_offsets(request).await?.into_inner();
         if let Some(member) = self.member.as_mut() {
             member.offsets_epoch = Some(response.offsets_epoch);

@@ -18,3 +18,26 @@ pub use generated::*;
 
 /// Default port of a Strata server (Kafka's 9092, plus one thousand).
 pub const DEFAULT_PORT: u16 = 10092;
+
+impl TopicPartitions {
+    /// Groups `(topic, partition)` pairs by topic, topics and partitions sorted, as the API
+    /// lists them.
+    pub fn group<T: AsRef<str>>(pairs: impl IntoIterator<Item = (T, u32)>) -> Vec<TopicPartitions> {
+        let mut by_topic: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for (topic, partition) in pairs {
+            by_topic.entry(topic.as_ref().to_owned()).or_default().push(partition);
+        }
+        by_topic
+            .into_iter()
+            .map(|(topic, mut partitions)| {
+                partitions.sort_unstable();
+                TopicPartitions { topic, partitions }
+            })
+            .collect()
+    }
+
+    /// The `(topic, partition)` pairs a list names.
+    pub fn pairs(list: &[TopicPartitions]) -> impl Iterator<Item = (String, u32)> + '_ {
+        list.iter().flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p)))
+    }
+}

@@ -19,6 +19,8 @@
 //! ```
 //! All fixed-width integers are big-endian.
 
+use std::borrow::Cow;
+
 use crate::record::Records;
 use crate::{Offset, RecordError, Result, Timestamp};
 
@@ -286,6 +288,15 @@ impl<'a> RecordBatch<'a> {
         }
     }
 
+    /// The records section ready to iterate with [`Self::records_in`]: borrowed as it is for
+    /// an uncompressed batch, decompressed (at most `limit` bytes) for a compressed one.
+    pub fn records_section(&self, limit: usize) -> Result<Cow<'a, [u8]>> {
+        Ok(match self.decompressed_records(limit)? {
+            Some(plain) => Cow::Owned(plain),
+            None => Cow::Borrowed(&self.bytes[BATCH_HEADER_LEN..]),
+        })
+    }
+
     /// Iterates this batch's records over `section`, its (decompressed) records section.
     pub fn records_in<'b>(&self, section: &'b [u8]) -> Result<Records<'b>> {
         if self.header.record_count as usize * MIN_RECORD_LEN > section.len() {
@@ -308,9 +319,8 @@ impl<'a> RecordBatch<'a> {
 
     /// [`Self::validate_records`] with a limit on the decompressed size.
     pub fn validate_records_limited(&self, max_decompressed: usize) -> Result<()> {
-        let owned = self.decompressed_records(max_decompressed)?;
-        let section = owned.as_deref().unwrap_or(&self.bytes[BATCH_HEADER_LEN..]);
-        let mut records = self.records_in(section)?;
+        let section = self.records_section(max_decompressed)?;
+        let mut records = self.records_in(&section)?;
         let mut index = 0u32;
         for record in records.by_ref() {
             let record = record?;

@@ -73,7 +73,18 @@ impl State {
     }
 
     fn segments(&self) -> Vec<SegmentRef<'_>> {
-        self.sealed.iter().map(SealedSegment::as_ref).chain([self.active.as_ref()]).collect()
+        self.segments_from(Offset::ZERO)
+    }
+
+    /// The segment holding `offset` and every later one: what a read from `offset` walks,
+    /// without listing a long log's older segments on every fetch.
+    fn segments_from(&self, offset: Offset) -> Vec<SegmentRef<'_>> {
+        let first = self.sealed.partition_point(|s| s.core.base <= offset).saturating_sub(1);
+        self.sealed[first..]
+            .iter()
+            .map(SealedSegment::as_ref)
+            .chain([self.active.as_ref()])
+            .collect()
     }
 
     fn checkpoint(&self) -> Checkpoint {
@@ -385,7 +396,7 @@ impl Log {
             if from == state.end() {
                 return Ok(Vec::new());
             }
-            collect_batches(&state.segments(), from, until, max_bytes)?
+            collect_batches(&state.segments_from(from), from, until, max_bytes)?
         };
         read::verify(slices)
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_record::{BATCH_HEADER_LEN, BatchHeader, DEFAULT_MAX_DECOMPRESSED, Offset, RecordBatch};
+use strata_record::{BatchHeader, DEFAULT_MAX_DECOMPRESSED, Offset, RecordBatch};
 
 use crate::error::{Result, StorageError};
 use crate::index::{entry_at_or_before, time_search_start};
@@ -162,11 +162,10 @@ pub(crate) fn offset_for_time(
             let bytes = walk.slice(position, header.total_len());
             let batch = RecordBatch::new(&bytes)
                 .map_err(|e| segment.core.corrupt(position, e.to_string()))?;
-            let decompressed = batch
-                .decompressed_records(DEFAULT_MAX_DECOMPRESSED)
+            let section = batch
+                .records_section(DEFAULT_MAX_DECOMPRESSED)
                 .map_err(|e| segment.core.corrupt(position, e.to_string()))?;
-            let section = decompressed.as_deref().unwrap_or(&bytes[BATCH_HEADER_LEN..]);
-            for record in batch.records_in(section)? {
+            for record in batch.records_in(&section)? {
                 let record = record.map_err(|e| segment.core.corrupt(position, e.to_string()))?;
                 if record.offset() >= start && record.timestamp().0 >= timestamp {
                     return Ok(Some(record.offset()));

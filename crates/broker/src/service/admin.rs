@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use strata_proto::TopicPartitions;
 use strata_proto::admin_server::Admin;
 use strata_proto::reset_offsets_request::Strategy;
 use strata_proto::{
@@ -13,11 +14,10 @@ use strata_proto::{
     OffsetChange, PartitionDescription, PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
     TopicDescription, TopicSummary,
 };
-use strata_record::{Offset, Timestamp};
+use strata_record::Timestamp;
 use tonic::{Request, Response, Status};
 
 use super::{blocking, respond};
-use crate::convert::to_topic_partitions;
 use crate::error::{BrokerError, Result};
 use crate::groups::{ResetScope, ResetStrategy, reset_offsets};
 use crate::server::Shared;
@@ -222,14 +222,10 @@ impl Admin for AdminService {
                         .as_ref()
                         .map_or((0, 0), |p| (p.log_start().0, p.high_watermark().0));
                     let next = committed.unwrap_or(start);
-                    // Below the log start, the oldest unconsumed record still there is the first.
-                    let oldest = next.max(start);
-                    let age_ms = match &partition {
-                        Some(p) if oldest < end => p
-                            .record_timestamp(Offset(oldest))
-                            .map_or(0, |ts| Timestamp::now().0.saturating_sub(ts).max(0) as u64),
-                        _ => 0,
-                    };
+                    let age_ms = partition
+                        .as_ref()
+                        .and_then(|p| p.first_unconsumed(next).and_then(|o| p.record_timestamp(o)))
+                        .map_or(0, |ts| Timestamp::now().0.saturating_sub(ts).max(0) as u64);
                     PartitionLag {
                         owner: view.owners.get(&tp).cloned().unwrap_or_default(),
                         topic: tp.0,
@@ -254,7 +250,9 @@ impl Admin for AdminService {
                         client_id: m.client_id,
                         member_epoch: m.epoch,
                         subscribed_topics: m.subscribed,
-                        assignment: to_topic_partitions(&m.assignment),
+                        assignment: TopicPartitions::group(
+                            m.assignment.iter().map(|(t, p)| (t, *p)),
+                        ),
                     })
                     .collect(),
                 partitions,

@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use std::collections::BTreeSet;
+
+use strata_proto::TopicPartitions;
 use strata_proto::broker_server::Broker;
 use strata_proto::{
     BatchOffsets, CommitOffsetsRequest, CommitOffsetsResponse, FetchOffsetsRequest,
@@ -16,7 +19,6 @@ use strata_record::{Offset, Timestamp};
 use tonic::{Request, Response, Status};
 
 use super::{blocking, record_count, respond};
-use crate::convert::{from_topic_partitions, to_topic_partitions};
 use crate::error::BrokerError;
 use crate::groups::{Committed, Heartbeat};
 use crate::partition::Fetched;
@@ -202,7 +204,7 @@ impl Broker for BrokerService {
         let request = request.into_inner();
         respond(&self.shared.metrics, "group_heartbeat", async {
             let heartbeat = Heartbeat {
-                owned: from_topic_partitions(&request.owned_partitions).into_iter().collect(),
+                owned: TopicPartitions::pairs(&request.owned_partitions).collect(),
                 group_id: request.group_id,
                 member_id: request.member_id,
                 member_epoch: request.member_epoch,
@@ -216,7 +218,7 @@ impl Broker for BrokerService {
                 member_id: reply.member_id,
                 member_epoch: reply.member_epoch,
                 heartbeat_interval_ms: reply.heartbeat_interval.as_millis() as u32,
-                assignment: to_topic_partitions(&reply.assignment),
+                assignment: TopicPartitions::group(reply.assignment.iter().map(|(t, p)| (t, *p))),
                 offsets_epoch: reply.offsets_epoch,
             })
         })
@@ -259,7 +261,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "fetch_offsets", async {
-            let wanted = from_topic_partitions(&request.partitions);
+            let wanted: BTreeSet<_> = TopicPartitions::pairs(&request.partitions).collect();
             let offsets = self
                 .shared
                 .groups
