@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["strata/v1/client.proto", "strata/v1/admin.proto"];
+    let files = ["strata/v1/client.proto", "strata/v1/admin.proto", "strata/v1/internal.proto"];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {
         println!("cargo:rerun-if-changed={}", path.display());

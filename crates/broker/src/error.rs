@@ -42,6 +42,12 @@ pub enum BrokerError {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// This node does not lead the partition; the leader, if known: `(node id, address)`.
+    #[error("not the leader for {topic}/{partition}{}", .leader.as_ref().map(|(id, addr)| format!("; leader is node {id} at {addr}")).unwrap_or_else(|| "; no leader is known yet".into()))]
+    NotLeader { topic: String, partition: u32, leader: Option<(u64, String)> },
+    /// No quorum, no controller leader, or a replication failure: retriable.
+    #[error("{0}")]
+    Replication(String),
 }
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
@@ -63,7 +69,9 @@ impl BrokerError {
             BrokerError::Fenced(_) | BrokerError::GroupNotEmpty(_) => Code::FailedPrecondition,
             BrokerError::OffsetsReset(_) => Code::Aborted,
             BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,
-            BrokerError::ShuttingDown => Code::Unavailable,
+            BrokerError::ShuttingDown
+            | BrokerError::NotLeader { .. }
+            | BrokerError::Replication(_) => Code::Unavailable,
             BrokerError::Io { .. } => Code::Internal,
             BrokerError::Storage(err) => match err {
                 StorageError::InvalidBatch(_) | StorageError::NonSequentialOffset { .. } => {

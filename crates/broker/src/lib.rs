@@ -3,6 +3,7 @@
 //!
 //! Run one with [`run`]; `strata server` is a thin wrapper around it.
 
+mod cluster;
 mod error;
 pub mod groups;
 mod metrics;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use strata_raft::{PartitionReplica, ReplicaError};
 use strata_record::{Offset, RecordBatch, Timestamp, TopicName};
 use strata_storage::{AppendInfo, Durability, Log, LogConfig};
 use tokio::sync::watch;
@@ -29,9 +30,13 @@ pub struct Fetched {
 pub struct Partition {
     topic: TopicName,
     id: u32,
-    log: Log,
-    /// Last published high watermark; fetches waiting for data watch it.
-    high_watermark: watch::Sender<u64>,
+    log: Arc<Log>,
+    /// Last published high watermark; fetches waiting for data watch it. On a replicated
+    /// partition its state machine publishes here as entries commit.
+    high_watermark: Arc<watch::Sender<u64>>,
+    /// The partition's Raft group, in a cluster; `None` on a single node, where the log is
+    /// written directly.
+    replica: Option<PartitionReplica>,
     /// Whether every append is fsynced (the broker-wide setting; topic changes keep it), read
     /// once here rather than from the log's config on every fetch.
     fsync_every_append: bool,
@@ -41,11 +46,66 @@ impl Partition {
     /// Opens (creating if needed) the partition's log in `dir`.
     pub fn open(topic: TopicName, id: u32, dir: &Path, config: LogConfig) -> Result<Partition> {
         let fsync_every_append = config.durability == Durability::EveryAppend;
-        let log = Log::open(dir, config)?;
+        let log = Arc::new(Log::open(dir, config)?);
         let (high_watermark, _) = watch::channel(0);
-        let partition = Partition { topic, id, log, high_watermark, fsync_every_append };
+        let partition = Partition {
+            topic,
+            id,
+            log,
+            high_watermark: Arc::new(high_watermark),
+            replica: None,
+            fsync_every_append,
+        };
         partition.publish_high_watermark();
         Ok(partition)
+    }
+
+    /// Opens one replica of a replicated partition: its log in `dir`, its Raft files in
+    /// `raft_dir`, its group started on `node`.
+    pub async fn open_replicated(
+        topic: TopicName,
+        id: u32,
+        dir: &Path,
+        raft_dir: &Path,
+        config: LogConfig,
+        node: &strata_raft::RaftNode,
+        assignment: &strata_raft::PartitionAssignment,
+    ) -> Result<Partition> {
+        let log = Arc::new(Log::open(dir, strata_raft::replicated_log_config(config))?);
+        let (high_watermark, _) = watch::channel(0);
+        let high_watermark = Arc::new(high_watermark);
+        let replica = node
+            .open_partition(
+                assignment.group_id,
+                log.clone(),
+                raft_dir,
+                &assignment.replicas,
+                high_watermark.clone(),
+            )
+            .await
+            .map_err(|e| BrokerError::Replication(e.to_string()))?;
+        Ok(Partition {
+            topic,
+            id,
+            log,
+            high_watermark,
+            replica: Some(replica),
+            fsync_every_append: true,
+        })
+    }
+
+    /// The partition's Raft group, in a cluster.
+    pub fn replica(&self) -> Option<&PartitionReplica> {
+        self.replica.as_ref()
+    }
+
+    /// Node id of the partition's leader: this node on a single node; in a cluster, the leader
+    /// this replica knows of (0: none known).
+    pub fn leader(&self, local: u64) -> u64 {
+        match &self.replica {
+            Some(replica) => replica.leader().unwrap_or(0),
+            None => local,
+        }
     }
 
     pub fn topic(&self) -> &TopicName {
@@ -63,6 +123,9 @@ impl Partition {
     /// Offset after the last record consumers may see: on one node, the last durable one (or
     /// the last appended one when the log is not fsynced on every append).
     pub fn high_watermark(&self) -> Offset {
+        if let Some(replica) = &self.replica {
+            return Offset(replica.high_watermark());
+        }
         if self.fsync_every_append { self.log.durable_end_offset() } else { self.log.end_offset() }
     }
 
@@ -82,6 +145,11 @@ impl Partition {
     /// Validates every batch (size, CRC, record framing) before any is appended, then appends
     /// them in order. Returns where each landed.
     pub async fn append(self: &Arc<Self>, batches: Vec<Bytes>) -> Result<Vec<AppendInfo>> {
+        if let Some(replica) = &self.replica
+            && !replica.is_leader()
+        {
+            return Err(self.not_leader(ReplicaError::NotLeader { leader: None }));
+        }
         let limit = self.log.config().max_batch_bytes;
         if let Some(batch) = batches.iter().find(|b| b.len() > limit) {
             return Err(BrokerError::TooLarge(format!(
@@ -94,6 +162,8 @@ impl Partition {
         // append off the async runtime, and the validated batches go to the log as they are,
         // so their CRC is computed once.
         let partition = self.clone();
+        // Bytes clones are reference counts: the replicated path proposes the same buffers.
+        let batches_copy = batches.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut checked = Vec::with_capacity(batches.len());
             for (index, batch) in batches.iter().enumerate() {
@@ -104,27 +174,83 @@ impl Partition {
                     ))
                 })?);
             }
+            if partition.replica.is_some() {
+                return Ok(None);
+            }
             let mut infos = Vec::with_capacity(checked.len());
             for batch in &checked {
                 infos.push(partition.log.append_checked(batch)?);
             }
-            Ok::<_, BrokerError>(infos)
+            Ok::<_, BrokerError>(Some(infos))
         })
         .await
         .map_err(|_| BrokerError::ShuttingDown)?;
-        self.publish_high_watermark();
-        result
+        match (result?, &self.replica) {
+            (Some(infos), _) => {
+                self.publish_high_watermark();
+                Ok(infos)
+            }
+            (None, Some(replica)) => self.append_replicated(replica, batches_copy).await,
+            (None, None) => unreachable!("unreplicated partitions append in place"),
+        }
+    }
+
+    /// Replicates each batch through the partition's Raft group, in order, answering once each
+    /// is committed on a majority.
+    async fn append_replicated(
+        &self,
+        replica: &PartitionReplica,
+        batches: Vec<Bytes>,
+    ) -> Result<Vec<AppendInfo>> {
+        let mut infos = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let max_timestamp = RecordBatch::new(&batch)?.header().max_timestamp();
+            let appended = replica.propose(batch).await.map_err(|e| self.not_leader(e))?;
+            infos.push(AppendInfo {
+                base_offset: Offset(appended.base_offset),
+                last_offset: Offset(appended.last_offset),
+                max_timestamp,
+            });
+        }
+        Ok(infos)
+    }
+
+    fn not_leader(&self, err: ReplicaError) -> BrokerError {
+        match err {
+            ReplicaError::NotLeader { leader } => {
+                let leader = leader.or_else(|| {
+                    let replica = self.replica.as_ref()?;
+                    let metrics = replica.metrics();
+                    let id = metrics.current_leader?;
+                    let addr = metrics.membership_config.nodes().find(|(n, _)| **n == id)?.1.addr.clone();
+                    Some((id, addr))
+                });
+                BrokerError::NotLeader {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                    leader,
+                }
+            }
+            other => BrokerError::Replication(other.to_string()),
+        }
     }
 
     fn check_offset(&self, offset: Offset, high_watermark: Offset) -> Result<()> {
         let start = self.log_start();
-        if offset < start || offset > high_watermark {
+        // A replica's high watermark can trail what consumers already saw (a new leader
+        // learns the commit point from its first entry): offsets up to its log end are
+        // waited for, not refused.
+        let end = match self.replica {
+            Some(_) => high_watermark.max(self.log.end_offset()),
+            None => high_watermark,
+        };
+        if offset < start || offset > end {
             return Err(BrokerError::OffsetOutOfRange {
                 topic: self.topic.to_string(),
                 partition: self.id,
                 offset: offset.0,
                 start: start.0,
-                end: high_watermark.0,
+                end: end.0,
             });
         }
         Ok(())
@@ -166,7 +292,15 @@ impl Partition {
 
     /// Closes the log cleanly (flush, clean-shutdown marker) once nothing else holds it.
     pub fn close(self) -> Result<()> {
-        Ok(self.log.close()?)
+        let Partition { log, replica, .. } = self;
+        drop(replica);
+        match Arc::try_unwrap(log) {
+            Ok(log) => Ok(log.close()?),
+            Err(_) => {
+                tracing::warn!("partition log still shared at close; it will be recovered on start");
+                Ok(())
+            }
+        }
     }
 
     /// Timestamp of the record at `offset`, if it is readable (used for message age).

@@ -1,5 +1,6 @@
 //! Starting, serving and stopping a broker.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::error::{BrokerError, Result};
 use crate::groups::{Groups, OffsetStore};
 use crate::metrics::Metrics;
@@ -39,6 +41,16 @@ pub struct BrokerConfig {
     pub max_request_bytes: usize,
     /// Where to serve `/metrics`, `/health` and `/ready` (none: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Every node of the cluster, this one included, by id: `host:port` of each. Empty (or
+    /// only this node): a single node that writes its logs directly, without Raft.
+    pub peers: BTreeMap<u64, String>,
+}
+
+impl BrokerConfig {
+    /// Whether this node is part of a multi-node cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.peers.keys().any(|&id| id != self.node_id)
+    }
 }
 
 impl BrokerConfig {
@@ -58,6 +70,7 @@ impl BrokerConfig {
             maintenance_interval: Duration::from_secs(30),
             max_request_bytes: 64 * 1024 * 1024,
             metrics_listen: None,
+            peers: BTreeMap::new(),
         }
     }
 }
@@ -71,6 +84,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// The node's cluster side, when it is part of one.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
@@ -81,8 +96,22 @@ impl Shared {
             wanted.iter().map(|name| self.topics.get(name)).collect::<Result<Vec<_>>>()?
         };
         let node = self.config.node_id;
+        let (brokers, controller_id) = match &self.cluster {
+            Some(cluster) => (
+                cluster
+                    .metadata()
+                    .nodes
+                    .iter()
+                    .map(|(id, address)| BrokerInfo { node_id: *id, address: address.clone() })
+                    .collect(),
+                cluster.node().controller_leader().unwrap_or(0),
+            ),
+            None => {
+                (vec![BrokerInfo { node_id: node, address: self.config.advertise.clone() }], node)
+            }
+        };
         Ok(MetadataResponse {
-            brokers: vec![BrokerInfo { node_id: node, address: self.config.advertise.clone() }],
+            brokers,
             topics: topics
                 .iter()
                 .map(|t| TopicMetadata {
@@ -92,14 +121,22 @@ impl Shared {
                         .iter()
                         .map(|p| PartitionMetadata {
                             partition: p.id(),
-                            leader: node,
-                            replicas: vec![node],
+                            leader: p.leader(node),
+                            replicas: self.replicas(t.name.as_str(), p.id()),
                         })
                         .collect(),
                 })
                 .collect(),
-            controller_id: node,
+            controller_id,
         })
+    }
+
+    /// Node ids holding a partition.
+    pub fn replicas(&self, topic: &str, partition: u32) -> Vec<u64> {
+        match &self.cluster {
+            Some(cluster) => cluster.replicas(topic, partition),
+            None => vec![self.config.node_id],
+        }
     }
 }
 
@@ -151,7 +188,11 @@ pub async fn run(
         )));
     }
     let offsets = OffsetStore::open(&config.data_dir.join("groups").join("offsets"))?;
-    let topics = Arc::new(Topics::open(&config.data_dir, config.durability)?);
+    let topics = Arc::new(if config.is_cluster() {
+        Topics::open_replicated(&config.data_dir, config.durability)?
+    } else {
+        Topics::open(&config.data_dir, config.durability)?
+    });
     let groups = Arc::new(Groups::new(offsets));
     let listener = TcpListener::bind(config.listen)
         .await
@@ -167,13 +208,30 @@ pub async fn run(
         ),
         None => None,
     };
+    let tasks = TaskTracker::new();
+    let cluster = if config.is_cluster() {
+        let cluster = Cluster::start(
+            config.node_id,
+            &config.data_dir,
+            &config.peers,
+            topics.clone(),
+            shutdown.clone(),
+            &tasks,
+        )
+        .await?;
+        Some(cluster)
+    } else {
+        None
+    };
+    let raft_service = cluster.as_ref().map(|c| c.node().router().service());
     let shared = Arc::new(Shared {
         config,
         topics,
         groups,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        tasks: TaskTracker::new(),
+        tasks,
+        cluster,
     });
     shared.tasks.spawn(maintenance(shared.clone()));
     shared.tasks.spawn(sample_throughput(metrics.clone(), shutdown.clone()));
@@ -213,6 +271,7 @@ pub async fn run(
         .initial_connection_window_size(32 * 1024 * 1024)
         .add_service(broker)
         .add_service(admin)
+        .add_optional_service(raft_service)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
     tracing::info!("stopped accepting requests; closing logs");
@@ -220,6 +279,9 @@ pub async fn run(
     shared.tasks.wait().await;
     if let Err(err) = served {
         tracing::error!(error = %err, "gRPC server failed");
+    }
+    if let Some(cluster) = &shared.cluster {
+        cluster.shutdown().await;
     }
     let shared = Arc::try_unwrap(shared).map_err(|_| BrokerError::ShuttingDown)?;
     close_all(shared);
@@ -241,8 +303,9 @@ async fn sample_throughput(metrics: Arc<Metrics>, shutdown: CancellationToken) {
 
 /// Closes every log with a clean-shutdown marker. Anything still shared is left to recovery.
 fn close_all(shared: Shared) {
-    // The metrics collector holds the topics and groups: let go of it first.
+    // The metrics collector and the cluster hold the topics: let go of them first.
     drop(shared.metrics);
+    drop(shared.cluster);
     match Arc::try_unwrap(shared.topics) {
         Ok(topics) => topics.close(),
         Err(_) => {

@@ -268,6 +268,76 @@ impl Topics {
     }
 }
 
+/// Topics of a cluster node: their metadata comes from the controller, and the cluster's
+/// reconciler installs and removes them here (see `cluster.rs`).
+impl Topics {
+    /// An empty set of topics over `<data_dir>/replicas` (nothing is loaded: the controller's
+    /// metadata says what exists).
+    pub fn open_replicated(data_dir: &Path, durability: Durability) -> Result<Topics> {
+        let root = data_dir.join("replicas");
+        let trash = data_dir.join("trash");
+        for dir in [&root, &trash] {
+            fs::create_dir_all(dir)
+                .map_err(BrokerError::io(format!("creating {}", dir.display())))?;
+        }
+        Ok(Topics {
+            root,
+            trash,
+            durability,
+            topics: RwLock::new(BTreeMap::new()),
+            creating: Default::default(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Makes a topic whose partitions are open visible to requests.
+    pub fn install(&self, meta: TopicMeta, partitions: Vec<Arc<Partition>>) -> Result<Arc<Topic>> {
+        let name = TopicName::new(&meta.name)?;
+        let topic = Arc::new(Topic { name, meta: RwLock::new(meta), partitions });
+        self.topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.name.to_string(), topic.clone());
+        Ok(topic)
+    }
+
+    /// Hides a topic from requests and returns it, for its replicas to be stopped.
+    pub fn uninstall(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.write().unwrap_or_else(|e| e.into_inner()).remove(name)
+    }
+
+    /// Moves a directory under the root to the trash and deletes it in the background.
+    pub fn discard(&self, dir: &Path) {
+        let Some(name) = dir.file_name() else { return };
+        let target = self.trash.join(format!("{}-{}", name.to_string_lossy(), Timestamp::now().0));
+        if fs::rename(dir, &target).is_err() {
+            return;
+        }
+        std::thread::spawn(move || {
+            if let Err(err) = fs::remove_dir_all(&target) {
+                tracing::warn!(dir = %target.display(), error = %err, "could not remove deleted data");
+            }
+        });
+    }
+
+    /// Applies new configuration to an installed topic (the controller already accepted it).
+    pub fn set_meta(&self, topic: &Topic, meta: TopicMeta) -> Result<()> {
+        for partition in &topic.partitions {
+            let config = meta.config.log_config(self.durability);
+            partition.log().set_config(strata_raft::replicated_log_config(config))?;
+        }
+        *topic.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
+        Ok(())
+    }
+}
+
 impl Topics {
     /// Closes every partition log cleanly (at shutdown, when nothing else holds them).
     pub fn close(self) {

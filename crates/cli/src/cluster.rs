@@ -15,7 +15,6 @@ pub enum ClusterCommand {
 pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Status => {
-            let metadata = client.metadata(&[]).await?;
             let cluster = Admin::new(client.clone()).describe_cluster().await?;
             let mut nodes = Table::new(&["NODE", "ADDRESS", "STATUS", "CONTROLLER", "IN", "OUT"]);
             for n in &cluster.nodes {
@@ -51,17 +50,30 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
                 );
             }
             nodes.print(format);
-            let mut partitions = Table::new(&["TOPIC", "PARTITION", "LEADER", "REPLICAS"]);
-            for t in &metadata.topics {
-                for p in &t.partitions {
-                    let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
-                    partitions.row(
-                        vec![t.name.clone(), p.partition.to_string(), p.leader.to_string(), replicas.join(",")],
-                        json!({"kind": "partition", "topic": t.name, "partition": p.partition, "leader": p.leader, "replicas": p.replicas}),
-                    );
-                }
+            let mut partitions =
+                Table::new(&["TOPIC", "PARTITION", "LEADER", "REPLICAS", "TERM", "HW", "REPLICA LAG"]);
+            for p in &cluster.partitions {
+                let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
+                let lag: Vec<String> =
+                    p.lag.iter().map(|l| format!("{}:{}", l.node_id, l.entries)).collect();
+                let lag_json: serde_json::Map<String, serde_json::Value> =
+                    p.lag.iter().map(|l| (l.node_id.to_string(), json!(l.entries))).collect();
+                partitions.row(
+                    vec![
+                        p.topic.clone(),
+                        p.partition.to_string(),
+                        if p.leader == 0 { "none".into() } else { p.leader.to_string() },
+                        replicas.join(","),
+                        p.term.to_string(),
+                        p.high_watermark.to_string(),
+                        lag.join(" "),
+                    ],
+                    json!({"kind": "partition", "topic": p.topic, "partition": p.partition,
+                        "leader": p.leader, "replicas": p.replicas, "term": p.term,
+                        "high_watermark": p.high_watermark, "replica_lag": lag_json}),
+                );
             }
-            if !metadata.topics.is_empty() {
+            if !cluster.partitions.is_empty() {
                 if format == Format::Human {
                     crate::output::line("");
                 }

@@ -96,16 +96,15 @@ fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
         config.advertise = advertise;
     }
     if let Some(peers) = args.peers.clone().or(file.peers) {
-        let others: Vec<&str> = peers
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty() && !p.starts_with(&format!("{node_id}=")))
-            .collect();
-        if !others.is_empty() {
-            bail!(
-                "multi-node clusters are not supported yet (replication is not built); remove --peers {}",
-                others.join(",")
-            );
+        config.peers = parse_peers(&peers)?;
+        if !config.peers.is_empty() && !config.peers.contains_key(&node_id) {
+            bail!("--peers must list this node too ({node_id}=HOST:PORT)");
+        }
+        if let Some(own) = config.peers.get(&node_id)
+            && args.advertise.is_none()
+        {
+            // What peers call this node is what clients should call it too.
+            config.advertise = own.clone();
         }
     }
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
@@ -116,6 +115,27 @@ fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
         config.maintenance_interval = parse::duration(&interval)?.max(Duration::from_millis(100));
     }
     Ok(config)
+}
+
+/// `1=host:port,2=host:port,…` into node id → address.
+fn parse_peers(text: &str) -> anyhow::Result<std::collections::BTreeMap<u64, String>> {
+    let mut peers = std::collections::BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((id, addr)) = item.split_once('=') else {
+            bail!("--peers: {item:?} is not ID=HOST:PORT");
+        };
+        let id: u64 = id.trim().parse().with_context(|| format!("--peers: bad node id in {item:?}"))?;
+        if id == 0 {
+            bail!("--peers: node ids start at 1");
+        }
+        if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            bail!("--peers: {addr:?} is not HOST:PORT");
+        }
+        if peers.insert(id, addr.trim().to_owned()).is_some() {
+            bail!("--peers: node {id} is listed twice");
+        }
+    }
+    Ok(peers)
 }
 
 /// Cancels `token` on the first SIGTERM or Ctrl-C.

@@ -1,23 +1,186 @@
 //! The connection to a cluster.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use strata_proto::admin_client::AdminClient;
 use strata_proto::broker_client::BrokerClient;
 use strata_proto::{MetadataRequest, MetadataResponse};
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 
 use crate::{ClientError, Result};
 
 /// Largest message the client accepts from the server (a fetch answer).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
-/// A connection to a Strata cluster, cheap to clone. One HTTP/2 connection carries every
-/// request, multiplexed.
+/// A connection to a Strata cluster, cheap to clone (clones share connections and what they
+/// learnt). Requests about a partition go to its leader, learnt from metadata and from
+/// not-leader answers; other requests go to one broker, and move to the next known broker
+/// when that one stops answering. Each broker is one HTTP/2 connection carrying every request.
 #[derive(Debug, Clone)]
 pub struct Client {
-    channel: Channel,
-    address: String,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Brokers to try: the bootstrap list, then brokers learnt from metadata.
+    addresses: RwLock<Vec<String>>,
+    /// Index in `addresses` of the broker for requests not tied to a partition.
+    current: AtomicUsize,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Leader address per partition.
+    leaders: RwLock<HashMap<(String, u32), String>>,
+}
+
+impl Client {
+    /// Connects to the first of `brokers` (`host:port`) that answers; the others are kept to
+    /// fail over to.
+    pub async fn connect(brokers: &[impl AsRef<str>]) -> Result<Client> {
+        let mut last = ClientError::InvalidArgument("no broker address given".into());
+        let addresses: Vec<String> = brokers
+            .iter()
+            .map(|a| a.as_ref().trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        for (index, address) in addresses.iter().enumerate() {
+            match endpoint(address)?.connect().await {
+                Ok(channel) => {
+                    let inner = Inner {
+                        addresses: RwLock::new(addresses.clone()),
+                        current: AtomicUsize::new(index),
+                        channels: Mutex::new(HashMap::from([(address.clone(), channel)])),
+                        leaders: RwLock::default(),
+                    };
+                    return Ok(Client { inner: Arc::new(inner) });
+                }
+                Err(e) => {
+                    last = ClientError::Connect {
+                        address: address.to_owned(),
+                        reason: error_chain(&e),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The broker this client sends requests not tied to a partition to.
+    pub fn address(&self) -> String {
+        let addresses = self.inner.addresses.read().unwrap_or_else(|e| e.into_inner());
+        let current = self.inner.current.load(Ordering::Relaxed) % addresses.len().max(1);
+        addresses.get(current).cloned().unwrap_or_default()
+    }
+
+    fn channel(&self, address: &str) -> Channel {
+        let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return channel.clone();
+        }
+        // Addresses come from the user or the cluster's metadata; a malformed one fails each
+        // request with a clear error rather than here.
+        let channel = match endpoint(address) {
+            Ok(endpoint) => endpoint.connect_lazy(),
+            Err(_) => endpoint("invalid.invalid:1").expect("valid").connect_lazy(),
+        };
+        channels.insert(address.to_owned(), channel.clone());
+        channel
+    }
+
+    pub(crate) fn broker(&self) -> BrokerClient<Channel> {
+        BrokerClient::new(self.channel(&self.address()))
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// The broker to send requests about `topic`/`partition` to: its leader if known.
+    pub(crate) fn broker_for(&self, topic: &str, partition: u32) -> BrokerClient<Channel> {
+        let leader = self
+            .inner
+            .leaders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic.to_owned(), partition))
+            .cloned();
+        let address = leader.unwrap_or_else(|| self.address());
+        BrokerClient::new(self.channel(&address)).max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    pub(crate) fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(&self.address()))
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// Learns from a failed request about a partition: a not-leader answer names the new
+    /// leader; anything else unavailable drops the cached leader, moves to the next broker
+    /// and refreshes the partition's leaders from metadata.
+    pub(crate) async fn partition_failed(&self, topic: &str, partition: u32, status: &Status) {
+        if status.code() != Code::Unavailable && status.code() != Code::Unknown {
+            return;
+        }
+        let key = (topic.to_owned(), partition);
+        if let Some(address) = leader_in(status.message()) {
+            self.remember(&address);
+            self.inner.leaders.write().unwrap_or_else(|e| e.into_inner()).insert(key, address);
+            return;
+        }
+        self.inner.leaders.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        if !status.message().contains("not the leader") {
+            self.inner.current.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self.metadata(&[topic.to_owned()]).await;
+    }
+
+    fn remember(&self, address: &str) {
+        let mut addresses = self.inner.addresses.write().unwrap_or_else(|e| e.into_inner());
+        if !addresses.iter().any(|a| a == address) {
+            addresses.push(address.to_owned());
+        }
+    }
+
+    /// Brokers, topics and partition leaders; `topics` empty for all topics. Tries each known
+    /// broker in turn while they are unreachable, and remembers the leaders it learns.
+    pub async fn metadata(&self, topics: &[String]) -> Result<MetadataResponse> {
+        let attempts = self.inner.addresses.read().unwrap_or_else(|e| e.into_inner()).len();
+        let request = MetadataRequest { topics: topics.to_vec() };
+        let mut result = self.broker().metadata(request.clone()).await;
+        for _ in 1..attempts.max(1) {
+            match &result {
+                Err(status) if status.code() == Code::Unavailable => {
+                    self.inner.current.fetch_add(1, Ordering::Relaxed);
+                    result = self.broker().metadata(request.clone()).await;
+                }
+                _ => break,
+            }
+        }
+        let metadata = result?.into_inner();
+        let brokers: HashMap<u64, &str> =
+            metadata.brokers.iter().map(|b| (b.node_id, b.address.as_str())).collect();
+        for broker in &metadata.brokers {
+            self.remember(&broker.address);
+        }
+        let mut leaders = self.inner.leaders.write().unwrap_or_else(|e| e.into_inner());
+        for topic in &metadata.topics {
+            for p in &topic.partitions {
+                match brokers.get(&p.leader) {
+                    Some(address) => {
+                        leaders.insert((topic.name.clone(), p.partition), (*address).to_owned())
+                    }
+                    None => leaders.remove(&(topic.name.clone(), p.partition)),
+                };
+            }
+        }
+        drop(leaders);
+        Ok(metadata)
+    }
+
+    /// Number of partitions of `topic`.
+    pub async fn partition_count(&self, topic: &str) -> Result<u32> {
+        let metadata = self.metadata(&[topic.to_owned()]).await?;
+        Ok(metadata.topics.first().map_or(0, |t| t.partitions.len() as u32))
+    }
 }
 
 fn endpoint(address: &str) -> Result<Endpoint> {
@@ -36,53 +199,12 @@ fn endpoint(address: &str) -> Result<Endpoint> {
         })
 }
 
-impl Client {
-    /// Connects to the first of `brokers` (`host:port`) that answers.
-    pub async fn connect(brokers: &[impl AsRef<str>]) -> Result<Client> {
-        let mut last = ClientError::InvalidArgument("no broker address given".into());
-        for address in brokers {
-            let address = address.as_ref().trim();
-            if address.is_empty() {
-                continue;
-            }
-            match endpoint(address)?.connect().await {
-                Ok(channel) => {
-                    return Ok(Client { channel, address: address.to_owned() });
-                }
-                Err(e) => {
-                    last = ClientError::Connect {
-                        address: address.to_owned(),
-                        reason: error_chain(&e),
-                    }
-                }
-            }
-        }
-        Err(last)
-    }
-
-    /// The broker this client is connected to.
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-
-    pub(crate) fn broker(&self) -> BrokerClient<Channel> {
-        BrokerClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
-    }
-
-    pub(crate) fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel.clone()).max_decoding_message_size(MAX_RESPONSE_BYTES)
-    }
-
-    /// Brokers, topics and partition leaders; `topics` empty for all topics.
-    pub async fn metadata(&self, topics: &[String]) -> Result<MetadataResponse> {
-        Ok(self.broker().metadata(MetadataRequest { topics: topics.to_vec() }).await?.into_inner())
-    }
-
-    /// Number of partitions of `topic`.
-    pub async fn partition_count(&self, topic: &str) -> Result<u32> {
-        let metadata = self.metadata(&[topic.to_owned()]).await?;
-        Ok(metadata.topics.first().map_or(0, |t| t.partitions.len() as u32))
-    }
+/// The leader address in a not-leader message: "...; leader is node 2 at host:port".
+fn leader_in(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("leader is node ")?;
+    let (_, address) = rest.split_once(" at ")?;
+    let address = address.split_whitespace().next()?.trim_end_matches([';', ',', '.']);
+    (!address.is_empty()).then(|| address.to_owned())
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -94,4 +216,16 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leader_in;
+
+    #[test]
+    fn finds_the_leader_in_a_not_leader_message() {
+        let msg = "not the leader for t/0; leader is node 2 at 127.0.0.1:10093";
+        assert_eq!(leader_in(msg).as_deref(), Some("127.0.0.1:10093"));
+        assert_eq!(leader_in("not the leader for t/0; no leader is known yet"), None);
+    }
 }

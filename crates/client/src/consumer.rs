@@ -429,7 +429,7 @@ impl Consumer {
             .map(|(tp, s)| (tp.clone(), s.fetch_from))
             .collect();
         for (tp, offset) in wanted {
-            let mut broker = self.client.broker();
+            let mut broker = self.client.broker_for(&tp.0, tp.1);
             let request = FetchRequest {
                 topic: tp.0.clone(),
                 partition: tp.1,
@@ -499,6 +499,13 @@ impl Consumer {
                 let reset = self.list_offset(&tp, self.reset_spec(), 0).await?;
                 tracing::warn!(topic = %tp.0, partition = tp.1, from = %offset, to = %reset, "offset out of range; resetting");
                 self.seek(&tp.0, tp.1, reset)?;
+                Ok(false)
+            }
+            Err(status) if status.code() == Code::Unavailable => {
+                // A leader change or a node down: find the leader and fetch again on the next
+                // poll, after a pause that keeps a dead node from being hammered.
+                self.client.partition_failed(&tp.0, tp.1, &status).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 Ok(false)
             }
             Err(status) => Err(status.into()),

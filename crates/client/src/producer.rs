@@ -360,7 +360,8 @@ impl Accumulator {
                 for waiter in waiters {
                     let _ = waiter.send(Ok(Delivered { partition, offset: None }));
                 }
-                if let Err(status) = client.broker().produce(request).await {
+                if let Err(status) = client.broker_for(&key.0, partition).produce(request).await {
+                    client.partition_failed(&key.0, partition, &status).await;
                     tracing::warn!(topic = %key.0, partition, error = %status, "acks=none batch was refused");
                 }
             } else {
@@ -399,7 +400,7 @@ async fn produce_with_retries(
             acks: config.acks.to_proto() as i32,
             batches: vec![batch.clone()],
         };
-        match client.broker().produce(request).await {
+        match client.broker_for(topic, partition).produce(request).await {
             Ok(response) => {
                 let response = response.into_inner();
                 return response.batches.first().map(|b| Offset(b.base_offset)).ok_or_else(|| {
@@ -407,6 +408,7 @@ async fn produce_with_retries(
                 });
             }
             Err(status) => {
+                client.partition_failed(topic, partition, &status).await;
                 let err = ClientError::from(status);
                 if !err.is_retriable() || attempt >= config.retries {
                     return Err(err);

@@ -12,6 +12,11 @@
 )]
 mod generated {
     tonic::include_proto!("strata.v1");
+
+    /// The node-to-node replication API (`proto/strata/v1/internal.proto`).
+    pub mod internal {
+        tonic::include_proto!("strata.v1.internal");
+    }
 }
 
 pub use generated::*;

@@ -12,7 +12,7 @@ use strata_proto::{
     DescribeGroupRequest, DescribeTopicRequest, GroupDescription, GroupMember, GroupSummary,
     ListGroupsRequest, ListGroupsResponse, ListTopicsRequest, ListTopicsResponse, NodeStatus,
     OffsetChange, PartitionDescription, PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
-    TopicDescription, TopicSummary,
+    PartitionStatus, ReplicaLag, TopicDescription, TopicSummary,
 };
 use strata_record::Timestamp;
 use tonic::{Request, Response, Status};
@@ -36,6 +36,7 @@ impl AdminService {
     fn describe(&self, topic: &Topic) -> TopicDescription {
         let meta = topic.meta();
         let node = self.shared.config.node_id;
+        let shared = &self.shared;
         TopicDescription {
             name: meta.name.clone(),
             replication_factor: meta.replication_factor,
@@ -44,8 +45,8 @@ impl AdminService {
                 .iter()
                 .map(|p| PartitionDescription {
                     partition: p.id(),
-                    leader: node,
-                    replicas: vec![node],
+                    leader: p.leader(node),
+                    replicas: shared.replicas(topic.name.as_str(), p.id()),
                     log_start_offset: p.log_start().0,
                     high_watermark: p.high_watermark().0,
                     size_bytes: p.log().size_bytes(),
@@ -53,6 +54,43 @@ impl AdminService {
                 .collect(),
             configs: meta.config.to_map().into_iter().collect(),
         }
+    }
+}
+
+impl AdminService {
+    fn partition_statuses(&self) -> Vec<PartitionStatus> {
+        let node = self.shared.config.node_id;
+        let mut out = Vec::new();
+        for topic in self.shared.topics.all() {
+            for p in &topic.partitions {
+                let mut status = PartitionStatus {
+                    topic: topic.name.to_string(),
+                    partition: p.id(),
+                    leader: p.leader(node),
+                    replicas: self.shared.replicas(topic.name.as_str(), p.id()),
+                    high_watermark: p.high_watermark().0,
+                    term: 0,
+                    lag: Vec::new(),
+                };
+                if let Some(replica) = p.replica() {
+                    let metrics = replica.metrics();
+                    status.term = metrics.current_term;
+                    let last = metrics.last_log_index.unwrap_or(0);
+                    if let Some(replication) = &metrics.replication {
+                        status.lag = replication
+                            .iter()
+                            .filter(|(id, _)| **id != node)
+                            .map(|(id, matched)| ReplicaLag {
+                                node_id: *id,
+                                entries: last.saturating_sub(matched.map_or(0, |m| m.index)),
+                            })
+                            .collect();
+                    }
+                }
+                out.push(status);
+            }
+        }
+        out
     }
 }
 
@@ -92,6 +130,17 @@ impl Admin for AdminService {
     ) -> Result<Response<TopicDescription>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "create_topic", async {
+            if let Some(cluster) = &self.shared.cluster {
+                let topic = cluster
+                    .create_topic(
+                        &request.name,
+                        request.partitions,
+                        request.replication_factor,
+                        &request.configs,
+                    )
+                    .await?;
+                return Ok(self.describe(&topic));
+            }
             let shared = self.shared.clone();
             let topic = blocking(&self.shared.tasks, move || {
                 shared.topics.create(
@@ -157,6 +206,10 @@ impl Admin for AdminService {
             }
             let shared = self.shared.clone();
             let changes: HashMap<String, String> = request.configs;
+            if let Some(cluster) = &self.shared.cluster {
+                let topic = cluster.alter_topic(&request.name, &changes).await?;
+                return Ok(self.describe(&topic));
+            }
             let topic =
                 blocking(&self.shared.tasks, move || shared.topics.alter(&request.name, &changes))
                     .await?;
@@ -171,6 +224,13 @@ impl Admin for AdminService {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "delete_topic", async {
+            if let Some(cluster) = &self.shared.cluster {
+                cluster.delete_topic(&request.name).await?;
+                let shared = self.shared.clone();
+                let name = request.name.clone();
+                blocking(&self.shared.tasks, move || shared.groups.forget_topic(&name)).await?;
+                return Ok(DeleteTopicResponse {});
+            }
             let shared = self.shared.clone();
             blocking(&self.shared.tasks, move || {
                 shared.topics.delete(&request.name)?;
@@ -282,17 +342,39 @@ impl Admin for AdminService {
         respond(&self.shared.metrics, "describe_cluster", async {
             let config = &self.shared.config;
             let rate = self.shared.metrics.throughput();
+            let local = NodeStatus {
+                node_id: config.node_id,
+                address: config.advertise.clone(),
+                alive: true,
+                produce_bytes_per_s: rate.produce_bytes,
+                produce_records_per_s: rate.produce_records,
+                fetch_bytes_per_s: rate.fetch_bytes,
+                fetch_records_per_s: rate.fetch_records,
+            };
+            let Some(cluster) = &self.shared.cluster else {
+                return Ok(ClusterDescription {
+                    nodes: vec![local],
+                    controller_id: config.node_id,
+                    partitions: self.partition_statuses(),
+                });
+            };
+            let mut nodes = Vec::new();
+            for (id, address) in &cluster.metadata().nodes {
+                if *id == config.node_id {
+                    nodes.push(local.clone());
+                    continue;
+                }
+                nodes.push(NodeStatus {
+                    node_id: *id,
+                    address: address.clone(),
+                    alive: crate::cluster::probe(address).await,
+                    ..NodeStatus::default()
+                });
+            }
             Ok(ClusterDescription {
-                nodes: vec![NodeStatus {
-                    node_id: config.node_id,
-                    address: config.advertise.clone(),
-                    alive: true,
-                    produce_bytes_per_s: rate.produce_bytes,
-                    produce_records_per_s: rate.produce_records,
-                    fetch_bytes_per_s: rate.fetch_bytes,
-                    fetch_records_per_s: rate.fetch_records,
-                }],
-                controller_id: config.node_id,
+                nodes,
+                controller_id: cluster.node().controller_leader().unwrap_or(0),
+                partitions: self.partition_statuses(),
             })
         })
         .await

@@ -1,0 +1,295 @@
+//! The controller group's state machine: cluster metadata (topics, their partitions' Raft
+//! groups and replica sets, configs). Every node applies the same commands in the same order,
+//! so assignments computed at apply are identical everywhere.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use strata_record::{BatchBuilder, Offset, RecordBatch, Timestamp};
+use tokio::sync::watch;
+
+use crate::types::{ControllerTc, GroupId, LogPayload, Node, NodeId, snapshot_bytes};
+
+/// A change to cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        /// 0: every node.
+        replication_factor: u32,
+        config: BTreeMap<String, String>,
+        created_ms: i64,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Replaces the topic's config overrides.
+    AlterTopic {
+        name: String,
+        config: BTreeMap<String, String>,
+    },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What applying a command answered.
+pub type MetaResult = Result<(), MetaError>;
+
+/// One partition: its Raft group and replicas (`replicas[0]` is the preferred leader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAssignment {
+    pub group_id: GroupId,
+    pub replicas: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicAssignment {
+    pub partitions: Vec<PartitionAssignment>,
+    pub replication_factor: u32,
+    pub config: BTreeMap<String, String>,
+    pub created_ms: i64,
+}
+
+/// The cluster metadata every node holds a copy of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub topics: BTreeMap<String, TopicAssignment>,
+    /// Partition group ids are never reused, so a recreated topic never meets an old group.
+    pub next_group_id: GroupId,
+    /// Nodes by id, with their advertised addresses (the controller's membership).
+    pub nodes: BTreeMap<NodeId, String>,
+}
+
+impl Metadata {
+    fn apply(&mut self, command: MetaCommand) -> MetaResult {
+        match command {
+            MetaCommand::CreateTopic { name, partitions, replication_factor, config, created_ms } => {
+                if self.topics.contains_key(&name) {
+                    return Err(MetaError::TopicExists(name));
+                }
+                let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+                let rf = if replication_factor == 0 { nodes.len() } else { replication_factor as usize };
+                if nodes.is_empty() || rf > nodes.len() {
+                    return Err(MetaError::Invalid(format!(
+                        "replication factor {rf} is more than the {} nodes of the cluster",
+                        nodes.len()
+                    )));
+                }
+                self.next_group_id = self.next_group_id.max(1);
+                // Replica lists rotate so that preferred leaders spread over the nodes.
+                let first = self.next_group_id as usize;
+                let partitions = (0..partitions as usize)
+                    .map(|p| {
+                        let group_id = self.next_group_id + p as u64;
+                        let replicas =
+                            (0..rf).map(|r| nodes[(first + p + r) % nodes.len()]).collect();
+                        PartitionAssignment { group_id, replicas }
+                    })
+                    .collect::<Vec<_>>();
+                self.next_group_id += partitions.len() as u64;
+                self.topics.insert(
+                    name,
+                    TopicAssignment { partitions, replication_factor: rf as u32, config, created_ms },
+                );
+                Ok(())
+            }
+            MetaCommand::DeleteTopic { name } => {
+                self.topics.remove(&name).map(|_| ()).ok_or(MetaError::UnknownTopic(name))
+            }
+            MetaCommand::AlterTopic { name, config } => {
+                let topic = self.topics.get_mut(&name).ok_or(MetaError::UnknownTopic(name))?;
+                topic.config = config;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl LogPayload for MetaCommand {
+    fn to_batch(&self) -> Bytes {
+        let value = postcard::to_stdvec(self).expect("metadata commands always serialize");
+        let mut builder = BatchBuilder::new();
+        builder.push(Timestamp::now(), None, Some(&value), &[]);
+        builder.build(Offset(0))
+    }
+
+    fn from_batch(batch: Bytes) -> Result<Self, String> {
+        let batch = RecordBatch::new(&batch).map_err(|e| e.to_string())?;
+        let record = batch
+            .records()
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("empty controller batch")?
+            .map_err(|e| e.to_string())?;
+        postcard::from_bytes(record.value().unwrap_or_default()).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct State {
+    applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Node>,
+    metadata: Metadata,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    snapshot: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
+}
+
+/// The controller's state machine; clones share it. Every applied change is published on a
+/// watch channel that the node's reconciler follows.
+#[derive(Debug, Clone)]
+pub struct ControllerSm {
+    inner: Arc<Mutex<Inner>>,
+    published: Arc<watch::Sender<Arc<Metadata>>>,
+}
+
+impl Default for ControllerSm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControllerSm {
+    pub fn new() -> ControllerSm {
+        let (published, _) = watch::channel(Arc::new(Metadata::default()));
+        ControllerSm {
+            inner: Arc::new(Mutex::new(Inner { state: State::default(), snapshot: None })),
+            published: Arc::new(published),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current metadata, and every later change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Metadata>> {
+        self.published.subscribe()
+    }
+
+    pub fn metadata(&self) -> Arc<Metadata> {
+        self.published.borrow().clone()
+    }
+
+    fn publish(&self, metadata: Metadata) {
+        self.published.send_replace(Arc::new(metadata));
+    }
+}
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+fn nodes_of(membership: &StoredMembership<NodeId, Node>) -> BTreeMap<NodeId, String> {
+    membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect()
+}
+
+impl RaftSnapshotBuilder<ControllerTc> for ControllerSm {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<ControllerTc>, StorageError<NodeId>> {
+        let mut inner = self.lock();
+        let data = postcard::to_stdvec(&inner.state).map_err(sm_err)?;
+        let meta = SnapshotMeta {
+            last_log_id: inner.state.applied,
+            last_membership: inner.state.membership.clone(),
+            snapshot_id: format!("meta-{}", inner.state.applied.map_or(0, |l| l.index)),
+        };
+        inner.snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<ControllerTc> for ControllerSm {
+    type SnapshotBuilder = ControllerSm;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        let inner = self.lock();
+        Ok((inner.state.applied, inner.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<MetaResult>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<ControllerTc>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let metadata = {
+            let mut inner = self.lock();
+            let state = &mut inner.state;
+            for entry in entries {
+                state.applied = Some(entry.log_id);
+                replies.push(match entry.payload {
+                    EntryPayload::Normal(command) => state.metadata.apply(command),
+                    EntryPayload::Membership(m) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), m);
+                        state.metadata.nodes = nodes_of(&state.membership);
+                        Ok(())
+                    }
+                    EntryPayload::Blank => Ok(()),
+                });
+            }
+            state.metadata.clone()
+        };
+        self.publish(metadata);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot_bytes(&snapshot).to_vec();
+        let state: State = postcard::from_bytes(&bytes).map_err(sm_err)?;
+        let metadata = state.metadata.clone();
+        {
+            let mut inner = self.lock();
+            inner.state = state;
+            inner.snapshot = Some((meta.clone(), bytes));
+        }
+        self.publish(metadata);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<ControllerTc>>, StorageError<NodeId>> {
+        let inner = self.lock();
+        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        }))
+    }
+}

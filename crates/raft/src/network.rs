@@ -1,0 +1,313 @@
+//! The multi-raft network: every group between two nodes shares one gRPC channel (HTTP/2
+//! multiplexes them), and every request names its group.
+//!
+//! Client side: [`Peers`] keeps one channel per peer address; [`GroupNetwork`] is openraft's
+//! network factory for one group. Server side: [`Router`] maps group ids to the local Raft
+//! instances and serves `strata.v1.internal.Raft`.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{Raft, RaftTypeConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use strata_proto::internal::raft_client::RaftClient;
+use strata_proto::internal::raft_server::{Raft as RaftService, RaftServer};
+use strata_proto::internal::{RaftReply, RaftRequest};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::controller::{MetaCommand, MetaResult};
+use crate::types::{ControllerTc, GroupId, Node, NodeId, PartitionTc};
+
+/// Largest replication message: a 64 MiB batch plus framing.
+pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
+
+/// One lazily connected channel per peer address, shared by every group.
+#[derive(Debug, Default)]
+pub struct Peers {
+    channels: Mutex<HashMap<String, RaftClient<Channel>>>,
+}
+
+impl Peers {
+    pub fn new() -> Arc<Peers> {
+        Arc::new(Peers::default())
+    }
+
+    /// The client for `addr` (`host:port`), connecting on first use.
+    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = channels.get(addr) {
+            return Ok(client.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+            .keep_alive_timeout(std::time::Duration::from_secs(5))
+            .initial_stream_window_size(8 * 1024 * 1024)
+            .initial_connection_window_size(32 * 1024 * 1024)
+            .connect_lazy();
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        channels.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, postcard::Error> {
+    postcard::to_stdvec(value).map(Bytes::from)
+}
+
+/// openraft's network factory for one group.
+#[derive(Debug)]
+pub struct GroupNetwork<C> {
+    peers: Arc<Peers>,
+    group: GroupId,
+    _tc: PhantomData<fn() -> C>,
+}
+
+impl<C> GroupNetwork<C> {
+    pub fn new(peers: Arc<Peers>, group: GroupId) -> Self {
+        GroupNetwork { peers, group, _tc: PhantomData }
+    }
+}
+
+/// A connection of one group to one peer.
+#[derive(Debug)]
+pub struct GroupClient<C> {
+    client: Option<RaftClient<Channel>>,
+    addr: String,
+    target: NodeId,
+    group: GroupId,
+    _tc: PhantomData<fn() -> C>,
+}
+
+impl<C> RaftNetworkFactory<C> for GroupNetwork<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = Node>,
+    GroupClient<C>: RaftNetwork<C>,
+{
+    type Network = GroupClient<C>;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> GroupClient<C> {
+        GroupClient {
+            client: self.peers.client(&node.addr).ok(),
+            addr: node.addr.clone(),
+            target,
+            group: self.group,
+            _tc: PhantomData,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl<C> GroupClient<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = Node>,
+{
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: Call,
+        rpc: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            let err = std::io::Error::other(format!("bad peer address {}", self.addr));
+            return Err(RPCError::Unreachable(Unreachable::new(&err)));
+        };
+        let payload = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = Request::new(RaftRequest { group_id: self.group, payload });
+        request.set_timeout(option.hard_ttl());
+        let reply = match kind {
+            Call::Append => client.append_entries(request).await,
+            Call::Vote => client.vote(request).await,
+            Call::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&reply.into_inner().payload)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl<C> RaftNetwork<C> for GroupClient<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId, Node = Node>,
+    AppendEntriesRequest<C>: Serialize,
+    InstallSnapshotRequest<C>: Serialize,
+{
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(Call::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Call::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        self.call(Call::Vote, &rpc, &option).await
+    }
+}
+
+/// A local Raft instance the router can hand requests to.
+#[derive(Clone)]
+pub enum GroupHandle {
+    Controller(Raft<ControllerTc>),
+    Partition(Raft<PartitionTc>),
+}
+
+impl Debug for GroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupHandle::Controller(_) => f.write_str("Controller"),
+            GroupHandle::Partition(_) => f.write_str("Partition"),
+        }
+    }
+}
+
+/// The local groups by id, served to peers.
+#[derive(Debug, Default)]
+pub struct Router {
+    groups: RwLock<HashMap<GroupId, GroupHandle>>,
+}
+
+impl Router {
+    pub fn new() -> Arc<Router> {
+        Arc::new(Router::default())
+    }
+
+    pub fn register(&self, group: GroupId, handle: GroupHandle) {
+        self.groups.write().unwrap_or_else(|e| e.into_inner()).insert(group, handle);
+    }
+
+    pub fn unregister(&self, group: GroupId) {
+        self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
+    }
+
+    fn group(&self, id: GroupId) -> Result<GroupHandle, Status> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("raft group {id} is not on this node")))
+    }
+
+    /// The gRPC service over this router.
+    pub fn service(self: &Arc<Self>) -> RaftServer<RouterService> {
+        RaftServer::new(RouterService(self.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// `strata.v1.internal.Raft` over a [`Router`].
+#[derive(Debug, Clone)]
+pub struct RouterService(Arc<Router>);
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
+    let payload = encode(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftReply { payload }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RouterService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        match self.0.group(request.group_id)? {
+            GroupHandle::Controller(raft) => {
+                reply(&raft.append_entries(decode(&request.payload)?).await)
+            }
+            GroupHandle::Partition(raft) => {
+                reply(&raft.append_entries(decode(&request.payload)?).await)
+            }
+        }
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let rpc: VoteRequest<NodeId> = decode(&request.payload)?;
+        match self.0.group(request.group_id)? {
+            GroupHandle::Controller(raft) => reply(&raft.vote(rpc).await),
+            GroupHandle::Partition(raft) => reply(&raft.vote(rpc).await),
+        }
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        match self.0.group(request.group_id)? {
+            GroupHandle::Controller(raft) => {
+                reply(&raft.install_snapshot(decode(&request.payload)?).await)
+            }
+            GroupHandle::Partition(raft) => {
+                reply(&raft.install_snapshot(decode(&request.payload)?).await)
+            }
+        }
+    }
+
+    async fn forward_meta(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let GroupHandle::Controller(raft) = self.0.group(crate::types::CONTROLLER_GROUP)? else {
+            return Err(Status::internal("group 0 is not the controller"));
+        };
+        let command: MetaCommand = decode(&request.payload)?;
+        match raft.client_write(command).await {
+            Ok(response) => reply::<MetaResult>(&response.data),
+            Err(e) => Err(Status::unavailable(format!("not the controller leader: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! One node's replication runtime: the controller group, the partition groups it hosts, the
+//! shared peer channels and the router that serves them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use strata_storage::{Durability, Log, LogConfig};
+use tokio::sync::watch;
+
+use crate::controller::{ControllerSm, MetaCommand, MetaResult, Metadata};
+use crate::network::{GroupHandle, GroupNetwork, Peers, Router};
+use crate::partition_sm::PartitionSm;
+use crate::store::SegmentStore;
+use crate::types::{
+    Appended, Batch, CONTROLLER_GROUP, ControllerTc, GroupId, NodeId, PartitionTc,
+};
+use crate::{ReplicaError, Result};
+
+/// Raft timing shared by every group. Heartbeats every 150 ms; a leader silent for 1–2 s is
+/// replaced.
+fn raft_config(name: &str) -> Result<Arc<Config>> {
+    let config = Config {
+        cluster_name: name.to_owned(),
+        heartbeat_interval: 150,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 2000,
+        max_payload_entries: 256,
+        // Snapshots are built only when retention purges the log, never by count.
+        snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate().map_err(|e| ReplicaError::Invalid(e.to_string()))?))
+}
+
+/// Log settings of a replicated log: the store fsyncs once per append call (group commit), so
+/// the log itself never does.
+pub fn replicated_log_config(mut config: LogConfig) -> LogConfig {
+    config.durability = Durability::Never;
+    config
+}
+
+/// The replication side of a node.
+#[derive(Clone)]
+pub struct RaftNode {
+    id: NodeId,
+    peers: Arc<Peers>,
+    router: Arc<Router>,
+    controller: Raft<ControllerTc>,
+    controller_sm: ControllerSm,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode").field("id", &self.id).finish()
+    }
+}
+
+impl RaftNode {
+    /// Opens (or creates) the controller group under `<data>/controller` and, on the node with
+    /// the lowest id of a new cluster, initializes it with every node of `members` as a voter.
+    pub async fn start(
+        id: NodeId,
+        data_dir: &Path,
+        members: &BTreeMap<NodeId, String>,
+    ) -> Result<RaftNode> {
+        let peers = Peers::new();
+        let router = Router::new();
+        let dir = data_dir.join("controller");
+        let log = Arc::new(
+            Log::open(dir.join("log"), replicated_log_config(LogConfig::default()))
+                .map_err(|e| ReplicaError::Storage(e.to_string()))?,
+        );
+        let store = SegmentStore::<ControllerTc>::open(&dir.join("raft"), log)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let controller_sm = ControllerSm::new();
+        let controller = Raft::new(
+            id,
+            raft_config("strata-controller")?,
+            GroupNetwork::new(peers.clone(), CONTROLLER_GROUP),
+            store,
+            controller_sm.clone(),
+        )
+        .await
+        .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        router.register(CONTROLLER_GROUP, GroupHandle::Controller(controller.clone()));
+        if members.keys().next() == Some(&id) {
+            let nodes: BTreeMap<NodeId, BasicNode> =
+                members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+            initialize(&controller, nodes).await?;
+        }
+        Ok(RaftNode { id, peers, router, controller, controller_sm })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Cluster metadata as this node last applied it, and its changes.
+    pub fn metadata(&self) -> watch::Receiver<Arc<Metadata>> {
+        self.controller_sm.subscribe()
+    }
+
+    pub fn controller_leader(&self) -> Option<NodeId> {
+        self.controller.metrics().borrow().current_leader
+    }
+
+    pub fn controller_metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {
+        self.controller.metrics().borrow().clone()
+    }
+
+    /// Proposes a metadata command through the controller leader (forwarded there if this node
+    /// is not it), retrying for up to `timeout` while there is no leader.
+    pub async fn propose(&self, command: MetaCommand, timeout: Duration) -> Result<MetaResult> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_error = String::from("no controller leader");
+        loop {
+            match self.controller.client_write(command.clone()).await {
+                Ok(response) => return Ok(response.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    if let Some(node) = forward.leader_node {
+                        match self.forward(&node.addr, &command).await {
+                            Ok(result) => return Ok(result),
+                            Err(e) => last_error = e,
+                        }
+                    }
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReplicaError::Unavailable(format!(
+                    "the controller did not accept the change within {timeout:?}: {last_error}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn forward(&self, addr: &str, command: &MetaCommand) -> std::result::Result<MetaResult, String> {
+        let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
+        let payload = postcard::to_stdvec(command).map_err(|e| e.to_string())?;
+        let reply = client
+            .forward_meta(strata_proto::internal::RaftRequest {
+                group_id: CONTROLLER_GROUP,
+                payload: payload.into(),
+            })
+            .await
+            .map_err(|s| s.message().to_owned())?;
+        postcard::from_bytes(&reply.into_inner().payload).map_err(|e| e.to_string())
+    }
+
+    /// Opens the Raft group of one partition replica over `log` (whose Raft files go in
+    /// `raft_dir`) and registers it with the router. The preferred leader (`replicas[0]`) of a
+    /// new group initializes it.
+    pub async fn open_partition(
+        &self,
+        group: GroupId,
+        log: Arc<Log>,
+        raft_dir: &Path,
+        replicas: &[NodeId],
+        high_watermark: Arc<watch::Sender<u64>>,
+    ) -> Result<PartitionReplica> {
+        let store = SegmentStore::<PartitionTc>::open(raft_dir, log)
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let sm = PartitionSm::new(store.clone(), high_watermark);
+        let raft = Raft::new(
+            self.id,
+            raft_config(&format!("strata-partition-{group}"))?,
+            GroupNetwork::new(self.peers.clone(), group),
+            store,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        self.router.register(group, GroupHandle::Partition(raft.clone()));
+        if replicas.first() == Some(&self.id) {
+            let metadata = self.controller_sm.metadata();
+            let nodes: BTreeMap<NodeId, BasicNode> = replicas
+                .iter()
+                .map(|id| {
+                    let addr = metadata.nodes.get(id).cloned().unwrap_or_default();
+                    (*id, BasicNode::new(addr))
+                })
+                .collect();
+            initialize(&raft, nodes).await?;
+        }
+        Ok(PartitionReplica { group, raft, sm, router: self.router.clone() })
+    }
+
+    /// Stops the controller group.
+    pub async fn shutdown(&self) {
+        self.router.unregister(CONTROLLER_GROUP);
+        let _ = self.controller.shutdown().await;
+    }
+}
+
+async fn initialize<C>(raft: &Raft<C>, nodes: BTreeMap<NodeId, BasicNode>) -> Result<()>
+where
+    C: openraft::RaftTypeConfig<NodeId = NodeId, Node = BasicNode>,
+{
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        // Already initialized: a restart, or another node got there first.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(ReplicaError::Unavailable(format!("initializing a raft group: {e}"))),
+    }
+}
+
+/// One replica of a partition: its Raft group and the state machine that holds the high
+/// watermark.
+#[derive(Clone)]
+pub struct PartitionReplica {
+    group: GroupId,
+    raft: Raft<PartitionTc>,
+    sm: PartitionSm,
+    router: Arc<Router>,
+}
+
+impl std::fmt::Debug for PartitionReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionReplica").field("group", &self.group).finish()
+    }
+}
+
+impl PartitionReplica {
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// Offset after the last committed record.
+    pub fn high_watermark(&self) -> u64 {
+        self.sm.high_watermark()
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Replicates one batch and answers once a majority holds it and it is applied: where it
+    /// landed. Not the leader: [`ReplicaError::NotLeader`] naming the leader if known.
+    pub async fn propose(&self, batch: Bytes) -> Result<Appended> {
+        match self.raft.client_write(Batch(batch)).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ReplicaError::NotLeader {
+                    leader: forward.leader_id.map(|id| {
+                        (id, forward.leader_node.map(|n| n.addr).unwrap_or_default())
+                    }),
+                })
+            }
+            Err(e) => Err(ReplicaError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Asks this replica to stand for election (leadership transfer to it).
+    pub async fn elect(&self) -> Result<()> {
+        self.raft.trigger().elect().await.map_err(|e| ReplicaError::Unavailable(e.to_string()))
+    }
+
+    pub async fn shutdown(&self) {
+        self.router.unregister(self.group);
+        let _ = self.raft.shutdown().await;
+    }
+}

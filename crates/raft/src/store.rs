@@ -1,0 +1,372 @@
+//! A Raft log store whose log *is* the segment log: openraft's `RaftLogStorage` over a
+//! [`Log`] plus the [`EntryTable`], so each entry's bytes are written to disk once.
+//!
+//! Contract kept (openraft storage-v2): the vote is on disk before `save_vote` returns; entries
+//! are readable when `append` returns and on disk (segment first, then table) before the flush
+//! callback fires; `truncate` cuts the segment log before the table, so a crash in between
+//! leaves a prefix of the old log, never shifted indexes.
+
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftTypeConfig, StorageError,
+    StorageIOError, Vote,
+};
+use strata_record::Offset;
+use strata_storage::Log;
+
+use crate::table::{EntryKind, EntryMeta, EntryTable, read_small_file, write_small_file};
+use crate::types::{LogPayload, Node, NodeId};
+
+/// Most bytes of entries one read hands to replication (at least one entry): 300 entries of
+/// 1 MiB would otherwise make a 300 MiB message.
+const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What a group's type configuration must be for its log to live in a segment log.
+pub trait SegmentTc:
+    RaftTypeConfig<NodeId = NodeId, Node = Node, Entry = Entry<Self>, D: LogPayload>
+{
+}
+impl<C> SegmentTc for C where
+    C: RaftTypeConfig<NodeId = NodeId, Node = Node, Entry = Entry<C>, D: LogPayload>
+{
+}
+
+type Callback = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+#[derive(Debug)]
+struct Core {
+    dir: PathBuf,
+    log: Arc<Log>,
+    table: Mutex<EntryTable>,
+    /// Last purged log id and the log offset after it.
+    purged: Mutex<Option<(LogId<NodeId>, u64)>>,
+    /// Where a purge past the last entry restarts the log: the offset after the last installed
+    /// snapshot.
+    snapshot_offset: Mutex<Option<u64>>,
+    flushes: Mutex<mpsc::Sender<Callback>>,
+}
+
+/// The store of one group; clones share it (openraft's log reader is a clone).
+pub struct SegmentStore<C> {
+    core: Arc<Core>,
+    _tc: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for SegmentStore<C> {
+    fn clone(&self) -> Self {
+        SegmentStore { core: self.core.clone(), _tc: PhantomData }
+    }
+}
+
+impl<C> Debug for SegmentStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentStore").field("dir", &self.core.dir).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl<C: SegmentTc> SegmentStore<C> {
+    /// Opens the store of a group over `log`, keeping its Raft files in `raft_dir`, and
+    /// reconciles the two after a crash: table entries whose data the log lost are dropped,
+    /// data the table never recorded is cut from the log.
+    pub fn open(raft_dir: &Path, log: Arc<Log>) -> io::Result<SegmentStore<C>> {
+        std::fs::create_dir_all(raft_dir)?;
+        let mut table = EntryTable::open(&raft_dir.join("entries"))?;
+        let purged: Option<(LogId<NodeId>, u64)> = match read_small_file(&raft_dir.join("purged"))? {
+            Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(io_err)?),
+            None => None,
+        };
+        if let Some((_, offset)) = purged
+            && log.start_offset().0 < offset
+        {
+            log.delete_before(Offset(offset)).map_err(io_err)?;
+        }
+        let log_end = log.end_offset().0;
+        if table.cut_to_log_end(log_end)? {
+            tracing::warn!(dir = %raft_dir.display(), "entry table named data the log lost; cut");
+        }
+        let table_end = match table.last() {
+            Some(last) => last.end_offset(),
+            None => purged.map_or(log.start_offset().0, |(_, o)| o),
+        };
+        if log_end > table_end {
+            tracing::warn!(dir = %raft_dir.display(), table_end, log_end, "cutting log data no entry names");
+            log.truncate_from(Offset(table_end)).map_err(io_err)?;
+        }
+        let (tx, rx) = mpsc::channel::<Callback>();
+        let core = Arc::new(Core {
+            dir: raft_dir.to_owned(),
+            log,
+            table: Mutex::new(table),
+            purged: Mutex::new(purged),
+            snapshot_offset: Mutex::new(None),
+            flushes: Mutex::new(tx),
+        });
+        let weak = Arc::downgrade(&core);
+        std::thread::Builder::new()
+            .name("raft-flush".into())
+            .spawn(move || flush_loop(weak, rx))?;
+        Ok(SegmentStore { core, _tc: PhantomData })
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.core.log
+    }
+
+    /// Tells the store where the log restarts if a purge goes past its last entry (set when a
+    /// snapshot is installed).
+    pub fn set_snapshot_offset(&self, offset: u64) {
+        *lock(&self.core.snapshot_offset) = Some(offset);
+    }
+
+    /// The log offset where entry `index` starts, if the table holds it.
+    pub fn entry_offset(&self, index: u64) -> Option<u64> {
+        lock(&self.core.table).get(index).map(|e| e.offset)
+    }
+
+    fn read_entries(&self, from: u64, to: u64, max_bytes: u64) -> io::Result<Vec<Entry<C>>> {
+        let metas: Vec<EntryMeta> = {
+            let table = lock(&self.core.table);
+            let mut bytes = 0u64;
+            let mut out = Vec::new();
+            for meta in table.range(from, to) {
+                if let EntryKind::Data { bytes: len, .. } = meta.kind {
+                    if !out.is_empty() && bytes + u64::from(len) > max_bytes {
+                        break;
+                    }
+                    bytes += u64::from(len);
+                }
+                out.push(meta.clone());
+            }
+            out
+        };
+        let mut entries = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let payload = match meta.kind {
+                EntryKind::Blank => EntryPayload::Blank,
+                EntryKind::Membership(m) => EntryPayload::Membership(m),
+                EntryKind::Data { bytes, .. } => {
+                    let batch = self
+                        .core
+                        .log
+                        .read(Offset(meta.offset), bytes as usize)
+                        .map_err(io_err)?
+                        .into_iter()
+                        .next()
+                        .filter(|b| b.len() == bytes as usize)
+                        .ok_or_else(|| {
+                            io_err(format!(
+                                "entry {} names a {bytes}-byte batch at offset {} the log does not hold",
+                                meta.log_id, meta.offset
+                            ))
+                        })?;
+                    EntryPayload::Normal(C::D::from_batch(batch).map_err(io_err)?)
+                }
+            };
+            entries.push(Entry { log_id: meta.log_id, payload });
+        }
+        Ok(entries)
+    }
+
+    fn append_now(&self, entries: Vec<Entry<C>>) -> io::Result<()> {
+        let log = &self.core.log;
+        let mut table = lock(&self.core.table);
+        let mut metas = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let offset = log.end_offset().0;
+            let kind = match &entry.payload {
+                EntryPayload::Blank => EntryKind::Blank,
+                EntryPayload::Membership(m) => EntryKind::Membership(m.clone()),
+                EntryPayload::Normal(data) => {
+                    let batch = data.to_batch();
+                    let info = log.append(&batch).map_err(io_err)?;
+                    EntryKind::Data {
+                        records: info.last_offset.0 - info.base_offset.0 + 1,
+                        bytes: batch.len() as u32,
+                    }
+                }
+            };
+            metas.push(EntryMeta { log_id: entry.log_id, offset, kind });
+        }
+        table.append(&metas)
+    }
+}
+
+/// Group commit: every callback queued while one fsync runs shares the next.
+fn flush_loop(core: Weak<Core>, rx: mpsc::Receiver<Callback>) {
+    while let Ok(first) = rx.recv() {
+        let mut callbacks = vec![first];
+        callbacks.extend(rx.try_iter());
+        let result = match core.upgrade() {
+            Some(core) => core.log.flush().map_err(io_err).and_then(|()| lock(&core.table).sync()),
+            None => Err(io_err("the store was closed")),
+        };
+        for callback in callbacks {
+            let result = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            callback(result);
+        }
+    }
+}
+
+fn range_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i + 1,
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&i) => i + 1,
+        Bound::Excluded(&i) => i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+fn sto(e: io::Error) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io_err)?
+}
+
+impl<C: SegmentTc> RaftLogReader<C> for SegmentStore<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<C>>, StorageError<NodeId>> {
+        let (from, to) = range_bounds(&range);
+        self.read_entries(from, to, u64::MAX).map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<C>>, StorageError<NodeId>> {
+        self.read_entries(start, end, MAX_READ_BYTES)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+}
+
+impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
+    type LogReader = SegmentStore<C>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<NodeId>> {
+        let purged = lock(&self.core.purged).map(|(id, _)| id);
+        let last = lock(&self.core.table).last().map(|e| e.log_id).or(purged);
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let path = self.core.dir.join("vote");
+        let bytes = postcard::to_stdvec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        blocking(move || write_small_file(&path, &bytes))
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        let bytes = read_small_file(&self.core.dir.join("vote"))
+            .map_err(|e| StorageIOError::read_vote(&e))?;
+        match bytes {
+            Some(b) => Ok(Some(postcard::from_bytes(&b).map_err(|e| StorageIOError::read_vote(&e))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        // Only speeds up re-applying at start (openraft re-applies up to it): a lost or stale
+        // file costs nothing but time, so it is written without waiting for an fsync.
+        let path = self.core.dir.join("committed");
+        let bytes = postcard::to_stdvec(&committed).map_err(|e| sto(io_err(e)))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(sto)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let committed: Option<LogId<NodeId>> = std::fs::read(self.core.dir.join("committed"))
+            .ok()
+            .and_then(|b| postcard::from_bytes(&b).ok())
+            .flatten();
+        // Never past what the log holds (the file is not fsynced).
+        let last = lock(&self.core.table).last().map(|e| e.log_id);
+        Ok(committed.filter(|c| Some(*c) <= last))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<C>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<C>> = entries.into_iter().collect();
+        let store = self.clone();
+        blocking(move || store.append_now(entries)).await.map_err(sto)?;
+        let queued = lock(&self.core.flushes)
+            .send(Box::new(move |result| callback.log_io_completed(result)));
+        if queued.is_err() {
+            return Err(sto(io_err("the flush thread stopped")));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let core = self.core.clone();
+        blocking(move || {
+            let mut table = lock(&core.table);
+            let Some(offset) = table.get(log_id.index).map(|e| e.offset) else {
+                return Ok(());
+            };
+            core.log.truncate_from(Offset(offset)).map_err(io_err)?;
+            table.truncate_from(log_id.index)
+        })
+        .await
+        .map_err(sto)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let core = self.core.clone();
+        blocking(move || {
+            let mut table = lock(&core.table);
+            let offset = match table.get(log_id.index) {
+                Some(e) => e.end_offset(),
+                None => lock(&core.snapshot_offset).unwrap_or_else(|| core.log.end_offset().0),
+            };
+            let bytes = postcard::to_stdvec(&(log_id, offset)).map_err(io_err)?;
+            write_small_file(&core.dir.join("purged"), &bytes)?;
+            *lock(&core.purged) = Some((log_id, offset));
+            table.purge_upto(log_id.index)?;
+            core.log.delete_before(Offset(offset)).map_err(io_err)
+        })
+        .await
+        .map_err(sto)
+    }
+}

@@ -1,0 +1,79 @@
+//! Type configurations of the two kinds of Raft group, and what their entries carry.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{MetaCommand, MetaResult};
+
+/// Node ids are the `--node-id` of each server.
+pub type NodeId = u64;
+/// A node as Raft knows it: its advertised `host:port`.
+pub type Node = openraft::BasicNode;
+/// Raft group ids: 0 is the controller, partitions get ids from the controller that are never
+/// reused.
+pub type GroupId = u64;
+/// The controller's group id.
+pub const CONTROLLER_GROUP: GroupId = 0;
+
+openraft::declare_raft_types!(
+    /// A partition group: each normal entry is one RecordBatch.
+    pub PartitionTc:
+        D = Batch,
+        R = Appended,
+        NodeId = NodeId,
+        Node = Node,
+        Entry = openraft::Entry<PartitionTc>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<PartitionTc>,
+);
+
+openraft::declare_raft_types!(
+    /// The controller group: each normal entry is one metadata command.
+    pub ControllerTc:
+        D = MetaCommand,
+        R = MetaResult,
+        NodeId = NodeId,
+        Node = Node,
+        Entry = openraft::Entry<ControllerTc>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<ControllerTc>,
+);
+
+/// One whole Kafka RecordBatch v2, as produced (base offset still to be assigned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Bytes);
+
+/// Where an applied batch landed: its offsets, dense and gap-free whatever Raft indexes it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// What a normal entry of a group must be to live in a segment log: one RecordBatch, written
+/// once, read back as it was.
+pub trait LogPayload: Sized {
+    /// The entry as one RecordBatch (its base offset is overwritten by the log).
+    fn to_batch(&self) -> Bytes;
+    /// The entry from the batch the log holds.
+    fn from_batch(batch: Bytes) -> Result<Self, String>;
+}
+
+impl LogPayload for Batch {
+    fn to_batch(&self) -> Bytes {
+        self.0.clone()
+    }
+    fn from_batch(batch: Bytes) -> Result<Self, String> {
+        Ok(Batch(batch))
+    }
+}
+
+/// Snapshot bytes: `SnapshotData` is a cursor over an in-memory buffer (snapshots are small
+/// state, never data).
+pub(crate) fn snapshot_bytes(data: &Cursor<Vec<u8>>) -> &[u8] {
+    data.get_ref()
+}
