@@ -71,6 +71,44 @@ impl Server {
         }
     }
 
+    /// Starts a cluster of `n` nodes on loopback, each in its own temporary data directory,
+    /// with ids 1..=n and every node in `--peers`.
+    pub fn start_cluster(n: usize) -> Vec<Server> {
+        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let peers: Vec<String> =
+            addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+        let peers = peers.join(",");
+        let mut servers: Vec<Server> = (0..n)
+            .map(|i| {
+                let root = tempfile::tempdir().expect("temp dir");
+                let id = (i + 1).to_string();
+                let args = ["--node-id", id.as_str(), "--peers", peers.as_str()];
+                let mut server =
+                    Server::new(&root.path().join("data"), root.path().join("server.log"), &args);
+                server.addr = addrs[i].parse().expect("address");
+                server._root = Some(root);
+                server
+            })
+            .collect();
+        for server in &mut servers {
+            server.spawn_process();
+        }
+        for server in &mut servers {
+            server.wait_listening();
+        }
+        servers
+    }
+
+    /// SIGSTOP: the process stays, frozen (its connections stay open but never answer).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
     /// Starts a server on `data_dir` (kept by the caller), logging to `log`.
     pub fn start_in(data_dir: &Path, log: PathBuf) -> Server {
         let mut server = Server::new(data_dir, log, &[]);
@@ -79,6 +117,11 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_listening();
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -96,6 +139,9 @@ impl Server {
             .spawn()
             .expect("spawn strata server");
         self.child = Some(child);
+    }
+
+    fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_err() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -87,9 +87,10 @@ impl Cluster {
         for topic in self.topics.all() {
             let wanted = metadata.topics.get(topic.name.as_str());
             let same = wanted.is_some_and(|w| {
-                w.partitions.iter().zip(&topic.partitions).all(|(a, p)| {
-                    p.replica().is_some_and(|r| r.group() == a.group_id)
-                })
+                w.partitions
+                    .iter()
+                    .zip(&topic.partitions)
+                    .all(|(a, p)| p.replica().is_some_and(|r| r.group() == a.group_id))
             });
             if !same {
                 self.remove(topic.name.as_str()).await;
@@ -163,7 +164,11 @@ impl Cluster {
             partitions.push(Arc::new(partition));
         }
         self.topics.install(meta, partitions)?;
-        tracing::info!(topic = name, partitions = assignment.partitions.len(), "topic replicas open");
+        tracing::info!(
+            topic = name,
+            partitions = assignment.partitions.len(),
+            "topic replicas open"
+        );
         Ok(())
     }
 
@@ -268,8 +273,10 @@ impl Cluster {
             config: config.to_map().into_iter().collect(),
         })
         .await?;
-        self.wait_for("applying it", |t| t.get(name).is_ok_and(|topic| topic.meta().config == wanted))
-            .await?;
+        self.wait_for("applying it", |t| {
+            t.get(name).is_ok_and(|topic| topic.meta().config == wanted)
+        })
+        .await?;
         self.topics.get(name)
     }
 

@@ -222,14 +222,11 @@ impl Partition {
                     let replica = self.replica.as_ref()?;
                     let metrics = replica.metrics();
                     let id = metrics.current_leader?;
-                    let addr = metrics.membership_config.nodes().find(|(n, _)| **n == id)?.1.addr.clone();
+                    let addr =
+                        metrics.membership_config.nodes().find(|(n, _)| **n == id)?.1.addr.clone();
                     Some((id, addr))
                 });
-                BrokerError::NotLeader {
-                    topic: self.topic.to_string(),
-                    partition: self.id,
-                    leader,
-                }
+                BrokerError::NotLeader { topic: self.topic.to_string(), partition: self.id, leader }
             }
             other => BrokerError::Replication(other.to_string()),
         }
@@ -297,7 +294,9 @@ impl Partition {
         match Arc::try_unwrap(log) {
             Ok(log) => Ok(log.close()?),
             Err(_) => {
-                tracing::warn!("partition log still shared at close; it will be recovered on start");
+                tracing::warn!(
+                    "partition log still shared at close; it will be recovered on start"
+                );
                 Ok(())
             }
         }

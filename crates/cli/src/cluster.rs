@@ -50,8 +50,15 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
                 );
             }
             nodes.print(format);
-            let mut partitions =
-                Table::new(&["TOPIC", "PARTITION", "LEADER", "REPLICAS", "TERM", "HW", "REPLICA LAG"]);
+            let mut partitions = Table::new(&[
+                "TOPIC",
+                "PARTITION",
+                "LEADER",
+                "REPLICAS",
+                "TERM",
+                "HW",
+                "REPLICA LAG",
+            ]);
             for p in &cluster.partitions {
                 let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
                 let lag: Vec<String> =

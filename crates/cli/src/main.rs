@@ -83,7 +83,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    init_tracing(if matches!(cli.command, Command::Server(_)) { "info" } else { "warn" });
+    // openraft reports every failed heartbeat to a down peer at WARN/ERROR, several times a
+    // second per group: keep its replication chatter out of the default server log.
+    let server_default = "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
+    init_tracing(if matches!(cli.command, Command::Server(_)) { server_default } else { "warn" });
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(run(cli));

@@ -124,11 +124,15 @@ fn parse_peers(text: &str) -> anyhow::Result<std::collections::BTreeMap<u64, Str
         let Some((id, addr)) = item.split_once('=') else {
             bail!("--peers: {item:?} is not ID=HOST:PORT");
         };
-        let id: u64 = id.trim().parse().with_context(|| format!("--peers: bad node id in {item:?}"))?;
+        let id: u64 =
+            id.trim().parse().with_context(|| format!("--peers: bad node id in {item:?}"))?;
         if id == 0 {
             bail!("--peers: node ids start at 1");
         }
-        if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
             bail!("--peers: {addr:?} is not HOST:PORT");
         }
         if peers.insert(id, addr.trim().to_owned()).is_some() {

@@ -36,6 +36,8 @@ impl ClientError {
         match self {
             ClientError::Server(s) => {
                 matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted)
+                    // A connection that broke mid-request (the server died).
+                    || (s.code() == Code::Unknown && s.message().contains("transport error"))
             }
             ClientError::Connect { .. } => true,
             _ => false,

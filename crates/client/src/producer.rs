@@ -64,8 +64,11 @@ pub struct ProducerConfig {
     pub partitioner: Partitioner,
     /// Attempts after the first for a retriable failure (server unavailable, connection lost).
     pub retries: u32,
-    /// Wait before the first retry; doubles each time.
+    /// Wait before the first retry; doubles each time, up to one second.
     pub retry_backoff: Duration,
+    /// How long one produce request may take before it counts as failed (and is retried): a
+    /// stopped or cut-off leader never answers.
+    pub request_timeout: Duration,
     /// Codec for each batch's records: `None`, `Lz4` or `Zstd`.
     pub compression: Compression,
 }
@@ -77,8 +80,10 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             batch_bytes: 64 * 1024,
             partitioner: Partitioner::KeyHash,
-            retries: 5,
+            // With the backoff cap, about 10 s of retries: longer than a leader election.
+            retries: 12,
             retry_backoff: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(5),
             compression: Compression::None,
         }
     }
@@ -400,7 +405,13 @@ async fn produce_with_retries(
             acks: config.acks.to_proto() as i32,
             batches: vec![batch.clone()],
         };
-        match client.broker_for(topic, partition).produce(request).await {
+        let sent = tokio::time::timeout(
+            config.request_timeout,
+            client.broker_for(topic, partition).produce(request),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::unavailable("produce request timed out")));
+        match sent {
             Ok(response) => {
                 let response = response.into_inner();
                 return response.batches.first().map(|b| Offset(b.base_offset)).ok_or_else(|| {
@@ -413,7 +424,8 @@ async fn produce_with_retries(
                 if !err.is_retriable() || attempt >= config.retries {
                     return Err(err);
                 }
-                let backoff = config.retry_backoff * 2u32.saturating_pow(attempt);
+                let backoff = (config.retry_backoff * 2u32.saturating_pow(attempt))
+                    .min(Duration::from_secs(1));
                 tracing::debug!(topic, partition, attempt, error = %err, "retrying produce");
                 tokio::time::sleep(backoff).await;
                 attempt += 1;

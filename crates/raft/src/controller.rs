@@ -81,12 +81,19 @@ pub struct Metadata {
 impl Metadata {
     fn apply(&mut self, command: MetaCommand) -> MetaResult {
         match command {
-            MetaCommand::CreateTopic { name, partitions, replication_factor, config, created_ms } => {
+            MetaCommand::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                config,
+                created_ms,
+            } => {
                 if self.topics.contains_key(&name) {
                     return Err(MetaError::TopicExists(name));
                 }
                 let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
-                let rf = if replication_factor == 0 { nodes.len() } else { replication_factor as usize };
+                let rf =
+                    if replication_factor == 0 { nodes.len() } else { replication_factor as usize };
                 if nodes.is_empty() || rf > nodes.len() {
                     return Err(MetaError::Invalid(format!(
                         "replication factor {rf} is more than the {} nodes of the cluster",
@@ -107,7 +114,12 @@ impl Metadata {
                 self.next_group_id += partitions.len() as u64;
                 self.topics.insert(
                     name,
-                    TopicAssignment { partitions, replication_factor: rf as u32, config, created_ms },
+                    TopicAssignment {
+                        partitions,
+                        replication_factor: rf as u32,
+                        config,
+                        created_ms,
+                    },
                 );
                 Ok(())
             }

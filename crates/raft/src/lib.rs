@@ -10,7 +10,9 @@ pub mod store;
 pub mod table;
 pub mod types;
 
-pub use controller::{MetaCommand, MetaError, MetaResult, Metadata, PartitionAssignment, TopicAssignment};
+pub use controller::{
+    MetaCommand, MetaError, MetaResult, Metadata, PartitionAssignment, TopicAssignment,
+};
 pub use node::{PartitionReplica, RaftNode, replicated_log_config};
 pub use types::{Appended, GroupId, NodeId};
 

@@ -16,9 +16,7 @@ use crate::controller::{ControllerSm, MetaCommand, MetaResult, Metadata};
 use crate::network::{GroupHandle, GroupNetwork, Peers, Router};
 use crate::partition_sm::PartitionSm;
 use crate::store::SegmentStore;
-use crate::types::{
-    Appended, Batch, CONTROLLER_GROUP, ControllerTc, GroupId, NodeId, PartitionTc,
-};
+use crate::types::{Appended, Batch, CONTROLLER_GROUP, ControllerTc, GroupId, NodeId, PartitionTc};
 use crate::{ReplicaError, Result};
 
 /// Raft timing shared by every group. Heartbeats every 150 ms; a leader silent for 1–2 s is
@@ -146,7 +144,11 @@ impl RaftNode {
         }
     }
 
-    async fn forward(&self, addr: &str, command: &MetaCommand) -> std::result::Result<MetaResult, String> {
+    async fn forward(
+        &self,
+        addr: &str,
+        command: &MetaCommand,
+    ) -> std::result::Result<MetaResult, String> {
         let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
         let payload = postcard::to_stdvec(command).map_err(|e| e.to_string())?;
         let reply = client
@@ -261,9 +263,9 @@ impl PartitionReplica {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(ReplicaError::NotLeader {
-                    leader: forward.leader_id.map(|id| {
-                        (id, forward.leader_node.map(|n| n.addr).unwrap_or_default())
-                    }),
+                    leader: forward
+                        .leader_id
+                        .map(|id| (id, forward.leader_node.map(|n| n.addr).unwrap_or_default())),
                 })
             }
             Err(e) => Err(ReplicaError::Unavailable(e.to_string())),

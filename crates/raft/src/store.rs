@@ -86,7 +86,8 @@ impl<C: SegmentTc> SegmentStore<C> {
     pub fn open(raft_dir: &Path, log: Arc<Log>) -> io::Result<SegmentStore<C>> {
         std::fs::create_dir_all(raft_dir)?;
         let mut table = EntryTable::open(&raft_dir.join("entries"))?;
-        let purged: Option<(LogId<NodeId>, u64)> = match read_small_file(&raft_dir.join("purged"))? {
+        let purged: Option<(LogId<NodeId>, u64)> = match read_small_file(&raft_dir.join("purged"))?
+        {
             Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(io_err)?),
             None => None,
         };
@@ -293,7 +294,9 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
         let bytes = read_small_file(&self.core.dir.join("vote"))
             .map_err(|e| StorageIOError::read_vote(&e))?;
         match bytes {
-            Some(b) => Ok(Some(postcard::from_bytes(&b).map_err(|e| StorageIOError::read_vote(&e))?)),
+            Some(b) => {
+                Ok(Some(postcard::from_bytes(&b).map_err(|e| StorageIOError::read_vote(&e))?))
+            }
             None => Ok(None),
         }
     }
@@ -307,9 +310,7 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
         let path = self.core.dir.join("committed");
         let bytes = postcard::to_stdvec(&committed).map_err(|e| sto(io_err(e)))?;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(sto)
+        std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)).map_err(sto)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -322,7 +323,11 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
         Ok(committed.filter(|c| Some(*c) <= last))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,

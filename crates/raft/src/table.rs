@@ -32,7 +32,10 @@ pub struct EntryMeta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     /// One batch of `records` offsets and `bytes` bytes at `offset`.
-    Data { records: u64, bytes: u32 },
+    Data {
+        records: u64,
+        bytes: u32,
+    },
     Blank,
     Membership(Membership<NodeId, Node>),
 }

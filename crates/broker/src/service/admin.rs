@@ -11,8 +11,8 @@ use strata_proto::{
     DeleteGroupResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
     DescribeGroupRequest, DescribeTopicRequest, GroupDescription, GroupMember, GroupSummary,
     ListGroupsRequest, ListGroupsResponse, ListTopicsRequest, ListTopicsResponse, NodeStatus,
-    OffsetChange, PartitionDescription, PartitionLag, ResetOffsetsRequest, ResetOffsetsResponse,
-    PartitionStatus, ReplicaLag, TopicDescription, TopicSummary,
+    OffsetChange, PartitionDescription, PartitionLag, PartitionStatus, ReplicaLag,
+    ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicSummary,
 };
 use strata_record::Timestamp;
 use tonic::{Request, Response, Status};
