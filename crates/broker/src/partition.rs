@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_raft::{PartitionReplica, ReplicaError};
+use strata_raft::{PartitionReplica, ReplicaError, SequenceCheck};
 use strata_record::{Offset, RecordBatch, Timestamp, TopicName};
 use strata_storage::{AppendInfo, Durability, Log, LogConfig};
 use tokio::sync::watch;
@@ -37,6 +37,8 @@ pub struct Partition {
     /// The partition's Raft group, in a cluster; `None` on a single node, where the log is
     /// written directly.
     replica: Option<PartitionReplica>,
+    /// Held while a replicated batch is checked against producer state and committed.
+    sequencing: tokio::sync::Mutex<()>,
     /// Whether every append is fsynced (the broker-wide setting; topic changes keep it), read
     /// once here rather than from the log's config on every fetch.
     fsync_every_append: bool,
@@ -54,6 +56,7 @@ impl Partition {
             log,
             high_watermark: Arc::new(high_watermark),
             replica: None,
+            sequencing: Default::default(),
             fsync_every_append,
         };
         partition.publish_high_watermark();
@@ -90,6 +93,7 @@ impl Partition {
             log,
             high_watermark,
             replica: Some(replica),
+            sequencing: Default::default(),
             fsync_every_append: true,
         })
     }
@@ -202,9 +206,46 @@ impl Partition {
         replica: &PartitionReplica,
         batches: Vec<Bytes>,
     ) -> Result<Vec<AppendInfo>> {
+        // Idempotent batches are checked and proposed one at a time per partition, so a
+        // retry waits for its original and then finds it applied.
+        let idempotent = batches
+            .iter()
+            .any(|b| RecordBatch::new(b).is_ok_and(|batch| batch.header().producer_id >= 0));
+        let _sequenced = if idempotent { Some(self.sequencing.lock().await) } else { None };
+        if !replica.is_ready_leader() {
+            return Err(if replica.is_leader() {
+                BrokerError::Replication(format!(
+                    "{}/{}: the new leader is still applying earlier entries; retry",
+                    self.topic, self.id
+                ))
+            } else {
+                self.not_leader(ReplicaError::NotLeader { leader: None })
+            });
+        }
         let mut infos = Vec::with_capacity(batches.len());
         for batch in batches {
-            let max_timestamp = RecordBatch::new(&batch)?.header().max_timestamp();
+            let header = *RecordBatch::new(&batch)?.header();
+            let max_timestamp = header.max_timestamp();
+            if header.producer_id >= 0 {
+                match replica.check_sequence(header.producer_id, header.base_sequence) {
+                    SequenceCheck::New => {}
+                    SequenceCheck::Duplicate(appended) => {
+                        tracing::debug!(topic = %self.topic, partition = self.id, producer = header.producer_id, sequence = header.base_sequence, "duplicate batch answered from producer state");
+                        infos.push(AppendInfo {
+                            base_offset: Offset(appended.base_offset),
+                            last_offset: Offset(appended.last_offset),
+                            max_timestamp,
+                        });
+                        continue;
+                    }
+                    SequenceCheck::OutOfOrder { expected } => {
+                        return Err(BrokerError::InvalidArgument(format!(
+                            "producer {} sent sequence {} to {}/{}; expected {expected}",
+                            header.producer_id, header.base_sequence, self.topic, self.id
+                        )));
+                    }
+                }
+            }
             let appended = replica.propose(batch).await.map_err(|e| self.not_leader(e))?;
             infos.push(AppendInfo {
                 base_offset: Offset(appended.base_offset),

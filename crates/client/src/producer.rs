@@ -155,10 +155,32 @@ struct Batch {
 /// One partition's pending records: sealed batches waiting their turn, then the open one
 /// (the last). At most one request per partition is in flight, so a partition's batches — and
 /// retries of them — are written in the order their records were sent.
-#[derive(Default)]
 struct PartitionQueue {
     batches: VecDeque<Batch>,
     in_flight: bool,
+    /// Idempotence: each batch carries this producer id and the sequence of its first record,
+    /// and a retry resends the same bytes, so a leader that already stored the batch answers
+    /// with its offsets instead of storing it twice. Ids are per partition queue; after a
+    /// batch failed for good the queue takes a fresh id, since whether that batch was stored
+    /// is unknown.
+    producer_id: i64,
+    next_sequence: i32,
+}
+
+impl Default for PartitionQueue {
+    fn default() -> Self {
+        PartitionQueue {
+            batches: VecDeque::new(),
+            in_flight: false,
+            producer_id: fresh_producer_id(),
+            next_sequence: 0,
+        }
+    }
+}
+
+/// A random non-negative producer id (63 bits: collisions are not a practical concern).
+fn fresh_producer_id() -> i64 {
+    (rand::random::<u64>() >> 1) as i64
 }
 
 type PartitionKey = (String, u32);
@@ -170,8 +192,9 @@ struct Accumulator {
     partition_counts: HashMap<String, u32>,
     round_robin: u32,
     /// Send tasks report here when their request finished, freeing the partition.
-    done_tx: mpsc::UnboundedSender<PartitionKey>,
-    done_rx: mpsc::UnboundedReceiver<PartitionKey>,
+    /// With whether the request failed for good.
+    done_tx: mpsc::UnboundedSender<(PartitionKey, bool)>,
+    done_rx: mpsc::UnboundedReceiver<(PartitionKey, bool)>,
     /// Flushes waiting for every queue to drain.
     flushes: Vec<oneshot::Sender<()>>,
     /// Set by flush and close: every batch is ready now, whatever its linger.
@@ -218,9 +241,13 @@ impl Accumulator {
                         self.send_ready();
                     }
                 },
-                Some(key) = self.done_rx.recv() => {
+                Some((key, failed)) = self.done_rx.recv() => {
                     if let Some(queue) = self.queues.get_mut(&key) {
                         queue.in_flight = false;
+                        if failed {
+                            queue.producer_id = fresh_producer_id();
+                            queue.next_sequence = 0;
+                        }
                     }
                     self.send_ready();
                 }
@@ -336,7 +363,12 @@ impl Accumulator {
 
     fn send_first(&mut self, key: PartitionKey) {
         let Some(queue) = self.queues.get_mut(&key) else { return };
-        let Some(batch) = queue.batches.pop_front() else { return };
+        let Some(mut batch) = queue.batches.pop_front() else { return };
+        if self.config.acks != Acks::None {
+            let records = batch.builder.len() as i32;
+            batch.builder.producer(queue.producer_id, 0, queue.next_sequence);
+            queue.next_sequence = queue.next_sequence.wrapping_add(records);
+        }
         let bytes = match batch.builder.build_compressed(Offset(0), self.config.compression) {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -353,6 +385,7 @@ impl Accumulator {
         tokio::spawn(async move {
             let (topic, partition) = key.clone();
             let waiters = batch.waiters;
+            let mut failed = false;
             if config.acks == Acks::None {
                 let request = ProduceRequest {
                     topic,
@@ -371,6 +404,7 @@ impl Accumulator {
                 }
             } else {
                 let result = produce_with_retries(&client, &config, &topic, partition, bytes).await;
+                failed = result.is_err();
                 for (i, waiter) in waiters.into_iter().enumerate() {
                     let outcome = result
                         .clone()
@@ -378,7 +412,7 @@ impl Accumulator {
                     let _ = waiter.send(outcome);
                 }
             }
-            let _ = done.send(key);
+            let _ = done.send((key, failed));
         });
     }
 }

@@ -14,6 +14,7 @@ pub use controller::{
     MetaCommand, MetaError, MetaResult, Metadata, PartitionAssignment, TopicAssignment,
 };
 pub use node::{PartitionReplica, RaftNode, replicated_log_config};
+pub use partition_sm::SequenceCheck;
 pub use types::{Appended, GroupId, NodeId};
 
 /// Why a replicated operation did not happen.

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::controller::{ControllerSm, MetaCommand, MetaResult, Metadata};
 use crate::network::{GroupHandle, GroupNetwork, Peers, Router};
-use crate::partition_sm::PartitionSm;
+use crate::partition_sm::{PartitionSm, SequenceCheck};
 use crate::store::SegmentStore;
 use crate::types::{Appended, Batch, CONTROLLER_GROUP, ControllerTc, GroupId, NodeId, PartitionTc};
 use crate::{ReplicaError, Result};
@@ -250,6 +250,19 @@ impl PartitionReplica {
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// A leader that has applied an entry of its own term, so every entry of earlier terms
+    /// is applied too: only then is its producer state complete enough to spot a retry.
+    pub fn is_ready_leader(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.state == ServerState::Leader
+            && metrics.last_applied.is_some_and(|l| l.leader_id.term == metrics.current_term)
+    }
+
+    /// Whether an idempotent producer's batch was already applied.
+    pub fn check_sequence(&self, producer_id: i64, first_sequence: i32) -> SequenceCheck {
+        self.sm.check_sequence(producer_id, first_sequence)
     }
 
     pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {

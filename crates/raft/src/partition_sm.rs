@@ -2,6 +2,7 @@
 //! log when an entry is applied; applying it moves the high watermark (the offset after the
 //! last committed record) that consumers read up to.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
@@ -17,12 +18,37 @@ use tokio::sync::watch;
 use crate::store::SegmentStore;
 use crate::types::{Appended, Node, NodeId, PartitionTc, snapshot_bytes};
 
+/// Batches an idempotent producer's retries are compared with (Kafka keeps five too).
+const PRODUCER_BATCHES_KEPT: usize = 5;
+
+/// One applied batch of an idempotent producer.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct ProducedBatch {
+    first_sequence: i32,
+    last_sequence: i32,
+    appended: Appended,
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct State {
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Node>,
     /// Offset after the last applied record: the high watermark.
     next_offset: u64,
+    /// The last batches of each idempotent producer (`producerId` ≥ 0), by producer id: part
+    /// of the replicated state, so a retry reaching a new leader is still recognised.
+    producers: BTreeMap<i64, VecDeque<ProducedBatch>>,
+}
+
+/// What the state machine says about an idempotent producer's batch before it is proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// Not seen: propose it.
+    New,
+    /// Already applied, here: answer with these offsets, store nothing.
+    Duplicate(Appended),
+    /// Older than the batches remembered, or not following the last one.
+    OutOfOrder { expected: i32 },
 }
 
 #[derive(Debug)]
@@ -60,6 +86,23 @@ impl PartitionSm {
     /// The offset after the last committed record.
     pub fn high_watermark(&self) -> u64 {
         self.lock().state.next_offset
+    }
+
+    /// Whether an idempotent producer's batch (`producer_id` ≥ 0) was already applied.
+    pub fn check_sequence(&self, producer_id: i64, first_sequence: i32) -> SequenceCheck {
+        let inner = self.lock();
+        let Some(batches) = inner.state.producers.get(&producer_id) else {
+            return SequenceCheck::New;
+        };
+        if let Some(b) = batches.iter().find(|b| b.first_sequence == first_sequence) {
+            return SequenceCheck::Duplicate(b.appended);
+        }
+        let expected = batches.back().map_or(0, |b| b.last_sequence.wrapping_add(1));
+        if first_sequence == expected {
+            SequenceCheck::New
+        } else {
+            SequenceCheck::OutOfOrder { expected }
+        }
     }
 
     fn publish(&self, hw: u64) {
@@ -113,11 +156,27 @@ impl RaftStateMachine<PartitionTc> for PartitionSm {
                 state.applied = Some(entry.log_id);
                 let reply = match entry.payload {
                     EntryPayload::Normal(batch) => {
-                        let header = RecordBatch::new(&batch.0).map_err(sm_err)?;
-                        let count = header.header().offset_count();
+                        let parsed = RecordBatch::new(&batch.0).map_err(sm_err)?;
+                        let header = parsed.header();
+                        let count = header.offset_count();
                         let base = state.next_offset;
                         state.next_offset += count;
-                        Appended { base_offset: base, last_offset: base + count - 1 }
+                        let appended =
+                            Appended { base_offset: base, last_offset: base + count - 1 };
+                        if header.producer_id >= 0 {
+                            let batches = state.producers.entry(header.producer_id).or_default();
+                            batches.push_back(ProducedBatch {
+                                first_sequence: header.base_sequence,
+                                last_sequence: header
+                                    .base_sequence
+                                    .wrapping_add(header.last_offset_delta),
+                                appended,
+                            });
+                            if batches.len() > PRODUCER_BATCHES_KEPT {
+                                batches.pop_front();
+                            }
+                        }
+                        appended
                     }
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m);
