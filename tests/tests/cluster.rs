@@ -142,12 +142,10 @@ async fn leader_killed_mid_produce_loses_no_acknowledged_record() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!background.is_finished(), "produce finished before the kill; send more records");
     servers[leader].kill9();
-    let failover_started = std::time::Instant::now();
     let acked = background.await.unwrap();
     assert_eq!(acked.len(), 1500, "the producer went on after the failover");
     let new_leader = leader_index(&client, "orders", 0).await;
     assert_ne!(new_leader, leader, "a new leader was elected");
-    eprintln!("failover and the rest of the produce took {:?}", failover_started.elapsed());
 
     // Reads go on with one node down.
     let served = read_all(&client, "orders", 2, acked.len()).await;
