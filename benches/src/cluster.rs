@@ -14,7 +14,8 @@ pub(crate) struct Target {
     /// Brokers of a running cluster, HOST:PORT[,…].
     #[arg(long, conflicts_with = "spawn")]
     pub brokers: Option<String>,
-    /// Start this many nodes in temporary directories (only 1 until replication exists).
+    /// Start this many nodes in temporary directories: 1, or a cluster of 3 (topics are
+    /// replicated to every node).
     #[arg(long)]
     pub spawn: Option<u32>,
     /// The `strata` binary for --spawn [default: next to this tool, or on PATH].
@@ -59,36 +60,58 @@ impl Target {
             (Some(brokers), _) => {
                 Ok(Cluster { brokers: brokers.clone(), children: Vec::new(), _dir: None })
             }
-            (None, Some(1)) | (None, None) => self.spawn_one(),
-            (None, Some(n)) => {
-                bail!("--spawn {n}: only single nodes exist until replication is built")
-            }
+            (None, None) => self.spawn_nodes(1),
+            (None, Some(n)) if (1..=7).contains(&n) => self.spawn_nodes(n),
+            (None, Some(n)) => bail!("--spawn {n}: give 1 to 7 nodes"),
         }
     }
 
-    fn spawn_one(&self) -> anyhow::Result<Cluster> {
+    /// Starts `n` nodes on loopback; more than one form a cluster (every node in `--peers`).
+    fn spawn_nodes(&self, n: u32) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("strata-bench-node-").tempdir_in(".")?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let mut addrs = Vec::new();
+        for _ in 0..n {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            addrs.push(format!("127.0.0.1:{port}").parse::<SocketAddr>()?);
+        }
+        let peers: Vec<String> =
+            addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
         let bin = strata_bin(&self.strata_bin);
-        let child = Command::new(&bin)
-            .args(["server", "--listen", &addr.to_string(), "--fsync", &self.fsync])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let cluster = Cluster { brokers: addr.to_string(), children: vec![child], _dir: Some(dir) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if Instant::now() > deadline {
-                bail!("spawned server did not listen on {addr} within 20 s");
+        let mut cluster = Cluster {
+            brokers: addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            children: Vec::new(),
+            _dir: None,
+        };
+        for (i, addr) in addrs.iter().enumerate() {
+            let node_dir = dir.path().join(format!("node-{}", i + 1));
+            std::fs::create_dir_all(&node_dir)?;
+            let log = std::fs::File::create(node_dir.join("server.log"))?;
+            let mut command = Command::new(&bin);
+            command
+                .args(["server", "--listen", &addr.to_string(), "--fsync", &self.fsync])
+                .arg("--data-dir")
+                .arg(node_dir.join("data"));
+            if n > 1 {
+                command.args(["--node-id", &(i + 1).to_string(), "--peers", &peers.join(",")]);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let child = command
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            cluster.children.push(child);
+        }
+        cluster._dir = Some(dir);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in &addrs {
+            while TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_err() {
+                if Instant::now() > deadline {
+                    bail!("spawned server did not listen on {addr} within 20 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Ok(cluster)
     }

@@ -171,7 +171,8 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::
             let spec = TopicSpec {
                 name: topic.to_owned(),
                 partitions,
-                replication_factor: 1,
+                // 0: the server's default (1 on a single node, every node in a cluster).
+                replication_factor: 0,
                 configs: HashMap::from([(
                     "max.message.bytes".to_owned(),
                     (8 * 1024 * 1024).to_string(),

@@ -15,8 +15,9 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: u32,
-        #[arg(long, default_value_t = 1)]
-        replication_factor: u32,
+        /// Copies of each partition [default: 1 on a single node, every node in a cluster].
+        #[arg(long)]
+        replication_factor: Option<u32>,
         /// Topic setting KEY=VALUE (retention.ms, retention.bytes, max.message.bytes,
         /// segment.bytes, segment.ms); repeatable.
         #[arg(long = "config")]
@@ -82,6 +83,7 @@ pub async fn run(command: &TopicCommand, client: &Client, format: Format) -> any
     let admin = Admin::new(client.clone());
     match command {
         TopicCommand::Create { name, partitions, replication_factor, configs } => {
+            let replication_factor = &replication_factor.unwrap_or(0);
             let spec = TopicSpec {
                 name: name.clone(),
                 partitions: *partitions,
