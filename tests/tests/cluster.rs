@@ -250,3 +250,77 @@ async fn frozen_leader_is_replaced_and_a_wiped_node_is_refilled() {
         (got.partitions[0].high_watermark == hw).then_some(())
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_offsets_survive_the_loss_of_the_coordinator() {
+    let mut servers = Server::start_cluster(3);
+    let all = brokers(&servers).join(",");
+    let client = Client::connect(&brokers(&servers)).await.unwrap();
+    create_topic(&client, "billing", 2).await;
+    let acked = produce(&client, "billing", 0, 100).await;
+    assert_eq!(acked.len(), 100);
+
+    let first = strata_e2e::cli(
+        &all,
+        &[
+            "consume",
+            "billing",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--max-messages",
+            "60",
+            "--timeout",
+            "20s",
+        ],
+        "",
+    )
+    .ok();
+    assert_eq!(first.stdout.lines().count(), 60);
+
+    // The coordinator is the controller's leader: take it away.
+    let status = strata_e2e::cli(&all, &["cluster", "status", "--format", "json"], "").ok();
+    let controller = status
+        .json_lines()
+        .iter()
+        .find(|l| l["kind"] == "node" && l["controller"] == true)
+        .map(|l| l["node"].as_u64().unwrap())
+        .expect("a controller leader");
+    servers[controller as usize - 1].kill9();
+    let survivors: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 != controller - 1)
+        .map(|(_, s)| s.brokers())
+        .collect();
+    let survivors = survivors.join(",");
+
+    // The committed offsets are still there, and the group resumes exactly where it was.
+    let describe =
+        strata_e2e::cli(&survivors, &["group", "describe", "g", "--format", "json"], "").ok();
+    let lag: u64 = describe.json_lines().iter().filter_map(|l| l["lag"].as_u64()).sum();
+    assert_eq!(lag, 40, "{}", describe.stdout);
+    let rest = strata_e2e::cli(
+        &survivors,
+        &[
+            "consume",
+            "billing",
+            "--group",
+            "g",
+            "--max-messages",
+            "40",
+            "--timeout",
+            "20s",
+            "--format",
+            "json",
+        ],
+        "",
+    )
+    .ok();
+    let values: std::collections::BTreeSet<u64> =
+        rest.json_lines().iter().map(|l| l["value"].as_str().unwrap().parse().unwrap()).collect();
+    let consumed_first: std::collections::BTreeSet<u64> =
+        first.stdout.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(values.len(), 40);
+    assert!(values.is_disjoint(&consumed_first), "records consumed twice across the failover");
+}

@@ -19,7 +19,7 @@ use crate::topic_config::TopicConfig;
 use crate::topics::{MAX_PARTITIONS, Topic, TopicMeta, Topics};
 
 /// How long an admin change waits for the controller and for this node to apply it.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -27,15 +27,16 @@ pub struct Cluster {
     topics: Arc<Topics>,
 }
 
-fn meta_error(err: MetaError) -> BrokerError {
+pub(crate) fn meta_error(err: MetaError) -> BrokerError {
     match err {
         MetaError::TopicExists(name) => BrokerError::TopicExists(name),
         MetaError::UnknownTopic(name) => BrokerError::UnknownTopic(name),
+        MetaError::UnknownGroup(name) => BrokerError::UnknownGroup(name),
         MetaError::Invalid(reason) => BrokerError::InvalidArgument(reason),
     }
 }
 
-fn replication(err: strata_raft::ReplicaError) -> BrokerError {
+pub(crate) fn replication(err: strata_raft::ReplicaError) -> BrokerError {
     BrokerError::Replication(err.to_string())
 }
 

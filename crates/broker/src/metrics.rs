@@ -94,7 +94,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(topics: Arc<Topics>, groups: Arc<Groups>) -> Arc<Metrics> {
+    pub fn new(
+        topics: Arc<Topics>,
+        groups: Arc<Groups>,
+        raft: Option<strata_raft::RaftNode>,
+    ) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let produce_records = Family::<PartitionLabels, Counter>::default();
         let produce_bytes = Family::<PartitionLabels, Counter>::default();
@@ -145,6 +149,7 @@ impl Metrics {
             topics,
             groups,
             ages: Mutex::new(HashMap::new()),
+            raft,
         }));
         Arc::new(Metrics {
             registry,
@@ -251,6 +256,8 @@ struct StateCollector {
     groups: Arc<Groups>,
     /// (group, topic, partition) → (committed offset, timestamp of the record there).
     ages: Mutex<HashMap<GroupPartition, (u64, i64)>>,
+    /// The node's Raft side, in a cluster (for the controller's series).
+    raft: Option<strata_raft::RaftNode>,
 }
 
 type Rows<T> = Vec<(Vec<(&'static str, String)>, T)>;
@@ -350,7 +357,74 @@ impl Collector for StateCollector {
             "Age of the first record past the committed offset (0 when caught up)",
             &age,
         )?;
-        Ok(())
+        self.encode_raft(&mut encoder)
+    }
+}
+
+impl StateCollector {
+    /// Per partition Raft group (replicated partitions only): term, leader, apply lag, and on
+    /// the leader each follower's replication lag.
+    fn encode_raft(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (mut term, mut leader, mut apply_lag, mut replica_lag) =
+            (Rows::new(), Rows::new(), Rows::new(), Rows::new());
+        for topic in self.topics.all() {
+            for p in &topic.partitions {
+                let Some(replica) = p.replica() else { continue };
+                let m = replica.metrics();
+                let labels =
+                    vec![("topic", topic.name.to_string()), ("partition", p.id().to_string())];
+                let last = m.last_log_index.unwrap_or(0);
+                term.push((labels.clone(), m.current_term));
+                leader.push((labels.clone(), m.current_leader.unwrap_or(0)));
+                apply_lag.push((
+                    labels.clone(),
+                    last.saturating_sub(m.last_applied.map_or(0, |l| l.index)),
+                ));
+                for (node, matched) in m.replication.iter().flatten() {
+                    if *node == m.id {
+                        continue;
+                    }
+                    let mut labels = labels.clone();
+                    labels.push(("replica", node.to_string()));
+                    replica_lag.push((labels, last.saturating_sub(matched.map_or(0, |l| l.index))));
+                }
+            }
+        }
+        if let Some(node) = &self.raft {
+            let m = node.controller_metrics();
+            let labels = vec![("topic", "__controller".to_owned()), ("partition", "0".to_owned())];
+            let last = m.last_log_index.unwrap_or(0);
+            term.push((labels.clone(), m.current_term));
+            leader.push((labels.clone(), m.current_leader.unwrap_or(0)));
+            apply_lag.push((labels, last.saturating_sub(m.last_applied.map_or(0, |l| l.index))));
+        }
+        if term.is_empty() {
+            return Ok(());
+        }
+        gauge(
+            encoder,
+            "strata_raft_term",
+            "Raft term of the group (each election adds one: increase() counts elections)",
+            &term,
+        )?;
+        gauge(
+            encoder,
+            "strata_raft_leader",
+            "Node id of the group's leader (0: none known)",
+            &leader,
+        )?;
+        gauge(
+            encoder,
+            "strata_raft_apply_lag_entries",
+            "Entries in this replica's log not yet applied (committed-and-applied lag)",
+            &apply_lag,
+        )?;
+        gauge(
+            encoder,
+            "strata_raft_replica_lag_entries",
+            "On the leader: entries each follower has not acknowledged",
+            &replica_lag,
+        )
     }
 }
 

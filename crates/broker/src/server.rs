@@ -131,6 +131,18 @@ impl Shared {
         })
     }
 
+    /// In a cluster, consumer groups are coordinated by the controller's leader (whose
+    /// state machine holds the committed offsets); other nodes send clients there.
+    pub fn check_coordinator(&self) -> Result<()> {
+        let Some(cluster) = &self.cluster else { return Ok(()) };
+        let leader = cluster.node().controller_leader();
+        if leader == Some(self.config.node_id) {
+            return Ok(());
+        }
+        let leader = leader.and_then(|id| Some((id, cluster.metadata().nodes.get(&id)?.clone())));
+        Err(BrokerError::NotCoordinator { leader })
+    }
+
     /// Node ids holding a partition.
     pub fn replicas(&self, topic: &str, partition: u32) -> Vec<u64> {
         match &self.cluster {
@@ -187,19 +199,16 @@ pub async fn run(
             config.data_dir.display()
         )));
     }
-    let offsets = OffsetStore::open(&config.data_dir.join("groups").join("offsets"))?;
     let topics = Arc::new(if config.is_cluster() {
         Topics::open_replicated(&config.data_dir, config.durability)?
     } else {
         Topics::open(&config.data_dir, config.durability)?
     });
-    let groups = Arc::new(Groups::new(offsets));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(BrokerError::io(format!("listening on {}", config.listen)))?;
     let local = listener.local_addr().map_err(BrokerError::io("reading the bound address"))?;
     let max_request = config.max_request_bytes;
-    let metrics = Metrics::new(topics.clone(), groups.clone());
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -223,7 +232,15 @@ pub async fn run(
     } else {
         None
     };
+    // Committed offsets: the controller's replicated state in a cluster, a local log otherwise.
+    let offsets = match &cluster {
+        Some(cluster) => OffsetStore::replicated(cluster.node().clone()),
+        None => OffsetStore::open(&config.data_dir.join("groups").join("offsets"))?,
+    };
+    let groups = Arc::new(Groups::new(offsets));
     let raft_service = cluster.as_ref().map(|c| c.node().router().service());
+    let metrics =
+        Metrics::new(topics.clone(), groups.clone(), cluster.as_ref().map(|c| c.node().clone()));
     let shared = Arc::new(Shared {
         config,
         topics,
@@ -249,7 +266,25 @@ pub async fn run(
         "strata server listening"
     );
     on_ready(local);
-    metrics.set_ready(true);
+    match &shared.cluster {
+        // Ready once this node knows the controller's leader (it can serve admin changes and
+        // metadata); followed for the node's life.
+        Some(cluster) => {
+            let node = cluster.node().clone();
+            let ready = metrics.clone();
+            let stopping = shutdown.clone();
+            shared.tasks.spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tokio::select! {
+                        _ = stopping.cancelled() => return,
+                        _ = ticker.tick() => ready.set_ready(node.controller_leader().is_some()),
+                    }
+                }
+            });
+        }
+        None => metrics.set_ready(true),
+    }
     let not_ready = metrics.clone();
     let stopping = shutdown.clone();
     shared.tasks.spawn(async move {

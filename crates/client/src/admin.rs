@@ -96,16 +96,31 @@ impl Admin {
     }
 
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
-        Ok(self.client.admin().list_groups(ListGroupsRequest {}).await?.into_inner().groups)
+        let reply = self
+            .client
+            .with_coordinator(|c| async move { c.admin().list_groups(ListGroupsRequest {}).await })
+            .await?;
+        Ok(reply.groups)
     }
 
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
         let request = DescribeGroupRequest { group_id: group.to_owned() };
-        Ok(self.client.admin().describe_group(request).await?.into_inner())
+        self.client
+            .with_coordinator(|c| {
+                let request = request.clone();
+                async move { c.admin().describe_group(request).await }
+            })
+            .await
     }
 
     pub async fn delete_group(&self, group: &str) -> Result<()> {
-        self.client.admin().delete_group(DeleteGroupRequest { group_id: group.to_owned() }).await?;
+        let request = DeleteGroupRequest { group_id: group.to_owned() };
+        self.client
+            .with_coordinator(|c| {
+                let request = request.clone();
+                async move { c.admin().delete_group(request).await }
+            })
+            .await?;
         Ok(())
     }
 
@@ -146,6 +161,11 @@ impl Admin {
             strategy: Some(strategy),
             execute: spec.execute,
         };
-        Ok(self.client.admin().reset_offsets(request).await?.into_inner())
+        self.client
+            .with_coordinator(|c| {
+                let request = request.clone();
+                async move { c.admin().reset_offsets(request).await }
+            })
+            .await
     }
 }

@@ -133,6 +133,45 @@ impl Client {
         let _ = self.metadata(&[topic.to_owned()]).await;
     }
 
+    /// Runs a consumer-group request against the group coordinator (in a cluster, the
+    /// controller's leader): while the answer is UNAVAILABLE, follows the coordinator it names
+    /// (or moves to the next broker) and tries again, for up to about ten seconds.
+    pub(crate) async fn with_coordinator<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match call(self.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if status.code() == Code::Unavailable && attempt < 40 => {
+                    self.coordinator_failed(&status);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Moves requests not tied to a partition to the coordinator a refusal names, or to the
+    /// next known broker.
+    fn coordinator_failed(&self, status: &Status) {
+        match leader_in(status.message()) {
+            Some(address) => {
+                self.remember(&address);
+                let addresses = self.inner.addresses.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(index) = addresses.iter().position(|a| *a == address) {
+                    self.inner.current.store(index, Ordering::Relaxed);
+                }
+            }
+            None => {
+                self.inner.current.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn remember(&self, address: &str) {
         let mut addresses = self.inner.addresses.write().unwrap_or_else(|e| e.into_inner());
         if !addresses.iter().any(|a| a == address) {

@@ -251,7 +251,13 @@ impl Consumer {
                 group_id: group.clone(),
                 partitions: TopicPartitions::group(partitions.iter().cloned()),
             };
-            let response = self.client.broker().fetch_offsets(request).await?.into_inner();
+            let response = self
+                .client
+                .with_coordinator(|c| {
+                    let request = request.clone();
+                    async move { c.broker().fetch_offsets(request).await }
+                })
+                .await?;
             for o in response.offsets {
                 committed.insert((o.topic, o.partition), Offset(o.offset));
             }
@@ -293,9 +299,16 @@ impl Consumer {
             assignor: self.config.assignor.clone(),
             client_id: self.config.client_id.clone(),
         };
-        let response = match self.client.broker().group_heartbeat(request).await {
-            Ok(r) => r.into_inner(),
-            Err(status) if status.code() == Code::FailedPrecondition => {
+        let sent = self
+            .client
+            .with_coordinator(|c| {
+                let request = request.clone();
+                async move { c.broker().group_heartbeat(request).await }
+            })
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(ClientError::Server(status)) if status.code() == Code::FailedPrecondition => {
                 // Fenced: our partitions may already belong to someone else. Drop them
                 // without committing and join again.
                 tracing::warn!(
@@ -307,7 +320,7 @@ impl Consumer {
                 self.member = Some(Member::default());
                 return Ok(());
             }
-            Err(status) => return Err(status.into()),
+            Err(err) => return Err(err),
         };
         let member = self.member.as_mut().expect("member present");
         member.id = response.member_id;
@@ -356,7 +369,13 @@ impl Consumer {
         let owned: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
         let request =
             FetchOffsetsRequest { group_id: group, partitions: TopicPartitions::group(owned) };
-        let response = self.client.broker().fetch_offsets(request).await?.into_inner();
+        let response = self
+            .client
+            .with_coordinator(|c| {
+                let request = request.clone();
+                async move { c.broker().fetch_offsets(request).await }
+            })
+            .await?;
         if let Some(member) = self.member.as_mut() {
             member.offsets_epoch = Some(response.offsets_epoch);
         }
@@ -550,11 +569,20 @@ impl Consumer {
             offsets: offsets.clone(),
             offsets_epoch,
         };
-        match self.client.broker().commit_offsets(request).await {
+        let sent = self
+            .client
+            .with_coordinator(|c| {
+                let request = request.clone();
+                async move { c.broker().commit_offsets(request).await }
+            })
+            .await;
+        match sent {
             Ok(_) => {}
             // An operator reset the offsets since our last heartbeat: theirs win.
-            Err(status) if status.code() == Code::Aborted => return self.adopt_committed().await,
-            Err(status) => return Err(status.into()),
+            Err(ClientError::Server(status)) if status.code() == Code::Aborted => {
+                return self.adopt_committed().await;
+            }
+            Err(err) => return Err(err),
         }
         for o in offsets {
             self.committed.insert((o.topic, o.partition), Offset(o.offset));
@@ -576,7 +604,12 @@ impl Consumer {
                 member_epoch: -1,
                 ..Default::default()
             };
-            self.client.broker().group_heartbeat(request).await?;
+            self.client
+                .with_coordinator(|c| {
+                    let request = request.clone();
+                    async move { c.broker().group_heartbeat(request).await }
+                })
+                .await?;
         }
         Ok(())
     }

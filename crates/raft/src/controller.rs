@@ -37,7 +37,28 @@ pub enum MetaCommand {
         name: String,
         config: BTreeMap<String, String>,
     },
+    /// Stores a consumer group's committed offsets (the coordinator checked the committer).
+    CommitOffsets {
+        group: String,
+        offsets: Vec<CommittedOffset>,
+    },
+    /// Forgets every committed offset of a group.
+    DeleteGroup {
+        group: String,
+    },
 }
+
+/// One committed offset of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub metadata: String,
+}
+
+/// A group's committed offsets: (topic, partition) → (offset, metadata).
+pub type GroupOffsets = BTreeMap<(String, u32), (u64, String)>;
 
 /// Why a command changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -46,6 +67,8 @@ pub enum MetaError {
     TopicExists(String),
     #[error("unknown topic {0}")]
     UnknownTopic(String),
+    #[error("unknown consumer group {0}")]
+    UnknownGroup(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -76,6 +99,8 @@ pub struct Metadata {
     pub next_group_id: GroupId,
     /// Nodes by id, with their advertised addresses (the controller's membership).
     pub nodes: BTreeMap<NodeId, String>,
+    /// Committed offsets of consumer groups, by group.
+    pub offsets: BTreeMap<String, GroupOffsets>,
 }
 
 impl Metadata {
@@ -124,7 +149,22 @@ impl Metadata {
                 Ok(())
             }
             MetaCommand::DeleteTopic { name } => {
-                self.topics.remove(&name).map(|_| ()).ok_or(MetaError::UnknownTopic(name))
+                self.topics.remove(&name).ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
+                for offsets in self.offsets.values_mut() {
+                    offsets.retain(|(topic, _), _| *topic != name);
+                }
+                self.offsets.retain(|_, offsets| !offsets.is_empty());
+                Ok(())
+            }
+            MetaCommand::CommitOffsets { group, offsets } => {
+                let stored = self.offsets.entry(group).or_default();
+                for o in offsets {
+                    stored.insert((o.topic, o.partition), (o.offset, o.metadata));
+                }
+                Ok(())
+            }
+            MetaCommand::DeleteGroup { group } => {
+                self.offsets.remove(&group).map(|_| ()).ok_or(MetaError::UnknownGroup(group))
             }
             MetaCommand::AlterTopic { name, config } => {
                 let topic = self.topics.get_mut(&name).ok_or(MetaError::UnknownTopic(name))?;

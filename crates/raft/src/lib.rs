@@ -11,7 +11,8 @@ pub mod table;
 pub mod types;
 
 pub use controller::{
-    MetaCommand, MetaError, MetaResult, Metadata, PartitionAssignment, TopicAssignment,
+    CommittedOffset, GroupOffsets, MetaCommand, MetaError, MetaResult, Metadata,
+    PartitionAssignment, TopicAssignment,
 };
 pub use node::{PartitionReplica, RaftNode, replicated_log_config};
 pub use partition_sm::SequenceCheck;

@@ -26,10 +26,14 @@ pub struct Committed {
 
 type GroupOffsets = BTreeMap<TopicPartition, Committed>;
 
+/// Committed offsets. On a single node: a compacted log of its own, replayed into a map at
+/// start. In a cluster: the controller's replicated state, read from its last applied
+/// metadata and changed by proposing commands (so they survive the loss of any one node).
 #[derive(Debug)]
 pub struct OffsetStore {
-    log: Log,
+    log: Option<Log>,
     offsets: Mutex<HashMap<String, GroupOffsets>>,
+    raft: Option<strata_raft::RaftNode>,
 }
 
 fn key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
@@ -172,7 +176,26 @@ impl OffsetStore {
             log
         };
         tracing::info!(groups = offsets.len(), "committed offsets loaded");
-        Ok(Arc::new(OffsetStore { log, offsets: Mutex::new(offsets) }))
+        Ok(Arc::new(OffsetStore { log: Some(log), offsets: Mutex::new(offsets), raft: None }))
+    }
+
+    /// Offsets kept by the cluster's controller.
+    pub fn replicated(node: strata_raft::RaftNode) -> Arc<OffsetStore> {
+        Arc::new(OffsetStore { log: None, offsets: Mutex::default(), raft: Some(node) })
+    }
+
+    /// Proposes a command to the controller from a blocking thread and waits until it is
+    /// applied.
+    fn propose(node: &strata_raft::RaftNode, command: strata_raft::MetaCommand) -> Result<()> {
+        let handle = tokio::runtime::Handle::current();
+        handle
+            .block_on(node.propose(command, crate::cluster::ADMIN_TIMEOUT))
+            .map_err(crate::cluster::replication)?
+            .map_err(crate::cluster::meta_error)
+    }
+
+    fn local_log(&self) -> &Log {
+        self.log.as_ref().expect("a node-local offset store has its log")
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, GroupOffsets>> {
@@ -184,13 +207,27 @@ impl OffsetStore {
         if offsets.is_empty() {
             return Ok(());
         }
+        if let Some(node) = &self.raft {
+            let offsets = offsets
+                .iter()
+                .map(|((topic, partition), c)| strata_raft::CommittedOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: c.offset,
+                    metadata: c.metadata.clone(),
+                })
+                .collect();
+            let command =
+                strata_raft::MetaCommand::CommitOffsets { group: group.to_owned(), offsets };
+            return Self::propose(node, command);
+        }
         let mut builder = BatchBuilder::new();
         let now = Timestamp::now();
         for ((topic, partition), committed) in offsets {
             let value = serde_json::to_vec(committed).expect("offset serialises");
             builder.push(now, Some(&key(group, topic, *partition)), Some(&value), &[]);
         }
-        self.log.append(&builder.build(Offset(0)))?;
+        self.local_log().append(&builder.build(Offset(0)))?;
         let mut map = self.map();
         let entry = map.entry(group.to_owned()).or_default();
         for (tp, committed) in offsets {
@@ -201,6 +238,10 @@ impl OffsetStore {
 
     /// Durably forgets every offset of `group`.
     pub fn delete_group(&self, group: &str) -> Result<()> {
+        if let Some(node) = &self.raft {
+            let command = strata_raft::MetaCommand::DeleteGroup { group: group.to_owned() };
+            return Self::propose(node, command);
+        }
         let partitions: Vec<TopicPartition> = self.get(group).into_keys().collect();
         if partitions.is_empty() {
             return Err(BrokerError::UnknownGroup(group.to_owned()));
@@ -210,13 +251,17 @@ impl OffsetStore {
         for (topic, partition) in &partitions {
             builder.push(now, Some(&key(group, topic, *partition)), None, &[]);
         }
-        self.log.append(&builder.build(Offset(0)))?;
+        self.local_log().append(&builder.build(Offset(0)))?;
         self.map().remove(group);
         Ok(())
     }
 
     /// Durably forgets every group's offsets of `topic` (the topic was deleted).
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
+        if self.raft.is_some() {
+            // The controller dropped them when it applied the topic's deletion.
+            return Ok(());
+        }
         let doomed: Vec<(String, u32)> = {
             let map = self.map();
             let mut doomed = Vec::new();
@@ -235,7 +280,7 @@ impl OffsetStore {
         for (group, partition) in &doomed {
             builder.push(now, Some(&key(group, topic, *partition)), None, &[]);
         }
-        self.log.append(&builder.build(Offset(0)))?;
+        self.local_log().append(&builder.build(Offset(0)))?;
         let mut map = self.map();
         for (group, partition) in doomed {
             if let Some(offsets) = map.get_mut(&group) {
@@ -247,21 +292,43 @@ impl OffsetStore {
     }
 
     pub fn get(&self, group: &str) -> GroupOffsets {
+        if let Some(node) = &self.raft {
+            let metadata = node.metadata().borrow().clone();
+            return metadata
+                .offsets
+                .get(group)
+                .map(|offsets| {
+                    offsets
+                        .iter()
+                        .map(|(tp, (offset, metadata))| {
+                            (tp.clone(), Committed { offset: *offset, metadata: metadata.clone() })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
         self.map().get(group).cloned().unwrap_or_default()
     }
 
     pub fn groups(&self) -> Vec<String> {
+        if let Some(node) = &self.raft {
+            return node.metadata().borrow().offsets.keys().cloned().collect();
+        }
         self.map().keys().cloned().collect()
     }
 
-    pub fn log(&self) -> &Log {
-        &self.log
+    /// The node-local log (none in a cluster).
+    pub fn log(&self) -> Option<&Log> {
+        self.log.as_ref()
     }
 }
 
 impl OffsetStore {
     pub fn close(self) -> Result<()> {
-        Ok(self.log.close()?)
+        match self.log {
+            Some(log) => Ok(log.close()?),
+            None => Ok(()),
+        }
     }
 }
 
@@ -312,10 +379,10 @@ mod compaction_tests {
         let before = Log::open(&dir, log_config()).unwrap().size_bytes();
         let store = OffsetStore::open_compacting_above(&dir, 1024).unwrap();
         assert!(
-            store.log().size_bytes() < before / 10,
+            store.log().unwrap().size_bytes() < before / 10,
             "{} -> {}",
             before,
-            store.log().size_bytes()
+            store.log().unwrap().size_bytes()
         );
         let g = store.get("g");
         assert_eq!((g[&("t".to_owned(), 0)].offset, g[&("t".to_owned(), 1)].offset), (299, 598));

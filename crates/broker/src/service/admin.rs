@@ -247,6 +247,7 @@ impl Admin for AdminService {
         _request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
         respond(&self.shared.metrics, "list_groups", async {
+            self.shared.check_coordinator()?;
             let groups = self
                 .shared
                 .groups
@@ -269,6 +270,7 @@ impl Admin for AdminService {
     ) -> Result<Response<GroupDescription>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "describe_group", async {
+            self.shared.check_coordinator()?;
             let view = self.shared.groups.describe(&request.group_id)?;
             let mut rows: std::collections::BTreeSet<_> = view.committed.keys().cloned().collect();
             rows.extend(view.owners.keys().cloned());
@@ -328,6 +330,7 @@ impl Admin for AdminService {
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "delete_group", async {
+            self.shared.check_coordinator()?;
             let shared = self.shared.clone();
             blocking(&self.shared.tasks, move || shared.groups.delete(&request.group_id)).await?;
             Ok(DeleteGroupResponse {})
@@ -386,6 +389,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "reset_offsets", async {
+            self.shared.check_coordinator()?;
             let strategy = strategy(&request)?;
             let scope = if request.all_topics {
                 ResetScope::AllTopics

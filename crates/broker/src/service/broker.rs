@@ -203,6 +203,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "group_heartbeat", async {
+            self.shared.check_coordinator()?;
             let heartbeat = Heartbeat {
                 owned: TopicPartitions::pairs(&request.owned_partitions).collect(),
                 group_id: request.group_id,
@@ -231,6 +232,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "commit_offsets", async {
+            self.shared.check_coordinator()?;
             let offsets: Vec<_> = request
                 .offsets
                 .into_iter()
@@ -261,6 +263,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "fetch_offsets", async {
+            self.shared.check_coordinator()?;
             let wanted: BTreeSet<_> = TopicPartitions::pairs(&request.partitions).collect();
             let offsets = self
                 .shared
