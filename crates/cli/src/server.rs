@@ -32,8 +32,8 @@ pub struct ServerArgs {
     /// listening on all interfaces].
     #[arg(long, env = "STRATA_ADVERTISE")]
     advertise: Option<String>,
-    /// Cluster members, ID=HOST:PORT[,…]. Replication is not built yet: only this node may be
-    /// listed.
+    /// Every node of the cluster, this one included, ID=HOST:PORT[,…] (the same list on every
+    /// node). Partitions are then replicated with Raft; without it the node runs alone.
     #[arg(long, env = "STRATA_PEERS")]
     peers: Option<String>,
     /// When partition logs fsync: `every` append (default), `interval:DURATION`, or `never`.
