@@ -64,7 +64,8 @@ pub struct ProducerConfig {
     pub partitioner: Partitioner,
     /// Attempts after the first for a retriable failure (server unavailable, connection lost).
     pub retries: u32,
-    /// Wait before the first retry; doubles each time, up to one second.
+    /// Wait before the first retry; doubles each time, up to a quarter second (a failover is
+    /// noticed within that of the new leader's election).
     pub retry_backoff: Duration,
     /// How long one produce request may take before it counts as failed (and is retried): a
     /// stopped or cut-off leader never answers.
@@ -81,7 +82,7 @@ impl Default for ProducerConfig {
             batch_bytes: 64 * 1024,
             partitioner: Partitioner::KeyHash,
             // With the backoff cap, about 10 s of retries: longer than a leader election.
-            retries: 12,
+            retries: 40,
             retry_backoff: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
             compression: Compression::None,
@@ -459,7 +460,7 @@ async fn produce_with_retries(
                     return Err(err);
                 }
                 let backoff = (config.retry_backoff * 2u32.saturating_pow(attempt))
-                    .min(Duration::from_secs(1));
+                    .min(Duration::from_millis(250));
                 tracing::debug!(topic, partition, attempt, error = %err, "retrying produce");
                 tokio::time::sleep(backoff).await;
                 attempt += 1;

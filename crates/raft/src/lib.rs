@@ -3,6 +3,7 @@
 //! gRPC connection per peer shared by every group ([`network`]). [`node`] assembles them.
 
 pub mod controller;
+mod liveness;
 pub mod network;
 pub mod node;
 pub mod partition_sm;

@@ -220,6 +220,19 @@ impl Router {
         self.groups.write().unwrap_or_else(|e| e.into_inner()).insert(group, handle);
     }
 
+    /// The local partition groups.
+    pub fn partition_groups(&self) -> Vec<(GroupId, Raft<PartitionTc>)> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|(id, handle)| match handle {
+                GroupHandle::Partition(raft) => Some((*id, raft.clone())),
+                GroupHandle::Controller(_) => None,
+            })
+            .collect()
+    }
+
     pub fn unregister(&self, group: GroupId) {
         self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
     }
@@ -294,6 +307,10 @@ impl RaftService for RouterService {
                 reply(&raft.install_snapshot(decode(&request.payload)?).await)
             }
         }
+    }
+
+    async fn ping(&self, _request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        Ok(Response::new(RaftReply::default()))
     }
 
     async fn forward_meta(

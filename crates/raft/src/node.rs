@@ -19,22 +19,47 @@ use crate::store::SegmentStore;
 use crate::types::{Appended, Batch, CONTROLLER_GROUP, ControllerTc, GroupId, NodeId, PartitionTc};
 use crate::{ReplicaError, Result};
 
-/// Raft timing shared by every group. Heartbeats every 150 ms; a leader silent for 1–2 s is
-/// replaced.
-fn raft_config(name: &str) -> Result<Arc<Config>> {
+/// Raft timing of the controller: heartbeats every 150 ms, a leader silent for 1–2 s is
+/// replaced (one group: its heartbeats cost nothing).
+fn controller_config() -> Result<Arc<Config>> {
     let config = Config {
-        cluster_name: name.to_owned(),
+        cluster_name: "strata-controller".to_owned(),
         heartbeat_interval: 150,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
+        ..common_config()
+    };
+    Ok(Arc::new(config.validate().map_err(|e| ReplicaError::Invalid(e.to_string()))?))
+}
+
+/// Raft timing of a partition group: no heartbeats and no elections on the group's own
+/// timers (1,000 idle groups would cost a core). The node's failure detector
+/// (`liveness.rs`) starts elections when a leader's node stops answering, and sends one round
+/// of heartbeats when a peer answers again, so a stale leader steps down. Followers learn the
+/// commit point from the leader's replication stream, and refuse votes for 2 s after hearing
+/// from a leader (the lease). The tick (every 1.5 s) only checks timers.
+fn partition_config(group: GroupId) -> Result<Arc<Config>> {
+    let config = Config {
+        cluster_name: format!("strata-partition-{group}"),
+        heartbeat_interval: 1000,
+        election_timeout_min: 1500,
+        election_timeout_max: 2000,
+        enable_heartbeat: false,
+        enable_elect: false,
+        ..common_config()
+    };
+    Ok(Arc::new(config.validate().map_err(|e| ReplicaError::Invalid(e.to_string()))?))
+}
+
+fn common_config() -> Config {
+    Config {
         install_snapshot_timeout: 2000,
         max_payload_entries: 256,
         // Snapshots are built only when retention purges the log, never by count.
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 0,
         ..Config::default()
-    };
-    Ok(Arc::new(config.validate().map_err(|e| ReplicaError::Invalid(e.to_string()))?))
+    }
 }
 
 /// Log settings of a replicated log: the store fsyncs once per append call (group commit), so
@@ -52,6 +77,8 @@ pub struct RaftNode {
     router: Arc<Router>,
     controller: Raft<ControllerTc>,
     controller_sm: ControllerSm,
+    /// Stops the failure detector.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -80,7 +107,7 @@ impl RaftNode {
         let controller_sm = ControllerSm::new();
         let controller = Raft::new(
             id,
-            raft_config("strata-controller")?,
+            controller_config()?,
             GroupNetwork::new(peers.clone(), CONTROLLER_GROUP),
             store,
             controller_sm.clone(),
@@ -93,7 +120,15 @@ impl RaftNode {
                 members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
             initialize(&controller, nodes).await?;
         }
-        Ok(RaftNode { id, peers, router, controller, controller_sm })
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::liveness::run(
+            id,
+            peers.clone(),
+            router.clone(),
+            controller_sm.clone(),
+            stop.clone(),
+        ));
+        Ok(RaftNode { id, peers, router, controller, controller_sm, stop })
     }
 
     pub fn id(&self) -> NodeId {
@@ -177,7 +212,7 @@ impl RaftNode {
         let sm = PartitionSm::new(store.clone(), high_watermark);
         let raft = Raft::new(
             self.id,
-            raft_config(&format!("strata-partition-{group}"))?,
+            partition_config(group)?,
             GroupNetwork::new(self.peers.clone(), group),
             store,
             sm.clone(),
@@ -201,6 +236,7 @@ impl RaftNode {
 
     /// Stops the controller group.
     pub async fn shutdown(&self) {
+        self.stop.cancel();
         self.router.unregister(CONTROLLER_GROUP);
         let _ = self.controller.shutdown().await;
     }

@@ -1,0 +1,126 @@
+//! Node-level failure detection for partition groups.
+//!
+//! Per-group Raft heartbeats cost a core at 1,000 idle partitions, so partition groups send
+//! them only once a second and never start elections on their own timers. Instead each node
+//! pings every peer every 100 ms over the shared channel; when a peer has not answered for
+//! [`DEAD_AFTER`], this node stands for election (after a per-group random delay, so the
+//! followers of a group rarely split the vote) in every group whose leader is that peer, or
+//! that has no leader. When a peer answers again, this node sends one round of heartbeats in
+//! the groups it leads, so a leader that was frozen or cut off learns of a newer term and
+//! steps down at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::controller::ControllerSm;
+use crate::network::{Peers, Router};
+use crate::types::{GroupId, NodeId};
+
+const PING_EVERY: Duration = Duration::from_millis(100);
+const PING_TIMEOUT: Duration = Duration::from_millis(400);
+/// A peer silent this long is taken for dead.
+pub const DEAD_AFTER: Duration = Duration::from_millis(800);
+/// Between two elections this node starts in the same group.
+const RETRY_ELECTION: Duration = Duration::from_millis(600);
+
+pub(crate) async fn run(
+    id: NodeId,
+    peers: Arc<Peers>,
+    router: Arc<Router>,
+    metadata: ControllerSm,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut last_ok: HashMap<NodeId, Instant> = HashMap::new();
+    let mut dead: HashSet<NodeId> = HashSet::new();
+    let mut next_election: HashMap<GroupId, Instant> = HashMap::new();
+    let mut scans: u64 = 0;
+    let mut ticker = tokio::time::interval(PING_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let nodes = metadata.metadata().nodes.clone();
+        let pings = nodes.iter().filter(|(peer, _)| **peer != id).map(|(peer, addr)| {
+            let client = peers.client(addr);
+            async move {
+                let Ok(mut client) = client else { return (*peer, false) };
+                let request = strata_proto::internal::RaftRequest::default();
+                let answered = tokio::time::timeout(PING_TIMEOUT, client.ping(request)).await;
+                (*peer, matches!(answered, Ok(Ok(_))))
+            }
+        });
+        let results = futures::future::join_all(pings).await;
+        let now = Instant::now();
+        let mut came_back = false;
+        for (peer, ok) in results {
+            if ok {
+                last_ok.insert(peer, now);
+                came_back |= dead.remove(&peer);
+            } else {
+                let since = last_ok.get(&peer).copied().unwrap_or(started);
+                if now.duration_since(since) >= DEAD_AFTER && dead.insert(peer) {
+                    tracing::warn!(
+                        peer,
+                        "peer stopped answering; taking over its partition groups"
+                    );
+                }
+            }
+        }
+        if came_back {
+            let groups = router.partition_groups();
+            for (_, raft) in &groups {
+                if raft.metrics().borrow().state == ServerState::Leader {
+                    let _ = raft.trigger().heartbeat().await;
+                }
+            }
+        }
+        // Nothing to take over until the detector has had time to hear from everyone. With
+        // every peer alive only leaderless groups (after a restart) need this node: looking
+        // once a second is enough, and keeps an idle node idle.
+        if now.duration_since(started) < DEAD_AFTER {
+            continue;
+        }
+        scans += 1;
+        if dead.is_empty() && scans % 10 != 0 {
+            continue;
+        }
+        let groups = router.partition_groups();
+        for (group, raft) in groups {
+            let (leader_gone, voter, leading) = {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow();
+                let leader_gone = match metrics.current_leader {
+                    Some(leader) => dead.contains(&leader),
+                    None => true,
+                };
+                let voter = metrics.membership_config.membership().voter_ids().any(|v| v == id);
+                (leader_gone, voter, metrics.state == ServerState::Leader)
+            };
+            if !leader_gone || !voter || leading {
+                next_election.remove(&group);
+                continue;
+            }
+            let at = *next_election.entry(group).or_insert_with(|| now + jitter(group, id));
+            if now >= at {
+                tracing::info!(group, "standing for election: its leader is gone");
+                let _ = raft.trigger().elect().await;
+                next_election.insert(group, now + RETRY_ELECTION + jitter(group, id));
+            }
+        }
+    }
+}
+
+/// A delay in [0, 400) ms, different per group and node, so that followers of one group do
+/// not all stand at once and one node does not take every group first.
+fn jitter(group: GroupId, node: NodeId) -> Duration {
+    let spread = crc32c::crc32c(&[group.to_le_bytes(), node.to_le_bytes()].concat());
+    Duration::from_millis(u64::from(spread % 400))
+}
