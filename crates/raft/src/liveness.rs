@@ -7,7 +7,8 @@
 //! followers of a group rarely split the vote) in every group whose leader is that peer, or
 //! that has no leader. When a peer answers again, this node sends one round of heartbeats in
 //! the groups it leads, so a leader that was frozen or cut off learns of a newer term and
-//! steps down at once.
+//! steps down at once; and leaders heartbeat lagging followers every second and all followers
+//! every five seconds (see [`nudge_followers`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -93,6 +94,9 @@ pub(crate) async fn run(
             continue;
         }
         let groups = router.partition_groups();
+        if scans % 10 == 0 {
+            nudge_followers(&groups, scans % 50 == 0).await;
+        }
         for (group, raft) in groups {
             let (leader_gone, voter, leading) = {
                 let metrics = raft.metrics();
@@ -118,9 +122,39 @@ pub(crate) async fn run(
     }
 }
 
-/// A delay in [0, 400) ms, different per group and node, so that followers of one group do
-/// not all stand at once and one node does not take every group first.
+/// Heartbeats, from the groups this node leads, to followers that lag (every second) or to
+/// all of them (`all`, every five seconds). Without per-group heartbeats an idle leader would
+/// not notice a follower that lost its disk and came back empty, nor resume replicating to a
+/// follower whose group did not exist yet when it last tried.
+async fn nudge_followers(
+    groups: &[(GroupId, openraft::Raft<crate::types::PartitionTc>)],
+    all: bool,
+) {
+    for (_, raft) in groups {
+        let nudge = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow();
+            let last = metrics.last_log_index;
+            metrics.state == ServerState::Leader
+                && (all
+                    || metrics
+                        .replication
+                        .iter()
+                        .flatten()
+                        .any(|(_, matched)| matched.map(|m| m.index) < last))
+        };
+        if nudge {
+            let _ = raft.trigger().heartbeat().await;
+        }
+    }
+}
+
+/// A random delay in [0, 400) ms, so that the followers of one group do not stand at the
+/// same moment again and again (each split vote would be repeated).
 fn jitter(group: GroupId, node: NodeId) -> Duration {
-    let spread = crc32c::crc32c(&[group.to_le_bytes(), node.to_le_bytes()].concat());
-    Duration::from_millis(u64::from(spread % 400))
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = [group.to_le_bytes(), node.to_le_bytes(), u64::from(clock).to_le_bytes()].concat();
+    Duration::from_millis(u64::from(crc32c::crc32c(&seed) % 400))
 }
