@@ -90,12 +90,12 @@ pub(crate) async fn run(
             continue;
         }
         scans += 1;
-        if dead.is_empty() && scans % 10 != 0 {
+        if dead.is_empty() && !scans.is_multiple_of(10) {
             continue;
         }
         let groups = router.partition_groups();
-        if scans % 10 == 0 {
-            nudge_followers(&groups, scans % 50 == 0).await;
+        if scans.is_multiple_of(10) {
+            nudge_followers(&groups, scans.is_multiple_of(50)).await;
         }
         for (group, raft) in groups {
             let (leader_gone, voter, leading) = {
