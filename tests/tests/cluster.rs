@@ -324,3 +324,39 @@ async fn group_offsets_survive_the_loss_of_the_coordinator() {
     assert_eq!(values.len(), 40);
     assert!(values.is_disjoint(&consumed_first), "records consumed twice across the failover");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leadership_moves_on_request_and_rebalances_back() {
+    let servers = Server::start_cluster(3);
+    let all = brokers(&servers).join(",");
+    let client = Client::connect(&brokers(&servers)).await.unwrap();
+    create_topic(&client, "moves", 3).await;
+    let leaders = |client: Client| async move {
+        let metadata = client.metadata(&["moves".to_owned()]).await.unwrap();
+        metadata.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.leader, p.replicas.clone()))
+            .collect::<Vec<_>>()
+    };
+    let before = leaders(client.clone()).await;
+    let (leader, replicas) = before[0].clone();
+    let target = *replicas.iter().find(|&&r| r != leader).unwrap();
+
+    strata_e2e::cli(
+        &all,
+        &["cluster", "elect-leader", "moves", "0", "--node", &target.to_string()],
+        "",
+    )
+    .ok();
+    let moved = leaders(client.clone()).await;
+    assert_eq!(moved[0].0, target, "partition 0 is led by the node asked for");
+    // Writes go on through the new leader.
+    assert_eq!(produce(&client, "moves", 0, 30).await.len(), 30);
+
+    strata_e2e::cli(&all, &["cluster", "rebalance-leaders"], "").ok();
+    let rebalanced = leaders(client.clone()).await;
+    for (leader, replicas) in &rebalanced {
+        assert_eq!(*leader, replicas[0], "every partition is back on its preferred replica");
+    }
+}

@@ -10,10 +10,65 @@ use crate::output::{Format, Table};
 pub enum ClusterCommand {
     /// Nodes, the controller, and each partition's leader and replicas.
     Status,
+    /// Moves a partition's leadership to NODE (one of its replicas).
+    ElectLeader {
+        topic: String,
+        partition: u32,
+        /// Node id that should lead.
+        #[arg(long)]
+        node: u64,
+    },
+    /// Gives each partition back to its preferred replica (the first listed), spreading
+    /// leaders over the nodes again after failovers.
+    RebalanceLeaders,
 }
 
 pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> anyhow::Result<()> {
     match command {
+        ClusterCommand::ElectLeader { topic, partition, node } => {
+            let (leader, term) = elect(client, topic, *partition, *node).await?;
+            let mut table = Table::new(&["TOPIC", "PARTITION", "LEADER", "TERM"]);
+            table.row(
+                vec![topic.clone(), partition.to_string(), leader.to_string(), term.to_string()],
+                json!({"topic": topic, "partition": partition, "leader": leader, "term": term}),
+            );
+            table.print(format);
+        }
+        ClusterCommand::RebalanceLeaders => {
+            let metadata = client.metadata(&[]).await?;
+            let mut table = Table::new(&["TOPIC", "PARTITION", "FROM", "TO", "RESULT"]);
+            let mut failed = 0;
+            for t in &metadata.topics {
+                for p in &t.partitions {
+                    let Some(&preferred) = p.replicas.first() else { continue };
+                    if p.leader == preferred {
+                        continue;
+                    }
+                    let result = match elect(client, &t.name, p.partition, preferred).await {
+                        Ok(_) => "moved".to_owned(),
+                        Err(e) => {
+                            failed += 1;
+                            format!("failed: {e}")
+                        }
+                    };
+                    table.row(
+                        vec![
+                            t.name.clone(),
+                            p.partition.to_string(),
+                            p.leader.to_string(),
+                            preferred.to_string(),
+                            result.clone(),
+                        ],
+                        json!({"topic": t.name, "partition": p.partition, "from": p.leader,
+                            "to": preferred, "result": result}),
+                    );
+                }
+            }
+            table.print(format);
+            if failed > 0 {
+                anyhow::bail!("{failed} partitions kept their leader; run it again");
+            }
+        }
         ClusterCommand::Status => {
             let cluster = Admin::new(client.clone()).describe_cluster().await?;
             let mut nodes = Table::new(&["NODE", "ADDRESS", "STATUS", "CONTROLLER", "IN", "OUT"]);
@@ -89,6 +144,22 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
         }
     }
     Ok(())
+}
+
+/// Asks `node` to become the leader of a partition, connecting to it directly.
+async fn elect(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    node: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let metadata = client.metadata(&[]).await?;
+    let Some(broker) = metadata.brokers.iter().find(|b| b.node_id == node) else {
+        anyhow::bail!("no node {node} in the cluster");
+    };
+    let target = Client::connect(&[broker.address.as_str()]).await?;
+    let reply = Admin::new(target).elect_leader(topic, partition).await?;
+    Ok((reply.leader, reply.term))
 }
 
 /// Bytes per second for people: `12.3 MB/s`.

@@ -7,9 +7,9 @@ use strata_proto::reset_offsets_request::Strategy;
 use strata_proto::{
     AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
     DeleteTopicRequest, DescribeClusterRequest, DescribeGroupRequest, DescribeTopicRequest,
-    GroupDescription, GroupSummary, ListGroupsRequest, ListTopicsRequest, OffsetList,
-    PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicPartitions,
-    TopicSummary,
+    ElectLeaderRequest, ElectLeaderResponse, GroupDescription, GroupSummary, ListGroupsRequest,
+    ListTopicsRequest, OffsetList, PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse,
+    TopicDescription, TopicPartitions, TopicSummary,
 };
 use strata_record::Timestamp;
 
@@ -127,6 +127,13 @@ impl Admin {
     /// Nodes, the controller and each node's throughput over the last minute.
     pub async fn describe_cluster(&self) -> Result<ClusterDescription> {
         Ok(self.client.admin().describe_cluster(DescribeClusterRequest {}).await?.into_inner())
+    }
+
+    /// Asks the broker this client talks to to become the leader of `topic`/`partition`
+    /// (connect the client to the node that should lead).
+    pub async fn elect_leader(&self, topic: &str, partition: u32) -> Result<ElectLeaderResponse> {
+        let request = ElectLeaderRequest { topic: topic.to_owned(), partition };
+        Ok(self.client.admin().elect_leader(request).await?.into_inner())
     }
 
     pub async fn reset_offsets(&self, spec: ResetSpec) -> Result<ResetOffsetsResponse> {

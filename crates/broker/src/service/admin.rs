@@ -9,10 +9,11 @@ use strata_proto::reset_offsets_request::Strategy;
 use strata_proto::{
     AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
     DeleteGroupResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
-    DescribeGroupRequest, DescribeTopicRequest, GroupDescription, GroupMember, GroupSummary,
-    ListGroupsRequest, ListGroupsResponse, ListTopicsRequest, ListTopicsResponse, NodeStatus,
-    OffsetChange, PartitionDescription, PartitionLag, PartitionStatus, ReplicaLag,
-    ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicSummary,
+    DescribeGroupRequest, DescribeTopicRequest, ElectLeaderRequest, ElectLeaderResponse,
+    GroupDescription, GroupMember, GroupSummary, ListGroupsRequest, ListGroupsResponse,
+    ListTopicsRequest, ListTopicsResponse, NodeStatus, OffsetChange, PartitionDescription,
+    PartitionLag, PartitionStatus, ReplicaLag, ResetOffsetsRequest, ResetOffsetsResponse,
+    TopicDescription, TopicSummary,
 };
 use strata_record::Timestamp;
 use tonic::{Request, Response, Status};
@@ -378,6 +379,37 @@ impl Admin for AdminService {
                 nodes,
                 controller_id: cluster.node().controller_leader().unwrap_or(0),
                 partitions: self.partition_statuses(),
+            })
+        })
+        .await
+    }
+
+    async fn elect_leader(
+        &self,
+        request: Request<ElectLeaderRequest>,
+    ) -> Result<Response<ElectLeaderResponse>, Status> {
+        let request = request.into_inner();
+        respond(&self.shared.metrics, "elect_leader", async {
+            let partition = self.shared.topics.partition(&request.topic, request.partition)?;
+            let Some(replica) = partition.replica() else {
+                return Err(BrokerError::Fenced(
+                    "a single node leads every partition already".into(),
+                ));
+            };
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !replica.is_leader() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(BrokerError::Replication(format!(
+                        "node {} did not win the election for {}/{} within 5 s (its leader is busy: followers refuse votes for 2 s after its last message); retry",
+                        self.shared.config.node_id, request.topic, request.partition
+                    )));
+                }
+                replica.elect().await.map_err(|e| BrokerError::Replication(e.to_string()))?;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            Ok(ElectLeaderResponse {
+                leader: self.shared.config.node_id,
+                term: replica.metrics().current_term,
             })
         })
         .await
