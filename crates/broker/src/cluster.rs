@@ -231,6 +231,17 @@ impl Cluster {
                 "partitions must be in [1, {MAX_PARTITIONS}], not {partitions}"
             )));
         }
+        // Right after start the controller may not have told this node who the members are.
+        let mut applied = self.node.metadata();
+        let known = tokio::time::timeout(ADMIN_TIMEOUT, async {
+            applied.wait_for(|metadata| !metadata.nodes.is_empty()).await.is_ok()
+        })
+        .await;
+        if known != Ok(true) {
+            return Err(BrokerError::Replication(
+                "the cluster is still forming (no controller membership applied yet); retry".into(),
+            ));
+        }
         let nodes = self.metadata().nodes.len() as u32;
         let replication_factor = if replication_factor == 0 { nodes } else { replication_factor };
         if replication_factor != nodes {
