@@ -74,6 +74,11 @@ impl Server {
     /// Starts a cluster of `n` nodes on loopback, each in its own temporary data directory,
     /// with ids 1..=n and every node in `--peers`.
     pub fn start_cluster(n: usize) -> Vec<Server> {
+        Server::start_cluster_with(n, |_| Vec::new())
+    }
+
+    /// [`Server::start_cluster`] with extra `strata server` flags for node `i` (0-based).
+    pub fn start_cluster_with(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Vec<Server> {
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers: Vec<String> =
             addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
@@ -82,7 +87,9 @@ impl Server {
             .map(|i| {
                 let root = tempfile::tempdir().expect("temp dir");
                 let id = (i + 1).to_string();
-                let args = ["--node-id", id.as_str(), "--peers", peers.as_str()];
+                let mut args = vec!["--node-id", id.as_str(), "--peers", peers.as_str()];
+                let more = extra(i);
+                args.extend(more.iter().map(String::as_str));
                 let mut server =
                     Server::new(&root.path().join("data"), root.path().join("server.log"), &args);
                 server.addr = addrs[i].parse().expect("address");

@@ -360,3 +360,70 @@ async fn leadership_moves_on_request_and_rebalances_back() {
         assert_eq!(*leader, replicas[0], "every partition is back on its preferred replica");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_nodes_expose_raft_metrics_and_readiness() {
+    let metrics: Vec<String> = (0..3).map(|_| strata_e2e::free_addr()).collect();
+    let servers =
+        Server::start_cluster_with(3, |i| vec!["--metrics-listen".to_owned(), metrics[i].clone()]);
+    let client = Client::connect(&brokers(&servers)).await.unwrap();
+    create_topic(&client, "watched", 1).await;
+    produce(&client, "watched", 0, 50).await;
+    let leader = leader_index(&client, "watched", 0).await;
+
+    for (i, addr) in metrics.iter().enumerate() {
+        eventually(Duration::from_secs(10), "the node to be ready", || {
+            (strata_e2e::http_get(addr, "/ready").0 == 200).then_some(())
+        });
+        // Followers learn the commit point just after the leader answered the producer.
+        eventually(Duration::from_secs(10), "the node to apply every record", || {
+            let (_, page) = strata_e2e::http_get(addr, "/metrics");
+            page.lines()
+                .any(|l| {
+                    l.starts_with("strata_partition_log_end_offset")
+                        && l.contains("watched")
+                        && l.ends_with(" 50")
+                })
+                .then_some(())
+        });
+        let (_, page) = strata_e2e::http_get(addr, "/metrics");
+        let line = |name: &str| {
+            page.lines()
+                .find(|l| l.starts_with(name) && l.contains("topic=\"watched\""))
+                .unwrap_or_else(|| panic!("node {} has no {name} for watched:\n{page}", i + 1))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        assert_eq!(
+            line("strata_raft_leader") as usize,
+            leader + 1,
+            "node {} agrees on the leader",
+            i + 1
+        );
+        assert!(line("strata_raft_term") >= 1.0);
+        assert_eq!(
+            line("strata_partition_log_end_offset"),
+            50.0,
+            "node {} has the high watermark",
+            i + 1
+        );
+        assert!(
+            page.contains("strata_raft_term{topic=\"__controller\""),
+            "controller series on node {}",
+            i + 1
+        );
+        if i == leader {
+            eventually(Duration::from_secs(10), "followers to catch up", || {
+                let (_, page) = strata_e2e::http_get(addr, "/metrics");
+                let lags: Vec<&str> = page
+                    .lines()
+                    .filter(|l| l.starts_with("strata_raft_replica_lag_entries"))
+                    .collect();
+                (lags.len() == 2 && lags.iter().all(|l| l.ends_with(" 0"))).then_some(())
+            });
+        }
+    }
+}
