@@ -2,8 +2,8 @@
 //! [`Log`] plus the [`EntryTable`], so each entry's bytes are written to disk once.
 //!
 //! Contract kept (openraft storage-v2): the vote is on disk before `save_vote` returns; entries
-//! are readable when `append` returns and on disk (segment first, then table) before the flush
-//! callback fires; `truncate` cuts the segment log before the table, so a crash in between
+//! are readable when `append` returns and on disk (segment and table, fsynced together)
+//! before the flush callback fires; `truncate` cuts the segment log before the table, so a crash in between
 //! leaves a prefix of the old log, never shifted indexes.
 
 use std::fmt::Debug;
@@ -213,7 +213,7 @@ fn flush_loop(core: Weak<Core>, rx: mpsc::Receiver<Callback>) {
         let mut callbacks = vec![first];
         callbacks.extend(rx.try_iter());
         let result = match core.upgrade() {
-            Some(core) => core.log.flush().map_err(io_err).and_then(|()| lock(&core.table).sync()),
+            Some(core) => flush_both(&core),
             None => Err(io_err("the store was closed")),
         };
         for callback in callbacks {
@@ -224,6 +224,19 @@ fn flush_loop(core: Weak<Core>, rx: mpsc::Receiver<Callback>) {
             callback(result);
         }
     }
+}
+
+/// Fsyncs the segment log and the entry table at the same time. The order between the two
+/// does not matter for safety: nothing is acknowledged before both are done, and recovery
+/// drops table entries whose data did not reach the disk (`EntryTable::cut_to_log_end`).
+fn flush_both(core: &Core) -> io::Result<()> {
+    let table = lock(&core.table).sync_handle()?;
+    std::thread::scope(|scope| {
+        let table_sync = scope.spawn(move || table.sync_data());
+        let log = core.log.flush().map_err(io_err);
+        let table = table_sync.join().unwrap_or_else(|_| Err(io_err("table fsync panicked")));
+        log.and(table)
+    })
 }
 
 fn range_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {

@@ -128,6 +128,12 @@ impl EntryTable {
         self.file.sync_data()
     }
 
+    /// A second handle on the file, to fsync it without holding the table (appends go on
+    /// meanwhile). After a rewrite it names the old file, which the rewrite already synced.
+    pub fn sync_handle(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Keeps only entries before `index`.
     pub fn truncate_from(&mut self, index: u64) -> io::Result<()> {
         while self.last().is_some_and(|e| e.log_id.index >= index) {
