@@ -247,17 +247,7 @@ impl Consumer {
         if let Some(group) = &self.config.group
             && !partitions.is_empty()
         {
-            let request = FetchOffsetsRequest {
-                group_id: group.clone(),
-                partitions: TopicPartitions::group(partitions.iter().cloned()),
-            };
-            let response = self
-                .client
-                .with_coordinator(|c| {
-                    let request = request.clone();
-                    async move { c.broker().fetch_offsets(request).await }
-                })
-                .await?;
+            let response = self.fetch_committed(group, partitions.iter().cloned()).await?;
             for o in response.offsets {
                 committed.insert((o.topic, o.partition), Offset(o.offset));
             }
@@ -362,20 +352,30 @@ impl Consumer {
         Ok(())
     }
 
+    /// The group's committed offsets for `partitions`, from its coordinator.
+    async fn fetch_committed(
+        &self,
+        group: &str,
+        partitions: impl IntoIterator<Item = TopicPartition>,
+    ) -> Result<strata_proto::FetchOffsetsResponse> {
+        let request = FetchOffsetsRequest {
+            group_id: group.to_owned(),
+            partitions: TopicPartitions::group(partitions),
+        };
+        self.client
+            .with_coordinator(|c| {
+                let request = request.clone();
+                async move { c.broker().fetch_offsets(request).await }
+            })
+            .await
+    }
+
     /// Moves every owned partition that has a committed offset to it (after an offset reset),
     /// and remembers the group's offsets epoch. Partitions without one keep their position.
     async fn adopt_committed(&mut self) -> Result<()> {
         let Some(group) = self.config.group.clone() else { return Ok(()) };
         let owned: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
-        let request =
-            FetchOffsetsRequest { group_id: group, partitions: TopicPartitions::group(owned) };
-        let response = self
-            .client
-            .with_coordinator(|c| {
-                let request = request.clone();
-                async move { c.broker().fetch_offsets(request).await }
-            })
-            .await?;
+        let response = self.fetch_committed(&group, owned).await?;
         if let Some(member) = self.member.as_mut() {
             member.offsets_epoch = Some(response.offsets_epoch);
         }

@@ -9,14 +9,15 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
-    StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use strata_record::{BatchBuilder, Offset, RecordBatch, Timestamp};
 use tokio::sync::watch;
 
-use crate::types::{ControllerTc, GroupId, LogPayload, Node, NodeId, snapshot_bytes};
+use crate::types::{
+    ControllerTc, GroupId, HeldSnapshot, LogPayload, Node, NodeId, sm_err, snapshot_bytes,
+};
 
 /// A change to cluster metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,7 +206,7 @@ struct State {
 #[derive(Debug)]
 struct Inner {
     state: State,
-    snapshot: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
+    snapshot: HeldSnapshot,
 }
 
 /// The controller's state machine; clones share it. Every applied change is published on a
@@ -226,7 +227,10 @@ impl ControllerSm {
     pub fn new() -> ControllerSm {
         let (published, _) = watch::channel(Arc::new(Metadata::default()));
         ControllerSm {
-            inner: Arc::new(Mutex::new(Inner { state: State::default(), snapshot: None })),
+            inner: Arc::new(Mutex::new(Inner {
+                state: State::default(),
+                snapshot: HeldSnapshot::default(),
+            })),
             published: Arc::new(published),
         }
     }
@@ -249,10 +253,6 @@ impl ControllerSm {
     }
 }
 
-fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
-    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
-}
-
 fn nodes_of(membership: &StoredMembership<NodeId, Node>) -> BTreeMap<NodeId, String> {
     membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect()
 }
@@ -266,8 +266,7 @@ impl RaftSnapshotBuilder<ControllerTc> for ControllerSm {
             last_membership: inner.state.membership.clone(),
             snapshot_id: format!("meta-{}", inner.state.applied.map_or(0, |l| l.index)),
         };
-        inner.snapshot = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(inner.snapshot.keep(meta, data))
     }
 }
 
@@ -329,7 +328,7 @@ impl RaftStateMachine<ControllerTc> for ControllerSm {
         {
             let mut inner = self.lock();
             inner.state = state;
-            inner.snapshot = Some((meta.clone(), bytes));
+            inner.snapshot.keep::<ControllerTc>(meta.clone(), bytes);
         }
         self.publish(metadata);
         Ok(())
@@ -339,9 +338,6 @@ impl RaftStateMachine<ControllerTc> for ControllerSm {
         &mut self,
     ) -> Result<Option<Snapshot<ControllerTc>>, StorageError<NodeId>> {
         let inner = self.lock();
-        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
-        }))
+        Ok(inner.snapshot.current())
     }
 }

@@ -8,15 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
-    StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use strata_record::RecordBatch;
 use tokio::sync::watch;
 
 use crate::store::SegmentStore;
-use crate::types::{Appended, Node, NodeId, PartitionTc, snapshot_bytes};
+use crate::types::{Appended, HeldSnapshot, Node, NodeId, PartitionTc, sm_err, snapshot_bytes};
 
 /// Batches an idempotent producer's retries are compared with (Kafka keeps five too).
 const PRODUCER_BATCHES_KEPT: usize = 5;
@@ -54,7 +53,7 @@ pub enum SequenceCheck {
 #[derive(Debug)]
 struct Inner {
     state: State,
-    snapshot: Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>,
+    snapshot: HeldSnapshot,
 }
 
 /// The state machine; clones share it.
@@ -73,7 +72,7 @@ impl PartitionSm {
         let state = State { next_offset: start, ..State::default() };
         high_watermark.send_replace(start);
         PartitionSm {
-            inner: Arc::new(Mutex::new(Inner { state, snapshot: None })),
+            inner: Arc::new(Mutex::new(Inner { state, snapshot: HeldSnapshot::default() })),
             high_watermark,
             store,
         }
@@ -114,10 +113,6 @@ impl PartitionSm {
     }
 }
 
-fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
-    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
-}
-
 impl RaftSnapshotBuilder<PartitionTc> for PartitionSm {
     async fn build_snapshot(&mut self) -> Result<Snapshot<PartitionTc>, StorageError<NodeId>> {
         let mut inner = self.lock();
@@ -128,8 +123,7 @@ impl RaftSnapshotBuilder<PartitionTc> for PartitionSm {
             last_membership: state.membership.clone(),
             snapshot_id: format!("{}-{}", state.applied.map_or(0, |l| l.index), state.next_offset),
         };
-        inner.snapshot = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(inner.snapshot.keep(meta, data))
     }
 }
 
@@ -218,7 +212,7 @@ impl RaftStateMachine<PartitionTc> for PartitionSm {
         {
             let mut inner = self.lock();
             inner.state = state;
-            inner.snapshot = Some((meta.clone(), bytes));
+            inner.snapshot.keep::<PartitionTc>(meta.clone(), bytes);
         }
         self.publish(hw);
         Ok(())
@@ -228,9 +222,6 @@ impl RaftStateMachine<PartitionTc> for PartitionSm {
         &mut self,
     ) -> Result<Option<Snapshot<PartitionTc>>, StorageError<NodeId>> {
         let inner = self.lock();
-        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
-        }))
+        Ok(inner.snapshot.current())
     }
 }

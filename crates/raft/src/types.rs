@@ -77,3 +77,37 @@ impl LogPayload for Batch {
 pub(crate) fn snapshot_bytes(data: &Cursor<Vec<u8>>) -> &[u8] {
     data.get_ref()
 }
+
+/// A state machine failure, in openraft's terms.
+pub(crate) fn sm_err(e: impl std::fmt::Display) -> openraft::StorageError<NodeId> {
+    openraft::StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+/// The last snapshot a state machine built or installed (small state, kept in memory).
+#[derive(Debug, Default)]
+pub(crate) struct HeldSnapshot(Option<(openraft::SnapshotMeta<NodeId, Node>, Vec<u8>)>);
+
+impl HeldSnapshot {
+    /// Keeps `data` as the current snapshot and returns it.
+    pub(crate) fn keep<C>(
+        &mut self,
+        meta: openraft::SnapshotMeta<NodeId, Node>,
+        data: Vec<u8>,
+    ) -> openraft::Snapshot<C>
+    where
+        C: openraft::RaftTypeConfig<NodeId = NodeId, Node = Node, SnapshotData = Cursor<Vec<u8>>>,
+    {
+        self.0 = Some((meta.clone(), data.clone()));
+        openraft::Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }
+    }
+
+    pub(crate) fn current<C>(&self) -> Option<openraft::Snapshot<C>>
+    where
+        C: openraft::RaftTypeConfig<NodeId = NodeId, Node = Node, SnapshotData = Cursor<Vec<u8>>>,
+    {
+        self.0.as_ref().map(|(meta, data)| openraft::Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        })
+    }
+}
