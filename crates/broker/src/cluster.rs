@@ -67,7 +67,7 @@ impl Cluster {
     }
 
     pub fn metadata(&self) -> Arc<Metadata> {
-        self.node.metadata().borrow().clone()
+        self.node.current_metadata()
     }
 
     async fn reconcile_loop(self: Arc<Self>, shutdown: CancellationToken) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_raft::{PartitionReplica, ReplicaError, SequenceCheck};
-use strata_record::{Offset, RecordBatch, Timestamp, TopicName};
+use strata_record::{BatchHeader, Offset, RecordBatch, Timestamp, TopicName};
 use strata_storage::{AppendInfo, Durability, Log, LogConfig};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -24,6 +24,14 @@ pub struct Fetched {
     pub batches: Vec<Bytes>,
     pub high_watermark: Offset,
     pub log_start: Offset,
+}
+
+/// What validating a produce request led to.
+enum Validated {
+    /// Unreplicated: the batches are in the log.
+    Appended(Vec<AppendInfo>),
+    /// Replicated: the checked batches' headers, for the leader to sequence and propose.
+    Headers(Vec<BatchHeader>),
 }
 
 #[derive(Debug)]
@@ -168,7 +176,7 @@ impl Partition {
         let partition = self.clone();
         // Bytes clones are reference counts: the replicated path proposes the same buffers.
         let batches_copy = batches.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let validated = tokio::task::spawn_blocking(move || {
             let mut checked = Vec::with_capacity(batches.len());
             for (index, batch) in batches.iter().enumerate() {
                 let valid = RecordBatch::new(batch).and_then(|b| b.validate_records().map(|()| b));
@@ -179,23 +187,28 @@ impl Partition {
                 })?);
             }
             if partition.replica.is_some() {
-                return Ok(None);
+                // Replicated: the headers (checked above) are all the leader needs to decide.
+                return Ok(Validated::Headers(checked.iter().map(|b| *b.header()).collect()));
             }
             let mut infos = Vec::with_capacity(checked.len());
             for batch in &checked {
                 infos.push(partition.log.append_checked(batch)?);
             }
-            Ok::<_, BrokerError>(Some(infos))
+            Ok::<_, BrokerError>(Validated::Appended(infos))
         })
         .await
         .map_err(|_| BrokerError::ShuttingDown)?;
-        match (result?, &self.replica) {
-            (Some(infos), _) => {
+        match (validated?, &self.replica) {
+            (Validated::Appended(infos), _) => {
                 self.publish_high_watermark();
                 Ok(infos)
             }
-            (None, Some(replica)) => self.append_replicated(replica, batches_copy).await,
-            (None, None) => unreachable!("unreplicated partitions append in place"),
+            (Validated::Headers(headers), Some(replica)) => {
+                self.append_replicated(replica, batches_copy, headers).await
+            }
+            (Validated::Headers(_), None) => {
+                unreachable!("unreplicated partitions append in place")
+            }
         }
     }
 
@@ -205,12 +218,11 @@ impl Partition {
         &self,
         replica: &PartitionReplica,
         batches: Vec<Bytes>,
+        headers: Vec<BatchHeader>,
     ) -> Result<Vec<AppendInfo>> {
         // Idempotent batches are checked and proposed one at a time per partition, so a
         // retry waits for its original and then finds it applied.
-        let idempotent = batches
-            .iter()
-            .any(|b| RecordBatch::new(b).is_ok_and(|batch| batch.header().producer_id >= 0));
+        let idempotent = headers.iter().any(|h| h.producer_id >= 0);
         let _sequenced = if idempotent { Some(self.sequencing.lock().await) } else { None };
         if !replica.is_ready_leader() {
             return Err(if replica.is_leader() {
@@ -223,8 +235,7 @@ impl Partition {
             });
         }
         let mut infos = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let header = *RecordBatch::new(&batch)?.header();
+        for (batch, header) in batches.into_iter().zip(headers) {
             let max_timestamp = header.max_timestamp();
             if header.producer_id >= 0 {
                 match replica.check_sequence(header.producer_id, header.base_sequence) {

@@ -144,6 +144,11 @@ impl RaftNode {
         self.controller_sm.subscribe()
     }
 
+    /// Cluster metadata as this node last applied it.
+    pub fn current_metadata(&self) -> Arc<Metadata> {
+        self.controller_sm.metadata()
+    }
+
     pub fn controller_leader(&self) -> Option<NodeId> {
         self.controller.metrics().borrow().current_leader
     }

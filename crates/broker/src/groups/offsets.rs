@@ -293,7 +293,7 @@ impl OffsetStore {
 
     pub fn get(&self, group: &str) -> GroupOffsets {
         if let Some(node) = &self.raft {
-            let metadata = node.metadata().borrow().clone();
+            let metadata = node.current_metadata();
             return metadata
                 .offsets
                 .get(group)
@@ -312,7 +312,7 @@ impl OffsetStore {
 
     pub fn groups(&self) -> Vec<String> {
         if let Some(node) = &self.raft {
-            return node.metadata().borrow().offsets.keys().cloned().collect();
+            return node.current_metadata().offsets.keys().cloned().collect();
         }
         self.map().keys().cloned().collect()
     }
