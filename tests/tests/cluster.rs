@@ -427,3 +427,98 @@ async fn cluster_nodes_expose_raft_metrics_and_readiness() {
         }
     }
 }
+
+/// One node's view of partition 0 of `topic`: (log start, high watermark).
+async fn local_partition_view(server: &Server, topic: &str) -> Option<(u64, u64)> {
+    let client = Client::connect(&[server.brokers()]).await.ok()?;
+    let described = Admin::new(client).describe_topic(topic).await.ok()?;
+    let p = &described.partitions[0];
+    Some((p.log_start_offset, p.high_watermark))
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| rt.block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_purges_replicated_logs_and_a_wiped_node_restarts_from_the_snapshot() {
+    let mut servers = Server::start_cluster(3);
+    let all = brokers(&servers).join(",");
+    let client = Client::connect(&brokers(&servers)).await.unwrap();
+    let spec = TopicSpec {
+        name: "aged".into(),
+        partitions: 1,
+        replication_factor: 3,
+        configs: [("segment.bytes", "16384"), ("retention.bytes", "40000")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    Admin::new(client.clone()).create_topic(spec).await.unwrap();
+    // 500-byte values, in order on one partition: each value is its offset.
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let total = 600u64;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(20) {
+        let mut pending = Vec::new();
+        for value in chunk {
+            pending.push(
+                producer.send(Record::new("aged").key("k").value(format!("{value:0>500}"))).await,
+            );
+        }
+        for delivery in pending {
+            delivery.unwrap().await.unwrap();
+        }
+    }
+    producer.close().await.unwrap();
+
+    // Every replica deletes its old segments through a snapshot and a purge.
+    for server in &servers {
+        eventually(Duration::from_secs(20), "retention on every replica", || {
+            let (start, hw) = block_on(local_partition_view(server, "aged"))?;
+            (hw == total && start > 0 && total - start < 120).then_some(())
+        });
+    }
+
+    // A follower loses its disk. The entries it would need are purged everywhere, so it is
+    // sent the snapshot and continues from there.
+    let leader = leader_index(&client, "aged", 0).await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    servers[follower].kill9();
+    std::fs::remove_dir_all(&servers[follower].data_dir).unwrap();
+    servers[follower].restart();
+    let (wiped_start, _) =
+        eventually(Duration::from_secs(30), "the wiped node to install the snapshot", || {
+            let view = block_on(local_partition_view(&servers[follower], "aged"))?;
+            (view.1 == total && view.0 > 0).then_some(view)
+        });
+
+    // Led by the wiped node, the partition serves every retained record from its log start.
+    strata_e2e::cli(
+        &all,
+        &["cluster", "elect-leader", "aged", "0", "--node", &(follower + 1).to_string()],
+        "",
+    )
+    .ok();
+    assert_eq!(leader_index(&client, "aged", 0).await, follower);
+    let served = read_all(&client, "aged", 1, (total - wiped_start) as usize).await;
+    let offsets: Vec<u64> = served.iter().map(|r| r.1).collect();
+    assert_eq!(offsets, (wiped_start..total).collect::<Vec<_>>(), "dense from the log start");
+    assert!(served.iter().all(|r| r.1 == r.3), "each value is its offset");
+
+    // Writes go on, and a restart starts from the kept snapshot and the log after it.
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    producer
+        .send(Record::new("aged").key("k").value(format!("{total:0>500}")))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    producer.close().await.unwrap();
+    servers[follower].kill9();
+    servers[follower].restart();
+    eventually(Duration::from_secs(30), "the restarted node to rejoin", || {
+        let (start, hw) = block_on(local_partition_view(&servers[follower], "aged"))?;
+        (hw == total + 1 && start >= wiped_start).then_some(())
+    });
+}

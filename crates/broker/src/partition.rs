@@ -120,6 +120,23 @@ impl Partition {
         }
     }
 
+    /// Retention of a replicated partition: the segments retention would delete go through
+    /// the Raft group's snapshot and purge (see `PartitionReplica::apply_retention`). Nothing
+    /// on a single node, where the maintenance pass deletes segments directly.
+    pub async fn apply_replicated_retention(&self, now: Timestamp) -> Result<()> {
+        let Some(replica) = &self.replica else { return Ok(()) };
+        let Some(point) = self.log.retention_point(now, self.high_watermark()) else {
+            return Ok(());
+        };
+        if replica.apply_retention(point.0).await.map_err(|e| self.not_leader(e))? {
+            tracing::info!(
+                topic = %self.topic, partition = self.id, log_start = self.log.start_offset().0,
+                "retention purged the replicated log"
+            );
+        }
+        Ok(())
+    }
+
     pub fn topic(&self) -> &TopicName {
         &self.topic
     }

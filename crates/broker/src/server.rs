@@ -170,6 +170,10 @@ async fn maintenance(shared: Arc<Shared>) {
                     if let Err(err) = log.flush_if_due() {
                         tracing::error!(topic = %topic.name, partition = partition.id(), error = %err, "interval fsync failed");
                     }
+                    // A replicated log deletes through its Raft group, below.
+                    if partition.replica().is_some() {
+                        continue;
+                    }
                     if let Err(err) = log.apply_retention(now, partition.high_watermark()) {
                         tracing::error!(topic = %topic.name, partition = partition.id(), error = %err, "retention failed");
                     }
@@ -177,6 +181,13 @@ async fn maintenance(shared: Arc<Shared>) {
             }
         });
         let _ = pass.await;
+        for topic in shared.topics.all() {
+            for partition in &topic.partitions {
+                if let Err(err) = partition.apply_replicated_retention(Timestamp::now()).await {
+                    tracing::error!(topic = %topic.name, partition = partition.id(), error = %err, "retention failed");
+                }
+            }
+        }
     }
 }
 

@@ -214,7 +214,8 @@ impl RaftNode {
     ) -> Result<PartitionReplica> {
         let store = SegmentStore::<PartitionTc>::open(raft_dir, log)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
-        let sm = PartitionSm::new(store.clone(), high_watermark);
+        let sm = PartitionSm::new(store.clone(), high_watermark)
+            .map_err(|e| ReplicaError::Storage(format!("reading the group's snapshot: {e}")))?;
         let raft = Raft::new(
             self.id,
             partition_config(group)?,
@@ -324,6 +325,30 @@ impl PartitionReplica {
             }
             Err(e) => Err(ReplicaError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Deletes this replica's log up to log offset `point` (a segment boundary retention chose,
+    /// below the high watermark) the Raft way: a snapshot at the last entry ending there, then
+    /// a purge of the entries up to it. Returns whether anything was purged. Each replica
+    /// applies retention on its own, as Kafka's do; a follower that needs purged entries gets
+    /// the snapshot and continues from it.
+    pub async fn apply_retention(&self, point: u64) -> Result<bool> {
+        let Some(upto) = self.sm.prepare_retention(point) else { return Ok(false) };
+        let unavailable =
+            |e: openraft::error::Fatal<NodeId>| ReplicaError::Unavailable(e.to_string());
+        self.raft.trigger().snapshot().await.map_err(unavailable)?;
+        let built = self
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.snapshot >= Some(upto), "retention snapshot")
+            .await;
+        if built.is_err() {
+            return Err(ReplicaError::Unavailable(format!(
+                "the snapshot at {upto} for retention was not built within 10 s"
+            )));
+        }
+        self.raft.trigger().purge_log(upto.index).await.map_err(unavailable)?;
+        Ok(true)
     }
 
     /// Asks this replica to stand for election (leadership transfer to it).

@@ -1,9 +1,15 @@
 //! A partition group's state machine: small state only. The data is already in the segment
 //! log when an entry is applied; applying it moves the high watermark (the offset after the
 //! last committed record) that consumers read up to.
+//!
+//! Snapshots follow retention: a retention pass names an entry at a segment boundary
+//! ([`PartitionSm::prepare_retention`]), the snapshot is taken there (not at the apply point,
+//! so a lagging follower skips only data retention deleted), and openraft then purges the log
+//! up to it. The last snapshot is kept in the group's directory, so a replica whose log was
+//! purged restarts from it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -15,7 +21,11 @@ use strata_record::BatchHeader;
 use tokio::sync::watch;
 
 use crate::store::SegmentStore;
+use crate::table::{read_small_file, write_small_file};
 use crate::types::{Appended, HeldSnapshot, Node, NodeId, PartitionTc, sm_err, snapshot_bytes};
+
+/// The last snapshot built or installed, in the group's Raft directory.
+const SNAPSHOT_FILE: &str = "snapshot";
 
 /// Batches an idempotent producer's retries are compared with (Kafka keeps five too).
 const PRODUCER_BATCHES_KEPT: usize = 5;
@@ -54,6 +64,57 @@ pub enum SequenceCheck {
 struct Inner {
     state: State,
     snapshot: HeldSnapshot,
+    /// The membership of the last snapshot and every one applied since, oldest first: a
+    /// snapshot taken behind `applied` records the membership in force at its own index.
+    memberships: VecDeque<StoredMembership<NodeId, Node>>,
+    /// Where retention wants the next snapshot: an applied entry and the offset after it.
+    target: Option<(LogId<NodeId>, u64)>,
+}
+
+impl Inner {
+    /// The snapshot of the state as of `target` (an applied entry, the offset after it): the
+    /// producer batches appended after it are left out (replaying the log from there brings
+    /// them back).
+    fn state_at(&self, target: LogId<NodeId>, next_offset: u64) -> Option<State> {
+        let membership = self
+            .memberships
+            .iter()
+            .rev()
+            .find(|m| m.log_id().is_none_or(|l| l.index <= target.index))?
+            .clone();
+        let producers = self
+            .state
+            .producers
+            .iter()
+            .filter_map(|(id, batches)| {
+                let kept: VecDeque<ProducedBatch> = batches
+                    .iter()
+                    .filter(|b| b.appended.last_offset < next_offset)
+                    .copied()
+                    .collect();
+                (!kept.is_empty()).then_some((*id, kept))
+            })
+            .collect();
+        Some(State { applied: Some(target), membership, next_offset, producers })
+    }
+
+    /// Keeps `meta`/`data` as the current snapshot, in memory and (fsynced) on disk.
+    fn keep_snapshot(
+        &mut self,
+        dir: &std::path::Path,
+        meta: SnapshotMeta<NodeId, Node>,
+        data: Vec<u8>,
+    ) -> io::Result<Snapshot<PartitionTc>> {
+        let file = postcard::to_stdvec(&(&meta, &data)).map_err(io::Error::other)?;
+        write_small_file(&dir.join(SNAPSHOT_FILE), &file)?;
+        let snapshot_membership = meta.last_membership.log_id().map(|l| l.index);
+        while self.memberships.len() > 1
+            && self.memberships[1].log_id().map(|l| l.index) <= snapshot_membership
+        {
+            self.memberships.pop_front();
+        }
+        Ok(self.snapshot.keep(meta, data))
+    }
 }
 
 /// The state machine; clones share it.
@@ -65,17 +126,44 @@ pub struct PartitionSm {
 }
 
 impl PartitionSm {
-    /// A state machine that starts from the log start (openraft re-applies committed entries
-    /// at start) and publishes the high watermark on `high_watermark`.
-    pub fn new(store: SegmentStore<PartitionTc>, high_watermark: Arc<watch::Sender<u64>>) -> Self {
-        let start = store.log().start_offset().0;
-        let state = State { next_offset: start, ..State::default() };
-        high_watermark.send_replace(start);
-        PartitionSm {
-            inner: Arc::new(Mutex::new(Inner { state, snapshot: HeldSnapshot::default() })),
-            high_watermark,
-            store,
+    /// A state machine that starts from the group's last snapshot, or from the log start
+    /// without one (openraft re-applies the committed entries after it at start), and
+    /// publishes the high watermark on `high_watermark`.
+    pub fn new(
+        store: SegmentStore<PartitionTc>,
+        high_watermark: Arc<watch::Sender<u64>>,
+    ) -> io::Result<Self> {
+        let mut state = State { next_offset: store.log().start_offset().0, ..State::default() };
+        let mut snapshot = HeldSnapshot::default();
+        if let Some(file) = read_small_file(&store.dir().join(SNAPSHOT_FILE))? {
+            let (meta, data): (SnapshotMeta<NodeId, Node>, Vec<u8>) =
+                postcard::from_bytes(&file).map_err(io::Error::other)?;
+            state = postcard::from_bytes(&data).map_err(io::Error::other)?;
+            state.applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+            if let Some(log_id) = meta.last_log_id {
+                store.catch_up_to_snapshot(log_id, state.next_offset)?;
+            }
+            snapshot.keep::<PartitionTc>(meta, data);
         }
+        high_watermark.send_replace(state.next_offset);
+        let memberships = VecDeque::from([state.membership.clone()]);
+        let inner = Inner { state, snapshot, memberships, target: None };
+        Ok(PartitionSm { inner: Arc::new(Mutex::new(inner)), high_watermark, store })
+    }
+
+    /// Makes the entry that ends at or before log offset `point` (a segment boundary that
+    /// retention may delete up to) the next snapshot's, if it is applied and past the current
+    /// snapshot. Returns it: the caller then triggers the snapshot and the purge.
+    pub fn prepare_retention(&self, point: u64) -> Option<LogId<NodeId>> {
+        let (log_id, next_offset) = self.store.last_entry_ending_by(point)?;
+        let mut inner = self.lock();
+        let snapshot = inner.snapshot.last_log_id();
+        if Some(log_id) > inner.state.applied || Some(log_id) <= snapshot {
+            return None;
+        }
+        inner.target = Some((log_id, next_offset));
+        Some(log_id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -114,16 +202,18 @@ impl PartitionSm {
 }
 
 impl RaftSnapshotBuilder<PartitionTc> for PartitionSm {
+    /// At the retention target if one is set, otherwise at the apply point.
     async fn build_snapshot(&mut self) -> Result<Snapshot<PartitionTc>, StorageError<NodeId>> {
         let mut inner = self.lock();
-        let state = &inner.state;
+        let at_target = inner.target.take().and_then(|(id, offset)| inner.state_at(id, offset));
+        let state = at_target.as_ref().unwrap_or(&inner.state);
         let data = postcard::to_stdvec(state).map_err(sm_err)?;
         let meta = SnapshotMeta {
             last_log_id: state.applied,
             last_membership: state.membership.clone(),
             snapshot_id: format!("{}-{}", state.applied.map_or(0, |l| l.index), state.next_offset),
         };
-        Ok(inner.snapshot.keep(meta, data))
+        inner.keep_snapshot(self.store.dir(), meta, data).map_err(sm_err)
     }
 }
 
@@ -143,6 +233,7 @@ impl RaftStateMachine<PartitionTc> for PartitionSm {
         I::IntoIter: OptionalSend,
     {
         let mut replies = Vec::new();
+        let mut memberships = Vec::new();
         let hw = {
             let mut inner = self.lock();
             let state = &mut inner.state;
@@ -175,13 +266,16 @@ impl RaftStateMachine<PartitionTc> for PartitionSm {
                     }
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m);
+                        memberships.push(state.membership.clone());
                         Appended::default()
                     }
                     EntryPayload::Blank => Appended::default(),
                 };
                 replies.push(reply);
             }
-            state.next_offset
+            let hw = state.next_offset;
+            inner.memberships.extend(memberships);
+            hw
         };
         self.publish(hw);
         Ok(replies)
@@ -206,14 +300,18 @@ impl RaftStateMachine<PartitionTc> for PartitionSm {
         let mut state: State = postcard::from_bytes(&bytes).map_err(sm_err)?;
         state.applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
-        // The purge that follows restarts the log here: the data before it is gone on every
-        // replica that could have sent it.
-        self.store.set_snapshot_offset(state.next_offset);
         let hw = state.next_offset;
         {
             let mut inner = self.lock();
+            inner.memberships = VecDeque::from([state.membership.clone()]);
             inner.state = state;
-            inner.snapshot.keep::<PartitionTc>(meta.clone(), bytes);
+            inner.target = None;
+            inner.keep_snapshot(self.store.dir(), meta.clone(), bytes).map_err(sm_err)?;
+        }
+        // The purge that goes with it restarts the log here (the data before it is gone on
+        // every replica that could have sent it), once the snapshot is on disk.
+        if let Some(log_id) = meta.last_log_id {
+            self.store.snapshot_installed(log_id, hw).map_err(sm_err)?;
         }
         self.publish(hw);
         Ok(())

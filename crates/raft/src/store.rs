@@ -47,9 +47,9 @@ struct Core {
     table: Mutex<EntryTable>,
     /// Last purged log id and the log offset after it.
     purged: Mutex<Option<(LogId<NodeId>, u64)>>,
-    /// Where a purge past the last entry restarts the log: the offset after the last installed
-    /// snapshot.
-    snapshot_offset: Mutex<Option<u64>>,
+    /// The last snapshot installed from the leader and the log offset after it: where a purge
+    /// past the last entry restarts the log.
+    installed: Mutex<Option<(LogId<NodeId>, u64)>>,
     flushes: Mutex<mpsc::Sender<Callback>>,
 }
 
@@ -114,7 +114,7 @@ impl<C: SegmentTc> SegmentStore<C> {
             log,
             table: Mutex::new(table),
             purged: Mutex::new(purged),
-            snapshot_offset: Mutex::new(None),
+            installed: Mutex::new(None),
             flushes: Mutex::new(tx),
         });
         let weak = Arc::downgrade(&core);
@@ -128,10 +128,44 @@ impl<C: SegmentTc> SegmentStore<C> {
         &self.core.log
     }
 
-    /// Tells the store where the log restarts if a purge goes past its last entry (set when a
-    /// snapshot is installed).
-    pub fn set_snapshot_offset(&self, offset: u64) {
-        *lock(&self.core.snapshot_offset) = Some(offset);
+    /// Tells the store that the state machine installed a snapshot ending at `log_id`, with
+    /// the log going on at `next_offset`. openraft runs the purge that follows an install
+    /// without waiting for it: a purge past the log that ran first, not knowing where the log
+    /// goes on, is redone here.
+    pub fn snapshot_installed(&self, log_id: LogId<NodeId>, next_offset: u64) -> io::Result<()> {
+        let mut table = lock(&self.core.table);
+        *lock(&self.core.installed) = Some((log_id, next_offset));
+        if lock(&self.core.purged).is_some_and(|(id, offset)| id == log_id && offset != next_offset)
+        {
+            purge_to(&self.core, &mut table, log_id, next_offset)?;
+        }
+        Ok(())
+    }
+
+    /// At start, with the state machine's snapshot ending at `log_id` (`next_offset` after
+    /// it): if the log stops short of it (a crash between installing a snapshot and the purge
+    /// after it), purges up to it, so the next entry is appended at `next_offset`.
+    pub fn catch_up_to_snapshot(&self, log_id: LogId<NodeId>, next_offset: u64) -> io::Result<()> {
+        let mut table = lock(&self.core.table);
+        let purged = *lock(&self.core.purged);
+        let in_log = table.last().is_some_and(|e| e.log_id >= log_id);
+        let purged_past = purged.is_some_and(|(id, _)| id > log_id);
+        if in_log || purged_past || purged == Some((log_id, next_offset)) {
+            return Ok(());
+        }
+        tracing::warn!(dir = %self.core.dir.display(), %log_id, next_offset, "log behind the snapshot; purging to it");
+        purge_to(&self.core, &mut table, log_id, next_offset)
+    }
+
+    /// The directory of the group's Raft files.
+    pub fn dir(&self) -> &Path {
+        &self.core.dir
+    }
+
+    /// The last entry whose data ends at or before log offset `offset`, and the offset after
+    /// it.
+    pub fn last_entry_ending_by(&self, offset: u64) -> Option<(LogId<NodeId>, u64)> {
+        lock(&self.core.table).last_ending_by(offset).map(|e| (e.log_id, e.end_offset()))
     }
 
     /// The log offset where entry `index` starts, if the table holds it.
@@ -374,17 +408,33 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
         let core = self.core.clone();
         blocking(move || {
             let mut table = lock(&core.table);
-            let offset = match table.get(log_id.index) {
-                Some(e) => e.end_offset(),
-                None => lock(&core.snapshot_offset).unwrap_or_else(|| core.log.end_offset().0),
+            // Past the log's last entry (a snapshot from the leader replaced it), the log goes
+            // on after the installed snapshot; if that install has not run yet, at the log's
+            // end for now, and `snapshot_installed` moves it.
+            let installed = lock(&core.installed).filter(|(id, _)| *id == log_id);
+            let offset = match (table.get(log_id.index), installed) {
+                (Some(entry), _) => entry.end_offset(),
+                (None, Some((_, offset))) => offset,
+                (None, None) => core.log.end_offset().0,
             };
-            let bytes = postcard::to_stdvec(&(log_id, offset)).map_err(io_err)?;
-            write_small_file(&core.dir.join("purged"), &bytes)?;
-            *lock(&core.purged) = Some((log_id, offset));
-            table.purge_upto(log_id.index)?;
-            core.log.delete_before(Offset(offset)).map_err(io_err)
+            purge_to(&core, &mut table, log_id, offset)
         })
         .await
         .map_err(sto)
     }
+}
+
+/// Purges the entries up to `log_id` and the log data before `offset` (the offset after it):
+/// the purge point is on disk first, so a crash leaves at most data a restart deletes.
+fn purge_to(
+    core: &Core,
+    table: &mut EntryTable,
+    log_id: LogId<NodeId>,
+    offset: u64,
+) -> io::Result<()> {
+    let bytes = postcard::to_stdvec(&(log_id, offset)).map_err(io_err)?;
+    write_small_file(&core.dir.join("purged"), &bytes)?;
+    *lock(&core.purged) = Some((log_id, offset));
+    table.purge_upto(log_id.index)?;
+    core.log.delete_before(Offset(offset)).map_err(io_err)
 }

@@ -105,6 +105,13 @@ impl EntryTable {
         self.entries.get(usize::try_from(index.checked_sub(first)?).ok()?)
     }
 
+    /// The last entry whose data ends at or before log offset `offset` (entries' offsets only
+    /// grow with their indexes).
+    pub fn last_ending_by(&self, offset: u64) -> Option<&EntryMeta> {
+        let after = self.entries.partition_point(|e| e.end_offset() <= offset);
+        after.checked_sub(1).and_then(|i| self.entries.get(i))
+    }
+
     /// Entries with indexes in `[from, to)`.
     pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = &EntryMeta> {
         let first = self.first().map_or(0, |e| e.log_id.index);

@@ -101,6 +101,11 @@ impl HeldSnapshot {
         openraft::Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }
     }
 
+    /// The entry the current snapshot was taken at.
+    pub(crate) fn last_log_id(&self) -> Option<openraft::LogId<NodeId>> {
+        self.0.as_ref().and_then(|(meta, _)| meta.last_log_id)
+    }
+
     pub(crate) fn current<C>(&self) -> Option<openraft::Snapshot<C>>
     where
         C: openraft::RaftTypeConfig<NodeId = NodeId, Node = Node, SnapshotData = Cursor<Vec<u8>>>,

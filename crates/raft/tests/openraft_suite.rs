@@ -29,7 +29,7 @@ impl StoreBuilder<PartitionTc, SegmentStore<PartitionTc>, PartitionSm, tempfile:
         let store =
             SegmentStore::open(&dir.path().join("raft"), Arc::new(log)).expect("open store");
         let (high_watermark, _) = watch::channel(0);
-        let sm = PartitionSm::new(store.clone(), Arc::new(high_watermark));
+        let sm = PartitionSm::new(store.clone(), Arc::new(high_watermark)).expect("open sm");
         Ok((dir, store, sm))
     }
 }

@@ -529,6 +529,29 @@ impl Log {
     pub fn apply_retention(&self, now: Timestamp, upto: Offset) -> Result<RetentionOutcome> {
         self.ensure_writable()?;
         let mut state = self.write_state();
+        let doomed = self.doomed_by_retention(&state, now, upto);
+        if doomed == 0 {
+            return Ok(RetentionOutcome::default());
+        }
+        let outcome = self.drop_oldest(&mut state, doomed)?;
+        tracing::info!(
+            dir = %self.dir.display(), segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
+            "retention deleted segments"
+        );
+        Ok(outcome)
+    }
+
+    /// Where retention would start the log (the base of the first segment it keeps), without
+    /// deleting anything: `None` when it would delete nothing. A replicated log deletes through
+    /// its Raft group's purge instead, at this point.
+    pub fn retention_point(&self, now: Timestamp, upto: Offset) -> Option<Offset> {
+        let state = self.read_state();
+        let doomed = self.doomed_by_retention(&state, now, upto);
+        (doomed > 0).then(|| state.sealed[doomed - 1].core.next)
+    }
+
+    /// How many of the oldest sealed segments retention deletes.
+    fn doomed_by_retention(&self, state: &State, now: Timestamp, upto: Offset) -> usize {
         let mut total: u64 =
             state.sealed.iter().map(|s| s.core.size).sum::<u64>() + state.active.core.size;
         let config = self.config();
@@ -547,15 +570,7 @@ impl Log {
             total -= segment.core.size;
             doomed += 1;
         }
-        if doomed == 0 {
-            return Ok(RetentionOutcome::default());
-        }
-        let outcome = self.drop_oldest(&mut state, doomed)?;
-        tracing::info!(
-            dir = %self.dir.display(), segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
-            "retention deleted segments"
-        );
-        Ok(outcome)
+        doomed
     }
 
     /// Flushes and closes the log, leaving a clean-shutdown marker so the next open skips the
