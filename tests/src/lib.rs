@@ -106,6 +106,24 @@ impl Server {
         servers
     }
 
+    /// Starts node `id` to join `cluster` (nodes 1..=n of [`Server::start_cluster`]): its
+    /// `--peers` name them and itself. `strata cluster add-node` then makes it a member.
+    pub fn start_joining(id: u64, cluster: &[Server]) -> Server {
+        let root = tempfile::tempdir().expect("temp dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut peers: Vec<String> =
+            cluster.iter().enumerate().map(|(i, s)| format!("{}={}", i + 1, s.addr)).collect();
+        peers.push(format!("{id}={addr}"));
+        let (id, peers) = (id.to_string(), peers.join(","));
+        let args = ["--node-id", id.as_str(), "--peers", peers.as_str()];
+        let mut server =
+            Server::new(&root.path().join("data"), root.path().join("server.log"), &args);
+        server.addr = addr.parse().expect("address");
+        server._root = Some(root);
+        server.spawn();
+        server
+    }
+
     /// SIGSTOP: the process stays, frozen (its connections stay open but never answer).
     pub fn pause(&self) {
         self.signal("-STOP");
@@ -222,8 +240,18 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what each server said (captured with the test's output).
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..].join("\n");
+            eprintln!("--- last lines of the server at {} ---\n{tail}", self.addr);
+        }
     }
 }
+
+/// How much of each server's log a failing test prints.
+const LOG_LINES_ON_FAILURE: usize = 60;
 
 /// What a CLI run printed and how it exited.
 #[derive(Debug)]

@@ -522,3 +522,68 @@ async fn retention_purges_replicated_logs_and_a_wiped_node_restarts_from_the_sna
         (hw == total + 1 && start >= wiped_start).then_some(())
     });
 }
+
+/// Partitions of `topic` as `server` reports them in `cluster status`: (voters sorted, leader).
+async fn partition_groups(server: &Server, topic: &str) -> Option<Vec<(Vec<u64>, u64)>> {
+    let client = Client::connect(&[server.brokers()]).await.ok()?;
+    let cluster = Admin::new(client).describe_cluster().await.ok()?;
+    let groups: Vec<(Vec<u64>, u64)> = cluster
+        .partitions
+        .iter()
+        .filter(|p| p.topic == topic)
+        .map(|p| {
+            let mut voters = p.voters.clone();
+            voters.sort_unstable();
+            (voters, p.leader)
+        })
+        .collect();
+    Some(groups)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_is_added_and_a_dead_one_removed_without_losing_records() {
+    let mut servers = Server::start_cluster(3);
+    let client = Client::connect(&brokers(&servers)).await.unwrap();
+    create_topic(&client, "grow", 3).await;
+    let mut acked = produce(&client, "grow", 0, 300).await;
+
+    // Node 4 joins: it becomes a controller voter, then a replica of every partition, and
+    // holds every record.
+    let newcomer = Server::start_joining(4, &servers);
+    let all = brokers(&servers).join(",");
+    let added = strata_e2e::cli(&all, &["cluster", "add-node", "4", &newcomer.brokers()], "").ok();
+    assert!(added.stdout.contains("1,2,3,4"), "{}", added.stdout);
+    eventually(Duration::from_secs(60), "every partition to gain node 4", || {
+        let groups = block_on(partition_groups(&newcomer, "grow"))?;
+        (groups.len() == 3 && groups.iter().all(|(voters, _)| voters == &[1, 2, 3, 4]))
+            .then_some(())
+    });
+    let alone = Client::connect(&[newcomer.brokers()]).await.unwrap();
+    eventually(Duration::from_secs(30), "node 4 to hold every record", || {
+        let described = block_on(Admin::new(alone.clone()).describe_topic("grow")).ok()?;
+        let held: u64 = described.partitions.iter().map(|p| p.high_watermark).sum();
+        (held == 300).then_some(())
+    });
+
+    // Node 1 dies and is removed: every group shrinks to 2, 3, 4 and elects leaders there.
+    servers[0].kill9();
+    let rest = [servers[1].brokers(), servers[2].brokers(), newcomer.brokers()];
+    let removed = strata_e2e::cli(&rest.join(","), &["cluster", "remove-node", "1"], "").ok();
+    assert!(removed.stdout.contains("2,3,4"), "{}", removed.stdout);
+    eventually(Duration::from_secs(30), "every partition to drop node 1", || {
+        let groups = block_on(partition_groups(&servers[1], "grow"))?;
+        let done = groups.len() == 3
+            && groups
+                .iter()
+                .all(|(voters, leader)| voters == &[2, 3, 4] && [2, 3, 4].contains(leader));
+        done.then_some(())
+    });
+
+    // Groups of three now: writes go on with a second node (2) down too, and every
+    // acknowledged record is served once, in order, from the two left.
+    servers[1].kill9();
+    let left = Client::connect(&[servers[2].brokers(), newcomer.brokers()]).await.unwrap();
+    acked.extend(produce(&left, "grow", 300, 100).await);
+    let served = read_all(&left, "grow", 3, acked.len()).await;
+    check_served(&acked, &served);
+}

@@ -9,7 +9,7 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_raft::{MetaCommand, MetaError, Metadata, RaftNode, TopicAssignment};
+use strata_raft::{MetaCommand, MetaError, Metadata, NodeChange, RaftNode, TopicAssignment};
 use strata_record::{Timestamp, TopicName};
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +20,14 @@ use crate::topics::{MAX_PARTITIONS, Topic, TopicMeta, Topics};
 
 /// How long an admin change waits for the controller and for this node to apply it.
 pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a node change waits for a controller leader: removing the leader's node itself
+/// needs an election among the rest, which in a 4-node cluster with one node down must be
+/// unanimous.
+const NODE_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often partition leaders compare their group's voters with the metadata's replicas.
+const REPLICA_SET_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -58,7 +66,8 @@ impl Cluster {
     ) -> Result<Arc<Cluster>> {
         let node = RaftNode::start(node_id, data_dir, members).await.map_err(replication)?;
         let cluster = Arc::new(Cluster { node, topics });
-        tasks.spawn(cluster.clone().reconcile_loop(shutdown));
+        tasks.spawn(cluster.clone().reconcile_loop(shutdown.clone()));
+        tasks.spawn(cluster.clone().replica_set_loop(shutdown));
         Ok(cluster)
     }
 
@@ -79,6 +88,79 @@ impl Cluster {
                 _ = shutdown.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
             }
+        }
+    }
+
+    /// Every second, in each partition this node leads: makes the group's voters the
+    /// metadata's replicas (they change when a node is added or removed). Groups needing a
+    /// change are changed concurrently; a newcomer's catch-up can take a while.
+    async fn replica_set_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(REPLICA_SET_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let metadata = self.metadata();
+            let mut changes = Vec::new();
+            for topic in self.topics.all() {
+                let Some(assignment) = metadata.topics.get(topic.name.as_str()) else { continue };
+                for (partition, wanted) in topic.partitions.iter().zip(&assignment.partitions) {
+                    let Some(replica) = partition.replica().cloned() else { continue };
+                    let mut voters = replica.voter_ids();
+                    voters.sort_unstable();
+                    let mut target = wanted.replicas.clone();
+                    target.sort_unstable();
+                    if !replica.is_leader() || voters == target {
+                        continue;
+                    }
+                    let (topic, id, nodes) = (topic.name.clone(), partition.id(), &metadata.nodes);
+                    changes.push(async move {
+                        match replica.change_replicas(&wanted.replicas, nodes).await {
+                            Ok(_) => tracing::info!(
+                                topic = %topic, partition = id, from = ?voters, to = ?target,
+                                "partition replicas changed"
+                            ),
+                            Err(err) => tracing::warn!(
+                                topic = %topic, partition = id, error = %err,
+                                "changing partition replicas; will retry"
+                            ),
+                        }
+                    });
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = futures::future::join_all(changes) => {}
+            }
+        }
+    }
+
+    /// Adds or removes a node through the controller, then waits until this node's metadata
+    /// shows it. Returns the cluster's node ids.
+    pub async fn change_nodes(&self, change: NodeChange) -> Result<Vec<u64>> {
+        self.node
+            .change_nodes(change.clone(), NODE_CHANGE_TIMEOUT)
+            .await
+            .map_err(replication)?
+            .map_err(meta_error)?;
+        let mut applied = self.node.metadata();
+        let shown = tokio::time::timeout(ADMIN_TIMEOUT, async {
+            applied
+                .wait_for(|metadata| match &change {
+                    NodeChange::Add { id, .. } => metadata.nodes.contains_key(id),
+                    NodeChange::Remove { id } => !metadata.nodes.contains_key(id),
+                })
+                .await
+                .map(|m| m.nodes.keys().copied().collect::<Vec<_>>())
+        })
+        .await;
+        match shown {
+            Ok(Ok(nodes)) => Ok(nodes),
+            _ => Err(BrokerError::Replication(format!(
+                "the change was made but this node did not see it within {ADMIN_TIMEOUT:?}"
+            ))),
         }
     }
 

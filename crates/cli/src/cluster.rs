@@ -1,4 +1,4 @@
-//! `strata cluster status`.
+//! `strata cluster …`: status, leadership, adding and removing nodes.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -21,10 +21,28 @@ pub enum ClusterCommand {
     /// Gives each partition back to its preferred replica (the first listed), spreading
     /// leaders over the nodes again after failovers.
     RebalanceLeaders,
+    /// Adds a node, already started with `--node-id ID` and `--peers` naming the cluster and
+    /// itself; every partition gains a replica on it (`cluster status` shows the progress).
+    AddNode {
+        /// The new node's id (above the lowest member's).
+        node_id: u64,
+        /// HOST:PORT it listens on.
+        address: String,
+    },
+    /// Removes a node (up or down) from the cluster and every partition; stop it afterwards.
+    RemoveNode { node_id: u64 },
 }
 
 pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> anyhow::Result<()> {
     match command {
+        ClusterCommand::AddNode { node_id, address } => {
+            let nodes = Admin::new(client.clone()).add_node(*node_id, address).await?;
+            print_nodes("added", *node_id, &nodes, format);
+        }
+        ClusterCommand::RemoveNode { node_id } => {
+            let nodes = Admin::new(client.clone()).remove_node(*node_id).await?;
+            print_nodes("removed", *node_id, &nodes, format);
+        }
         ClusterCommand::ElectLeader { topic, partition, node } => {
             let (leader, term) = elect(client, topic, *partition, *node).await?;
             let mut table = Table::new(&["TOPIC", "PARTITION", "LEADER", "TERM"]);
@@ -110,12 +128,14 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
                 "PARTITION",
                 "LEADER",
                 "REPLICAS",
+                "VOTERS",
                 "TERM",
                 "HW",
                 "REPLICA LAG",
             ]);
             for p in &cluster.partitions {
                 let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
+                let voters: Vec<String> = p.voters.iter().map(u64::to_string).collect();
                 let lag: Vec<String> =
                     p.lag.iter().map(|l| format!("{}:{}", l.node_id, l.entries)).collect();
                 let lag_json: serde_json::Map<String, serde_json::Value> =
@@ -126,12 +146,13 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
                         p.partition.to_string(),
                         if p.leader == 0 { "none".into() } else { p.leader.to_string() },
                         replicas.join(","),
+                        voters.join(","),
                         p.term.to_string(),
                         p.high_watermark.to_string(),
                         lag.join(" "),
                     ],
                     json!({"kind": "partition", "topic": p.topic, "partition": p.partition,
-                        "leader": p.leader, "replicas": p.replicas, "term": p.term,
+                        "leader": p.leader, "replicas": p.replicas, "voters": p.voters, "term": p.term,
                         "high_watermark": p.high_watermark, "replica_lag": lag_json}),
                 );
             }
@@ -144,6 +165,17 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
         }
     }
     Ok(())
+}
+
+/// One line: what happened to `node`, and the nodes after it.
+fn print_nodes(what: &str, node: u64, nodes: &[u64], format: Format) {
+    let mut table = Table::new(&["NODE", "RESULT", "NODES"]);
+    let list: Vec<String> = nodes.iter().map(u64::to_string).collect();
+    table.row(
+        vec![node.to_string(), what.to_owned(), list.join(",")],
+        json!({"node": node, "result": what, "nodes": nodes}),
+    );
+    table.print(format);
 }
 
 /// Asks `node` to become the leader of a partition, connecting to it directly.

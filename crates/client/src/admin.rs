@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use strata_proto::reset_offsets_request::Strategy;
 use strata_proto::{
-    AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
+    AddNodeRequest, AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
     DeleteTopicRequest, DescribeClusterRequest, DescribeGroupRequest, DescribeTopicRequest,
     ElectLeaderRequest, ElectLeaderResponse, GroupDescription, GroupSummary, ListGroupsRequest,
-    ListTopicsRequest, OffsetList, PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse,
-    TopicDescription, TopicPartitions, TopicSummary,
+    ListTopicsRequest, OffsetList, PartitionOffset, RemoveNodeRequest, ResetOffsetsRequest,
+    ResetOffsetsResponse, TopicDescription, TopicPartitions, TopicSummary,
 };
 use strata_record::Timestamp;
 
@@ -134,6 +134,20 @@ impl Admin {
     pub async fn elect_leader(&self, topic: &str, partition: u32) -> Result<ElectLeaderResponse> {
         let request = ElectLeaderRequest { topic: topic.to_owned(), partition };
         Ok(self.client.admin().elect_leader(request).await?.into_inner())
+    }
+
+    /// Adds node `node_id`, already running and listening at `address`, to the cluster; every
+    /// partition then gains a replica on it. Returns the cluster's node ids.
+    pub async fn add_node(&self, node_id: u64, address: &str) -> Result<Vec<u64>> {
+        let request = AddNodeRequest { node_id, address: address.to_owned() };
+        Ok(self.client.admin().add_node(request).await?.into_inner().node_ids)
+    }
+
+    /// Removes node `node_id` (up or down) from the cluster and from every partition's group.
+    /// Returns the cluster's node ids.
+    pub async fn remove_node(&self, node_id: u64) -> Result<Vec<u64>> {
+        let request = RemoveNodeRequest { node_id };
+        Ok(self.client.admin().remove_node(request).await?.into_inner().node_ids)
     }
 
     pub async fn reset_offsets(&self, spec: ResetSpec) -> Result<ResetOffsetsResponse> {

@@ -98,13 +98,30 @@ pub struct Metadata {
     pub topics: BTreeMap<String, TopicAssignment>,
     /// Partition group ids are never reused, so a recreated topic never meets an old group.
     pub next_group_id: GroupId,
-    /// Nodes by id, with their advertised addresses (the controller's membership).
+    /// Nodes by id, with their advertised addresses: the controller's voters. A node being
+    /// added is not one until it has caught up with the controller log.
     pub nodes: BTreeMap<NodeId, String>,
     /// Committed offsets of consumer groups, by group.
     pub offsets: BTreeMap<String, GroupOffsets>,
 }
 
 impl Metadata {
+    /// A change of the cluster's nodes: every partition's replicas follow (each node holds
+    /// every partition). Leavers are dropped, joiners appended, so preferred leaders (the
+    /// first replica) stay where they were.
+    fn set_nodes(&mut self, nodes: BTreeMap<NodeId, String>) {
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                partition.replicas.retain(|id| nodes.contains_key(id));
+                let joining: Vec<NodeId> =
+                    nodes.keys().filter(|id| !partition.replicas.contains(id)).copied().collect();
+                partition.replicas.extend(joining);
+            }
+            topic.replication_factor = nodes.len() as u32;
+        }
+        self.nodes = nodes;
+    }
+
     fn apply(&mut self, command: MetaCommand) -> MetaResult {
         match command {
             MetaCommand::CreateTopic {
@@ -253,8 +270,13 @@ impl ControllerSm {
     }
 }
 
+/// The voters of the controller's membership, with their addresses.
 fn nodes_of(membership: &StoredMembership<NodeId, Node>) -> BTreeMap<NodeId, String> {
-    membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect()
+    let membership = membership.membership();
+    membership
+        .voter_ids()
+        .map(|id| (id, membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default()))
+        .collect()
 }
 
 impl RaftSnapshotBuilder<ControllerTc> for ControllerSm {
@@ -295,7 +317,7 @@ impl RaftStateMachine<ControllerTc> for ControllerSm {
                     EntryPayload::Normal(command) => state.metadata.apply(command),
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m);
-                        state.metadata.nodes = nodes_of(&state.membership);
+                        state.metadata.set_nodes(nodes_of(&state.membership));
                         Ok(())
                     }
                     EntryPayload::Blank => Ok(()),

@@ -4,6 +4,7 @@
 
 pub mod controller;
 mod liveness;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod partition_sm;
@@ -15,6 +16,7 @@ pub use controller::{
     CommittedOffset, GroupOffsets, MetaCommand, MetaError, MetaResult, Metadata,
     PartitionAssignment, TopicAssignment,
 };
+pub use membership::NodeChange;
 pub use node::{PartitionReplica, RaftNode, replicated_log_config};
 pub use partition_sm::SequenceCheck;
 pub use types::{Appended, GroupId, NodeId};

@@ -4,11 +4,11 @@
 //! them only once a second and never start elections on their own timers. Instead each node
 //! pings every peer every 100 ms over the shared channel; when a peer has not answered for
 //! [`DEAD_AFTER`], this node stands for election (after a per-group random delay, so the
-//! followers of a group rarely split the vote) in every group whose leader is that peer, or
-//! that has no leader. When a peer answers again, this node sends one round of heartbeats in
-//! the groups it leads, so a leader that was frozen or cut off learns of a newer term and
-//! steps down at once; and leaders heartbeat lagging followers every second and all followers
-//! every five seconds (see [`nudge_followers`]).
+//! followers of a group rarely split the vote) in every group whose leader is that peer, that
+//! has no leader, or whose leader left the group (a replica move). When a peer answers again,
+//! this node sends one round of heartbeats in the groups it leads, so a leader that was frozen
+//! or cut off learns of a newer term and steps down at once; and leaders heartbeat lagging
+//! followers every second and all followers every five seconds (see [`nudge_followers`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -101,11 +101,15 @@ pub(crate) async fn run(
             let (leader_gone, voter, leading) = {
                 let metrics = raft.metrics();
                 let metrics = metrics.borrow();
+                let membership = metrics.membership_config.membership();
+                // A leader that removed itself from the group steps down but stays alive.
                 let leader_gone = match metrics.current_leader {
-                    Some(leader) => dead.contains(&leader),
+                    Some(leader) => {
+                        dead.contains(&leader) || !membership.voter_ids().any(|v| v == leader)
+                    }
                     None => true,
                 };
-                let voter = metrics.membership_config.membership().voter_ids().any(|v| v == id);
+                let voter = membership.voter_ids().any(|v| v == id);
                 (leader_gone, voter, metrics.state == ServerState::Leader)
             };
             if !leader_gone || !voter || leading {

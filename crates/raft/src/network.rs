@@ -313,6 +313,21 @@ impl RaftService for RouterService {
         Ok(Response::new(RaftReply::default()))
     }
 
+    async fn change_nodes(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        let GroupHandle::Controller(raft) = self.0.group(crate::types::CONTROLLER_GROUP)? else {
+            return Err(Status::internal("group 0 is not the controller"));
+        };
+        let change = decode(&request.payload)?;
+        match crate::node::change_nodes_here(&raft, change).await {
+            Ok(result) => reply::<MetaResult>(&result),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
     async fn forward_meta(
         &self,
         request: Request<RaftRequest>,

@@ -12,7 +12,8 @@ use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use strata_storage::{Durability, Log, LogConfig};
 use tokio::sync::watch;
 
-use crate::controller::{ControllerSm, MetaCommand, MetaResult, Metadata};
+use crate::controller::{ControllerSm, MetaCommand, MetaError, MetaResult, Metadata};
+use crate::membership::{NodeChange, change_voters, voters};
 use crate::network::{GroupHandle, GroupNetwork, Peers, Router};
 use crate::partition_sm::{PartitionSm, SequenceCheck};
 use crate::store::SegmentStore;
@@ -184,6 +185,54 @@ impl RaftNode {
         }
     }
 
+    /// Adds or removes a cluster node (a controller voter), through the controller leader
+    /// (forwarded there if this node is not it). Every partition's replicas follow the
+    /// change: see `Metadata::set_nodes` and [`PartitionReplica::change_replicas`].
+    pub async fn change_nodes(&self, change: NodeChange, timeout: Duration) -> Result<MetaResult> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.change_nodes_once(change.clone()).await {
+                // No leader, or it just died: wait for the next one.
+                Err(e @ (ReplicaError::Unavailable(_) | ReplicaError::NotLeader { .. }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(error = %e, "changing nodes: retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn change_nodes_once(&self, change: NodeChange) -> Result<MetaResult> {
+        let (leader, addr) = {
+            let metrics = self.controller.metrics();
+            let metrics = metrics.borrow();
+            let leader = metrics.current_leader;
+            let addr = leader.and_then(|l| {
+                metrics.membership_config.membership().get_node(&l).map(|n| n.addr.clone())
+            });
+            (leader, addr)
+        };
+        if leader == Some(self.id) {
+            return change_nodes_here(&self.controller, change).await;
+        }
+        let addr = addr.ok_or_else(|| ReplicaError::Unavailable("no controller leader".into()))?;
+        let mut client =
+            self.peers.client(&addr).map_err(|e| ReplicaError::Unavailable(e.to_string()))?;
+        let payload =
+            postcard::to_stdvec(&change).map_err(|e| ReplicaError::Invalid(e.to_string()))?;
+        let reply = client
+            .change_nodes(strata_proto::internal::RaftRequest {
+                group_id: CONTROLLER_GROUP,
+                payload: payload.into(),
+            })
+            .await
+            .map_err(|s| ReplicaError::Unavailable(s.message().to_owned()))?;
+        postcard::from_bytes(&reply.into_inner().payload)
+            .map_err(|e| ReplicaError::Unavailable(e.to_string()))
+    }
+
     async fn forward(
         &self,
         addr: &str,
@@ -246,6 +295,51 @@ impl RaftNode {
         self.router.unregister(CONTROLLER_GROUP);
         let _ = self.controller.shutdown().await;
     }
+}
+
+/// How long a joining node has to catch up with a group's log before it becomes a voter.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// [`RaftNode::change_nodes`] on the controller leader.
+pub(crate) async fn change_nodes_here(
+    controller: &Raft<ControllerTc>,
+    change: NodeChange,
+) -> Result<MetaResult> {
+    let mut target = voters(controller);
+    let invalid = |reason: String| Ok(Err(MetaError::Invalid(reason)));
+    match change {
+        NodeChange::Add { id, addr } => {
+            if let Some(node) = target.get(&id) {
+                return if node.addr == addr {
+                    Ok(Ok(()))
+                } else {
+                    invalid(format!("node {id} is already a member, at {}", node.addr))
+                };
+            }
+            if let Some((other, _)) = target.iter().find(|(_, n)| n.addr == addr) {
+                return invalid(format!("{addr} is node {other}'s address"));
+            }
+            // The lowest id in `--peers` initializes a new cluster: a newcomer with a lower
+            // id than every member would start a cluster of its own at its next start.
+            if target.keys().next().is_some_and(|&lowest| id < lowest) {
+                return invalid(format!(
+                    "node ids must not be below the lowest member's ({}); pick an id above it",
+                    target.keys().next().copied().unwrap_or_default()
+                ));
+            }
+            target.insert(id, BasicNode::new(addr));
+        }
+        NodeChange::Remove { id } => {
+            if target.remove(&id).is_none() {
+                return invalid(format!("node {id} is not a member of the cluster"));
+            }
+            if target.is_empty() {
+                return invalid(format!("node {id} is the last node of the cluster"));
+            }
+        }
+    }
+    change_voters(controller, &target, CATCH_UP).await?;
+    Ok(Ok(()))
 }
 
 async fn initialize<C>(raft: &Raft<C>, nodes: BTreeMap<NodeId, BasicNode>) -> Result<()>
@@ -349,6 +443,29 @@ impl PartitionReplica {
         }
         self.raft.trigger().purge_log(upto.index).await.map_err(unavailable)?;
         Ok(true)
+    }
+
+    /// Node ids of the group's voters, as this replica knows them.
+    pub fn voter_ids(&self) -> Vec<NodeId> {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    }
+
+    /// On the leader: makes `replicas` (with addresses from `nodes`) the group's voters,
+    /// newcomers first catching up as learners. Returns whether anything changed;
+    /// [`ReplicaError::NotLeader`] elsewhere.
+    pub async fn change_replicas(
+        &self,
+        replicas: &[NodeId],
+        nodes: &BTreeMap<NodeId, String>,
+    ) -> Result<bool> {
+        let mut target = BTreeMap::new();
+        for id in replicas {
+            let addr = nodes.get(id).ok_or_else(|| {
+                ReplicaError::Invalid(format!("replica {id} is not a node of the cluster"))
+            })?;
+            target.insert(*id, BasicNode::new(addr));
+        }
+        change_voters(&self.raft, &target, CATCH_UP).await
     }
 
     /// Asks this replica to stand for election (leadership transfer to it).

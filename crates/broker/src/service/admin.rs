@@ -7,14 +7,15 @@ use strata_proto::TopicPartitions;
 use strata_proto::admin_server::Admin;
 use strata_proto::reset_offsets_request::Strategy;
 use strata_proto::{
-    AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
+    AddNodeRequest, AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
     DeleteGroupResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
     DescribeGroupRequest, DescribeTopicRequest, ElectLeaderRequest, ElectLeaderResponse,
     GroupDescription, GroupMember, GroupSummary, ListGroupsRequest, ListGroupsResponse,
-    ListTopicsRequest, ListTopicsResponse, NodeStatus, OffsetChange, PartitionDescription,
-    PartitionLag, PartitionStatus, ReplicaLag, ResetOffsetsRequest, ResetOffsetsResponse,
-    TopicDescription, TopicSummary,
+    ListTopicsRequest, ListTopicsResponse, NodeChangeResponse, NodeStatus, OffsetChange,
+    PartitionDescription, PartitionLag, PartitionStatus, RemoveNodeRequest, ReplicaLag,
+    ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicSummary,
 };
+use strata_raft::NodeChange;
 use strata_record::Timestamp;
 use tonic::{Request, Response, Status};
 
@@ -59,6 +60,12 @@ impl AdminService {
 }
 
 impl AdminService {
+    fn cluster(&self) -> Result<&Arc<crate::cluster::Cluster>> {
+        self.shared.cluster.as_ref().ok_or_else(|| {
+            BrokerError::Fenced("a single node has no other nodes; start it with --peers".into())
+        })
+    }
+
     fn partition_statuses(&self) -> Vec<PartitionStatus> {
         let node = self.shared.config.node_id;
         let mut out = Vec::new();
@@ -72,8 +79,10 @@ impl AdminService {
                     high_watermark: p.high_watermark().0,
                     term: 0,
                     lag: Vec::new(),
+                    voters: vec![node],
                 };
                 if let Some(replica) = p.replica() {
+                    status.voters = replica.voter_ids();
                     let metrics = replica.metrics();
                     status.term = metrics.current_term;
                     let last = metrics.last_log_index.unwrap_or(0);
@@ -411,6 +420,33 @@ impl Admin for AdminService {
                 leader: self.shared.config.node_id,
                 term: replica.metrics().current_term,
             })
+        })
+        .await
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<NodeChangeResponse>, Status> {
+        let request = request.into_inner();
+        respond(&self.shared.metrics, "add_node", async {
+            let change = NodeChange::Add { id: request.node_id, addr: request.address };
+            if request.node_id == 0 {
+                return Err(BrokerError::InvalidArgument("node ids start at 1".into()));
+            }
+            Ok(NodeChangeResponse { node_ids: self.cluster()?.change_nodes(change).await? })
+        })
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<NodeChangeResponse>, Status> {
+        let request = request.into_inner();
+        respond(&self.shared.metrics, "remove_node", async {
+            let change = NodeChange::Remove { id: request.node_id };
+            Ok(NodeChangeResponse { node_ids: self.cluster()?.change_nodes(change).await? })
         })
         .await
     }
