@@ -570,7 +570,7 @@ async fn a_node_is_added_and_a_dead_one_removed_without_losing_records() {
     let rest = [servers[1].brokers(), servers[2].brokers(), newcomer.brokers()];
     let removed = strata_e2e::cli(&rest.join(","), &["cluster", "remove-node", "1"], "").ok();
     assert!(removed.stdout.contains("2,3,4"), "{}", removed.stdout);
-    eventually(Duration::from_secs(30), "every partition to drop node 1", || {
+    eventually(Duration::from_secs(60), "every partition to drop node 1", || {
         let groups = block_on(partition_groups(&servers[1], "grow"))?;
         let done = groups.len() == 3
             && groups

@@ -28,6 +28,12 @@ const PING_TIMEOUT: Duration = Duration::from_millis(400);
 pub const DEAD_AFTER: Duration = Duration::from_millis(800);
 /// Between two elections this node starts in the same group.
 const RETRY_ELECTION: Duration = Duration::from_millis(600);
+/// Spread of the random delay before the first election after a leader is lost.
+const FIRST_JITTER_MS: u32 = 400;
+/// Spread of the random delay before each further one: wider, because a failed round means
+/// candidates collided, and without pre-vote only a candidate with the longest log can win; in
+/// a group with a voter down it needs every other vote, so it needs a round of its own.
+const RETRY_JITTER_MS: u32 = 1600;
 
 pub(crate) async fn run(
     id: NodeId,
@@ -116,11 +122,14 @@ pub(crate) async fn run(
                 next_election.remove(&group);
                 continue;
             }
-            let at = *next_election.entry(group).or_insert_with(|| now + jitter(group, id));
+            let at = *next_election
+                .entry(group)
+                .or_insert_with(|| now + jitter(group, id, FIRST_JITTER_MS));
             if now >= at {
                 tracing::info!(group, "standing for election: its leader is gone");
                 let _ = raft.trigger().elect().await;
-                next_election.insert(group, now + RETRY_ELECTION + jitter(group, id));
+                next_election
+                    .insert(group, now + RETRY_ELECTION + jitter(group, id, RETRY_JITTER_MS));
             }
         }
     }
@@ -153,12 +162,12 @@ async fn nudge_followers(
     }
 }
 
-/// A random delay in [0, 400) ms, so that the followers of one group do not stand at the
-/// same moment again and again (each split vote would be repeated).
-fn jitter(group: GroupId, node: NodeId) -> Duration {
+/// A random delay in [0, `spread_ms`) ms, so that the followers of one group do not stand at
+/// the same moment again and again (each split vote would be repeated).
+fn jitter(group: GroupId, node: NodeId, spread_ms: u32) -> Duration {
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let seed = [group.to_le_bytes(), node.to_le_bytes(), u64::from(clock).to_le_bytes()].concat();
-    Duration::from_millis(u64::from(crc32c::crc32c(&seed) % 400))
+    Duration::from_millis(u64::from(crc32c::crc32c(&seed) % spread_ms))
 }
