@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::controller::ControllerSm;
 use crate::network::{Peers, Router};
-use crate::types::{GroupId, NodeId};
+use crate::types::{CONTROLLER_GROUP, GroupId, NodeId};
 
 const PING_EVERY: Duration = Duration::from_millis(100);
 const PING_TIMEOUT: Duration = Duration::from_millis(400);
@@ -28,6 +28,9 @@ const PING_TIMEOUT: Duration = Duration::from_millis(400);
 pub const DEAD_AFTER: Duration = Duration::from_millis(800);
 /// Between two elections this node starts in the same group.
 const RETRY_ELECTION: Duration = Duration::from_millis(600);
+/// How long the controller's own timers get to elect a leader before this node adds
+/// elections of its own.
+const CONTROLLER_GRACE: Duration = Duration::from_secs(2);
 /// Spread of the random delay before the first election after a leader is lost.
 const FIRST_JITTER_MS: u32 = 400;
 /// Spread of the random delay before each further one: wider, because a failed round means
@@ -98,6 +101,33 @@ pub(crate) async fn run(
         scans += 1;
         if dead.is_empty() && !scans.is_multiple_of(10) {
             continue;
+        }
+        // The controller elects on openraft's timers, but each node draws its timeout once
+        // at start: two nodes with nearly equal ones collide round after round, and with a
+        // voter down a 4-node controller then never elects. An extra election at a random
+        // moment of each round breaks the tie.
+        if let Some(controller) = router.controller() {
+            let (leader_gone, voter) = {
+                let metrics = controller.metrics();
+                let metrics = metrics.borrow();
+                let leader_gone = metrics.current_leader.is_none_or(|l| dead.contains(&l));
+                let voter = metrics.membership_config.membership().voter_ids().any(|v| v == id);
+                (leader_gone, voter)
+            };
+            if leader_gone && voter {
+                let group = CONTROLLER_GROUP;
+                let at = *next_election
+                    .entry(group)
+                    .or_insert_with(|| now + CONTROLLER_GRACE + jitter(group, id, RETRY_JITTER_MS));
+                if now >= at {
+                    tracing::info!("standing for controller election: no leader");
+                    let _ = controller.trigger().elect().await;
+                    next_election
+                        .insert(group, now + RETRY_ELECTION + jitter(group, id, RETRY_JITTER_MS));
+                }
+            } else {
+                next_election.remove(&CONTROLLER_GROUP);
+            }
         }
         let groups = router.partition_groups();
         if scans.is_multiple_of(10) {

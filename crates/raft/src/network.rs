@@ -29,7 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::controller::{MetaCommand, MetaResult};
-use crate::types::{ControllerTc, GroupId, Node, NodeId, PartitionTc};
+use crate::types::{CONTROLLER_GROUP, ControllerTc, GroupId, Node, NodeId, PartitionTc};
 
 /// Largest replication message: a 64 MiB batch plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
@@ -233,6 +233,14 @@ impl Router {
             .collect()
     }
 
+    /// The controller group, once registered.
+    pub fn controller(&self) -> Option<Raft<ControllerTc>> {
+        match self.groups.read().unwrap_or_else(|e| e.into_inner()).get(&CONTROLLER_GROUP) {
+            Some(GroupHandle::Controller(raft)) => Some(raft.clone()),
+            _ => None,
+        }
+    }
+
     pub fn unregister(&self, group: GroupId) {
         self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
     }
@@ -318,7 +326,7 @@ impl RaftService for RouterService {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
-        let GroupHandle::Controller(raft) = self.0.group(crate::types::CONTROLLER_GROUP)? else {
+        let GroupHandle::Controller(raft) = self.0.group(CONTROLLER_GROUP)? else {
             return Err(Status::internal("group 0 is not the controller"));
         };
         let change = decode(&request.payload)?;
@@ -333,7 +341,7 @@ impl RaftService for RouterService {
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
-        let GroupHandle::Controller(raft) = self.0.group(crate::types::CONTROLLER_GROUP)? else {
+        let GroupHandle::Controller(raft) = self.0.group(CONTROLLER_GROUP)? else {
             return Err(Status::internal("group 0 is not the controller"));
         };
         let command: MetaCommand = decode(&request.payload)?;
