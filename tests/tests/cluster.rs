@@ -587,3 +587,52 @@ async fn a_node_is_added_and_a_dead_one_removed_without_losing_records() {
     let served = read_all(&left, "grow", 3, acked.len()).await;
     check_served(&acked, &served);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_log_is_compacted_and_a_wiped_node_gets_its_snapshot() {
+    // A snapshot every 50 controller entries; each offset reset below is one.
+    let mut servers =
+        Server::start_cluster_with(3, |_| vec!["--controller-snapshot-every".into(), "50".into()]);
+    let client = Client::connect(&brokers(&servers)).await.unwrap();
+    create_topic(&client, "meta", 1).await;
+    produce(&client, "meta", 0, 200).await;
+    let admin = Admin::new(client.clone());
+    for offset in 0..120 {
+        let spec = strata_client::ResetSpec {
+            group: "g".into(),
+            topics: vec![("meta".into(), vec![])],
+            all_topics: false,
+            target: strata_client::ResetTarget::ToOffset(offset),
+            execute: true,
+        };
+        admin.reset_offsets(spec).await.unwrap();
+    }
+
+    let raft_files = |server: &Server| server.data_dir.join("controller").join("raft");
+    for server in &servers {
+        let dir = raft_files(server);
+        eventually(Duration::from_secs(10), "every node to snapshot and purge", || {
+            (dir.join("snapshot").exists() && dir.join("purged").exists()).then_some(())
+        });
+    }
+
+    // Node 3 loses its disk. The entries that created the topic are purged everywhere, so
+    // it learns the topic from the controller's snapshot, then re-fills the partition.
+    servers[2].kill9();
+    std::fs::remove_dir_all(&servers[2].data_dir).unwrap();
+    servers[2].restart();
+    eventually(Duration::from_secs(30), "the wiped node to know the topic again", || {
+        let (_, hw) = block_on(local_partition_view(&servers[2], "meta"))?;
+        (hw == 200).then_some(())
+    });
+    assert!(raft_files(&servers[2]).join("snapshot").exists(), "the installed snapshot is kept");
+    // It kept the snapshot it installed: a restart starts from it.
+    servers[2].kill9();
+    servers[2].restart();
+    eventually(Duration::from_secs(30), "the restarted node to know the topic", || {
+        let (_, hw) = block_on(local_partition_view(&servers[2], "meta"))?;
+        (hw == 200).then_some(())
+    });
+    let group = admin.describe_group("g").await.unwrap();
+    assert_eq!(group.partitions[0].committed_offset, Some(119));
+}

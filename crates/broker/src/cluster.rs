@@ -4,7 +4,7 @@
 //! Every node hosts a replica of every partition (replication factor = cluster size; see
 //! docs/decisions.md), so each node's `Topics` lists every partition, leader or follower.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,14 +57,19 @@ fn replica_dir_name(partition: usize, group: u64) -> String {
 impl Cluster {
     /// Starts the controller group and the reconciler.
     pub async fn start(
-        node_id: u64,
-        data_dir: &std::path::Path,
-        members: &BTreeMap<u64, String>,
+        config: &crate::BrokerConfig,
         topics: Arc<Topics>,
         shutdown: CancellationToken,
         tasks: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Cluster>> {
-        let node = RaftNode::start(node_id, data_dir, members).await.map_err(replication)?;
+        let node = RaftNode::start(
+            config.node_id,
+            &config.data_dir,
+            &config.peers,
+            config.controller_snapshot_every,
+        )
+        .await
+        .map_err(replication)?;
         let cluster = Arc::new(Cluster { node, topics });
         tasks.spawn(cluster.clone().reconcile_loop(shutdown.clone()));
         tasks.spawn(cluster.clone().replica_set_loop(shutdown));

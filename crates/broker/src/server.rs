@@ -44,6 +44,9 @@ pub struct BrokerConfig {
     /// Every node of the cluster, this one included, by id: `host:port` of each. Empty (or
     /// only this node): a single node that writes its logs directly, without Raft.
     pub peers: BTreeMap<u64, String>,
+    /// Controller log entries between two snapshots of the cluster metadata (the log before
+    /// a snapshot is purged).
+    pub controller_snapshot_every: u64,
 }
 
 impl BrokerConfig {
@@ -71,6 +74,7 @@ impl BrokerConfig {
             max_request_bytes: 64 * 1024 * 1024,
             metrics_listen: None,
             peers: BTreeMap::new(),
+            controller_snapshot_every: 5000,
         }
     }
 }
@@ -230,15 +234,7 @@ pub async fn run(
     };
     let tasks = TaskTracker::new();
     let cluster = if config.is_cluster() {
-        let cluster = Cluster::start(
-            config.node_id,
-            &config.data_dir,
-            &config.peers,
-            topics.clone(),
-            shutdown.clone(),
-            &tasks,
-        )
-        .await?;
+        let cluster = Cluster::start(&config, topics.clone(), shutdown.clone(), &tasks).await?;
         Some(cluster)
     } else {
         None

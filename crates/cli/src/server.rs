@@ -45,6 +45,10 @@ pub struct ServerArgs {
     /// How often retention runs [default: 30s].
     #[arg(long, env = "STRATA_MAINTENANCE_INTERVAL")]
     maintenance_interval: Option<String>,
+    /// Controller log entries between two snapshots of the cluster metadata; the log before a
+    /// snapshot is deleted [default: 5000].
+    #[arg(long, env = "STRATA_CONTROLLER_SNAPSHOT_EVERY")]
+    controller_snapshot_every: Option<u64>,
     /// A TOML file with the same settings (snake_case keys); flags and environment win.
     #[arg(long, env = "STRATA_CONFIG")]
     config: Option<PathBuf>,
@@ -61,6 +65,7 @@ struct FileConfig {
     fsync: Option<String>,
     maintenance_interval: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    controller_snapshot_every: Option<u64>,
 }
 
 fn durability(text: &str) -> anyhow::Result<Durability> {
@@ -110,6 +115,9 @@ fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if let Some(fsync) = args.fsync.clone().or(file.fsync) {
         config.durability = durability(&fsync)?;
+    }
+    if let Some(every) = args.controller_snapshot_every.or(file.controller_snapshot_every) {
+        config.controller_snapshot_every = every.max(1);
     }
     if let Some(interval) = args.maintenance_interval.clone().or(file.maintenance_interval) {
         config.maintenance_interval = parse::duration(&interval)?.max(Duration::from_millis(100));

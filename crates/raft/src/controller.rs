@@ -3,7 +3,8 @@
 //! so assignments computed at apply are identical everywhere.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use strata_record::{BatchBuilder, Offset, RecordBatch, Timestamp};
 use tokio::sync::watch;
 
+use crate::table::{read_small_file, write_small_file};
 use crate::types::{
     ControllerTc, GroupId, HeldSnapshot, LogPayload, Node, NodeId, sm_err, snapshot_bytes,
 };
@@ -232,24 +234,46 @@ struct Inner {
 pub struct ControllerSm {
     inner: Arc<Mutex<Inner>>,
     published: Arc<watch::Sender<Arc<Metadata>>>,
+    /// Where the last snapshot is kept.
+    dir: PathBuf,
 }
 
-impl Default for ControllerSm {
-    fn default() -> Self {
-        Self::new()
+/// The last snapshot built or installed, in the controller's Raft directory.
+const SNAPSHOT_FILE: &str = "snapshot";
+
+impl Inner {
+    /// Keeps `meta`/`data` as the current snapshot, in memory and (fsynced) in `dir`: the log
+    /// before it is purged, so a restart starts from it.
+    fn keep_snapshot(
+        &mut self,
+        dir: &Path,
+        meta: SnapshotMeta<NodeId, Node>,
+        data: Vec<u8>,
+    ) -> io::Result<Snapshot<ControllerTc>> {
+        let file = postcard::to_stdvec(&(&meta, &data)).map_err(io::Error::other)?;
+        write_small_file(&dir.join(SNAPSHOT_FILE), &file)?;
+        Ok(self.snapshot.keep(meta, data))
     }
 }
 
 impl ControllerSm {
-    pub fn new() -> ControllerSm {
-        let (published, _) = watch::channel(Arc::new(Metadata::default()));
-        ControllerSm {
-            inner: Arc::new(Mutex::new(Inner {
-                state: State::default(),
-                snapshot: HeldSnapshot::default(),
-            })),
-            published: Arc::new(published),
+    /// The state machine, starting from the snapshot kept in `dir` (the controller's Raft
+    /// directory) if there is one; openraft replays the log after it.
+    pub fn open(dir: &Path) -> io::Result<ControllerSm> {
+        let mut state = State::default();
+        let mut snapshot = HeldSnapshot::default();
+        if let Some(file) = read_small_file(&dir.join(SNAPSHOT_FILE))? {
+            let (meta, data): (SnapshotMeta<NodeId, Node>, Vec<u8>) =
+                postcard::from_bytes(&file).map_err(io::Error::other)?;
+            state = postcard::from_bytes(&data).map_err(io::Error::other)?;
+            snapshot.keep::<ControllerTc>(meta, data);
         }
+        let (published, _) = watch::channel(Arc::new(state.metadata.clone()));
+        Ok(ControllerSm {
+            inner: Arc::new(Mutex::new(Inner { state, snapshot })),
+            published: Arc::new(published),
+            dir: dir.to_owned(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -288,7 +312,7 @@ impl RaftSnapshotBuilder<ControllerTc> for ControllerSm {
             last_membership: inner.state.membership.clone(),
             snapshot_id: format!("meta-{}", inner.state.applied.map_or(0, |l| l.index)),
         };
-        Ok(inner.snapshot.keep(meta, data))
+        inner.keep_snapshot(&self.dir, meta, data).map_err(sm_err)
     }
 }
 
@@ -350,7 +374,7 @@ impl RaftStateMachine<ControllerTc> for ControllerSm {
         {
             let mut inner = self.lock();
             inner.state = state;
-            inner.snapshot.keep::<ControllerTc>(meta.clone(), bytes);
+            inner.keep_snapshot(&self.dir, meta.clone(), bytes).map_err(sm_err)?;
         }
         self.publish(metadata);
         Ok(())

@@ -22,12 +22,16 @@ use crate::{ReplicaError, Result};
 
 /// Raft timing of the controller: heartbeats every 150 ms, a leader silent for 1–2 s is
 /// replaced (one group: its heartbeats cost nothing).
-fn controller_config() -> Result<Arc<Config>> {
+fn controller_config(snapshot_every: u64) -> Result<Arc<Config>> {
     let config = Config {
         cluster_name: "strata-controller".to_owned(),
         heartbeat_interval: 150,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
+        // Offset commits are controller writes: compact the log every few thousand, keeping
+        // a tail for followers that lag a little (further behind, they get the snapshot).
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
+        max_in_snapshot_log_to_keep: (snapshot_every / 5).min(1000),
         ..common_config()
     };
     Ok(Arc::new(config.validate().map_err(|e| ReplicaError::Invalid(e.to_string()))?))
@@ -91,10 +95,12 @@ impl std::fmt::Debug for RaftNode {
 impl RaftNode {
     /// Opens (or creates) the controller group under `<data>/controller` and, on the node with
     /// the lowest id of a new cluster, initializes it with every node of `members` as a voter.
+    /// The controller snapshots its state (and purges its log) every `snapshot_every` entries.
     pub async fn start(
         id: NodeId,
         data_dir: &Path,
         members: &BTreeMap<NodeId, String>,
+        snapshot_every: u64,
     ) -> Result<RaftNode> {
         let peers = Peers::new();
         let router = Router::new();
@@ -105,10 +111,11 @@ impl RaftNode {
         );
         let store = SegmentStore::<ControllerTc>::open(&dir.join("raft"), log)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
-        let controller_sm = ControllerSm::new();
+        let controller_sm = ControllerSm::open(&dir.join("raft"))
+            .map_err(|e| ReplicaError::Storage(format!("reading the controller snapshot: {e}")))?;
         let controller = Raft::new(
             id,
-            controller_config()?,
+            controller_config(snapshot_every)?,
             GroupNetwork::new(peers.clone(), CONTROLLER_GROUP),
             store,
             controller_sm.clone(),
