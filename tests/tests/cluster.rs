@@ -541,36 +541,36 @@ async fn partition_groups(server: &Server, topic: &str) -> Option<Vec<(Vec<u64>,
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_is_added_and_a_dead_one_removed_without_losing_records() {
+async fn a_node_is_added_replicas_moved_and_a_dead_node_removed_without_losing_records() {
     let mut servers = Server::start_cluster(3);
     let client = Client::connect(&brokers(&servers)).await.unwrap();
     create_topic(&client, "grow", 3).await;
     let mut acked = produce(&client, "grow", 0, 300).await;
 
-    // Node 4 joins: it becomes a controller voter, then a replica of every partition, and
-    // holds every record.
+    // Node 4 joins the controller; it holds nothing until a partition moves there.
     let newcomer = Server::start_joining(4, &servers);
     let all = brokers(&servers).join(",");
     let added = strata_e2e::cli(&all, &["cluster", "add-node", "4", &newcomer.brokers()], "").ok();
     assert!(added.stdout.contains("1,2,3,4"), "{}", added.stdout);
-    eventually(Duration::from_secs(60), "every partition to gain node 4", || {
+
+    // Partition 0 moves from node 1 to node 4: node 4 catches up and votes, node 1 leaves.
+    strata_e2e::cli(&all, &["cluster", "move-replicas", "grow", "0", "--replicas", "4,2,3"], "")
+        .ok();
+    eventually(Duration::from_secs(60), "partition 0 to move to node 4", || {
         let groups = block_on(partition_groups(&newcomer, "grow"))?;
-        (groups.len() == 3 && groups.iter().all(|(voters, _)| voters == &[1, 2, 3, 4]))
-            .then_some(())
+        (groups.len() == 3 && groups[0].0 == [2, 3, 4]).then_some(())
     });
-    let alone = Client::connect(&[newcomer.brokers()]).await.unwrap();
-    eventually(Duration::from_secs(30), "node 4 to hold every record", || {
-        let described = block_on(Admin::new(alone.clone()).describe_topic("grow")).ok()?;
-        let held: u64 = described.partitions.iter().map(|p| p.high_watermark).sum();
-        (held == 300).then_some(())
+    eventually(Duration::from_secs(30), "node 1 to close its replica of partition 0", || {
+        let groups = block_on(partition_groups(&servers[0], "grow"))?;
+        (groups[0].0.is_empty() && groups[1].0 == [1, 2, 3]).then_some(())
     });
 
-    // Node 1 dies and is removed: every group shrinks to 2, 3, 4 and elects leaders there.
+    // Node 1 dies and is removed: its other replicas go to node 4, the node with fewest.
     servers[0].kill9();
     let rest = [servers[1].brokers(), servers[2].brokers(), newcomer.brokers()];
     let removed = strata_e2e::cli(&rest.join(","), &["cluster", "remove-node", "1"], "").ok();
     assert!(removed.stdout.contains("2,3,4"), "{}", removed.stdout);
-    eventually(Duration::from_secs(60), "every partition to drop node 1", || {
+    eventually(Duration::from_secs(60), "every partition to move off node 1", || {
         let groups = block_on(partition_groups(&servers[1], "grow"))?;
         let done = groups.len() == 3
             && groups
@@ -579,13 +579,65 @@ async fn a_node_is_added_and_a_dead_one_removed_without_losing_records() {
         done.then_some(())
     });
 
-    // Groups of three now: writes go on with a second node (2) down too, and every
+    // Groups of three on nodes 2, 3, 4: writes go on with node 2 down too, and every
     // acknowledged record is served once, in order, from the two left.
     servers[1].kill9();
     let left = Client::connect(&[servers[2].brokers(), newcomer.brokers()]).await.unwrap();
     acked.extend(produce(&left, "grow", 300, 100).await);
     let served = read_all(&left, "grow", 3, acked.len()).await;
     check_served(&acked, &served);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_with_fewer_replicas_than_nodes_serve_clients_from_any_node() {
+    let servers = Server::start_cluster(3);
+    let client = Client::connect(&brokers(&servers)).await.unwrap();
+    let spec = TopicSpec {
+        name: "thin".into(),
+        partitions: 3,
+        replication_factor: 2,
+        configs: Default::default(),
+    };
+    Admin::new(client.clone()).create_topic(spec).await.unwrap();
+    // Each node holds two of the three partitions.
+    for server in &servers {
+        let groups = partition_groups(server, "thin").await.unwrap();
+        assert_eq!(groups.iter().filter(|(voters, _)| !voters.is_empty()).count(), 2);
+    }
+    // A client that knows one node only finds every leader through it.
+    let through_one = Client::connect(&[servers[0].brokers()]).await.unwrap();
+    let acked = produce(&through_one, "thin", 0, 300).await;
+    let served = read_all(&through_one, "thin", 3, 300).await;
+    check_served(&acked, &served);
+
+    // Every node describes every partition, the ones it does not hold included.
+    for server in &servers {
+        let alone = Client::connect(&[server.brokers()]).await.unwrap();
+        let described = Admin::new(alone).describe_topic("thin").await.unwrap();
+        assert_eq!(described.replication_factor, 2);
+        let held: u64 = described.partitions.iter().map(|p| p.high_watermark).sum();
+        assert_eq!(held, 300, "{described:?}");
+        assert!(described.partitions.iter().all(|p| p.replicas.len() == 2 && p.leader != 0));
+    }
+
+    // The group coordinator (the controller leader) resets offsets and reports lag for
+    // partitions it may not hold.
+    let admin = Admin::new(client.clone());
+    let reset = admin
+        .reset_offsets(strata_client::ResetSpec {
+            group: "g".into(),
+            topics: vec![("thin".into(), vec![])],
+            all_topics: false,
+            target: strata_client::ResetTarget::Latest,
+            execute: true,
+        })
+        .await
+        .unwrap();
+    let new: u64 = reset.changes.iter().map(|c| c.new_offset).sum();
+    assert_eq!(new, 300);
+    let group = admin.describe_group("g").await.unwrap();
+    assert_eq!(group.partitions.len(), 3);
+    assert!(group.partitions.iter().all(|p| p.lag == 0 && p.log_end_offset > 0), "{group:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,9 @@
 //! A node of a cluster: the controller's metadata drives which topics and partition replicas
 //! this node opens (the reconciler), and topic changes go through the controller.
 //!
-//! Every node hosts a replica of every partition (replication factor = cluster size; see
-//! docs/decisions.md), so each node's `Topics` lists every partition, leader or follower.
+//! A node opens the replicas assigned to it; its `Topics` lists every topic, with the
+//! partitions it holds. For the others it knows the replicas and, from the controller, the
+//! leader its leader last reported (see docs/decisions.md, "Replication").
 
 use std::collections::HashMap;
 use std::fs;
@@ -26,6 +27,10 @@ pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// unanimous.
 const NODE_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Replicas per partition when a topic is created without a replication factor (Kafka's
+/// usual production setting), or every node in a smaller cluster.
+const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+
 /// How often partition leaders compare their group's voters with the metadata's replicas.
 const REPLICA_SET_EVERY: Duration = Duration::from_secs(1);
 
@@ -33,7 +38,14 @@ const REPLICA_SET_EVERY: Duration = Duration::from_secs(1);
 pub struct Cluster {
     node: RaftNode,
     topics: Arc<Topics>,
+    /// Held by a reconcile pass (they run on metadata changes and every second).
+    reconciling: tokio::sync::Mutex<()>,
+    /// Replicas still open here although moved away, by group: since when.
+    unassigned_since: std::sync::Mutex<HashMap<u64, std::time::Instant>>,
 }
+
+/// How long a replica moved away from this node stays open while the group still counts it.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 pub(crate) fn meta_error(err: MetaError) -> BrokerError {
     match err {
@@ -70,9 +82,15 @@ impl Cluster {
         )
         .await
         .map_err(replication)?;
-        let cluster = Arc::new(Cluster { node, topics });
+        let cluster = Arc::new(Cluster {
+            node,
+            topics,
+            reconciling: Default::default(),
+            unassigned_since: Default::default(),
+        });
         tasks.spawn(cluster.clone().reconcile_loop(shutdown.clone()));
-        tasks.spawn(cluster.clone().replica_set_loop(shutdown));
+        tasks.spawn(cluster.clone().replica_set_loop(shutdown.clone()));
+        tasks.spawn(cluster.clone().upkeep_loop(shutdown));
         Ok(cluster)
     }
 
@@ -96,6 +114,46 @@ impl Cluster {
         }
     }
 
+    /// Every second: tells the controller of the partitions this node leads whose recorded
+    /// leader is not up to date (one command for all of them), so nodes without a replica can
+    /// send clients to the leader; and reconciles again, for replicas moved away that may
+    /// close now.
+    async fn upkeep_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(REPLICA_SET_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let metadata = self.metadata();
+            let me = self.node.id();
+            let mut leaders = Vec::new();
+            for topic in self.topics.all() {
+                for partition in &topic.partitions {
+                    let Some(replica) = partition.replica() else { continue };
+                    if !replica.is_leader() {
+                        continue;
+                    }
+                    let term = replica.metrics().current_term;
+                    if metadata.leaders.get(&replica.group()) != Some(&(me, term)) {
+                        leaders.push((replica.group(), me, term));
+                    }
+                }
+            }
+            if !leaders.is_empty() {
+                let report = self.node.propose(MetaCommand::SetLeaders { leaders }, ADMIN_TIMEOUT);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = report => if let Err(err) = result {
+                        tracing::debug!(error = %err, "reporting partition leaders; will retry");
+                    },
+                }
+            }
+            self.reconcile(&self.metadata()).await;
+        }
+    }
+
     /// Every second, in each partition this node leads: makes the group's voters the
     /// metadata's replicas (they change when a node is added or removed). Groups needing a
     /// change are changed concurrently; a newcomer's catch-up can take a while.
@@ -111,7 +169,10 @@ impl Cluster {
             let mut changes = Vec::new();
             for topic in self.topics.all() {
                 let Some(assignment) = metadata.topics.get(topic.name.as_str()) else { continue };
-                for (partition, wanted) in topic.partitions.iter().zip(&assignment.partitions) {
+                for partition in &topic.partitions {
+                    let Some(wanted) = assignment.partitions.get(partition.id() as usize) else {
+                        continue;
+                    };
                     let Some(replica) = partition.replica().cloned() else { continue };
                     let mut voters = replica.voter_ids();
                     voters.sort_unstable();
@@ -169,36 +230,31 @@ impl Cluster {
         }
     }
 
-    /// Brings the local topics in line with the metadata: opens new ones, applies config
-    /// changes, stops and discards deleted ones.
+    /// Brings the local topics in line with the metadata: opens new ones and the replicas
+    /// newly assigned to this node, applies config changes, stops replicas moved away (see
+    /// [`Cluster::may_close`]) and discards deleted topics. One pass at a time.
     async fn reconcile(&self, metadata: &Metadata) {
+        let _one_at_a_time = self.reconciling.lock().await;
         for topic in self.topics.all() {
             let wanted = metadata.topics.get(topic.name.as_str());
+            // A recreated topic of the same name has new groups: start over.
             let same = wanted.is_some_and(|w| {
-                w.partitions
-                    .iter()
-                    .zip(&topic.partitions)
-                    .all(|(a, p)| p.replica().is_some_and(|r| r.group() == a.group_id))
+                topic.partitions.iter().all(|p| {
+                    let group = w.partitions.get(p.id() as usize).map(|a| a.group_id);
+                    p.replica().is_some_and(|r| Some(r.group()) == group)
+                })
             });
             if !same {
                 self.remove(topic.name.as_str()).await;
             }
         }
         for (name, assignment) in &metadata.topics {
-            match self.topics.get(name) {
-                Ok(topic) => {
-                    let meta = topic_meta(name, assignment);
-                    if topic.meta().config != meta.config
-                        && let Err(err) = self.topics.set_meta(&topic, meta)
-                    {
-                        tracing::error!(topic = %name, error = %err, "applying topic config");
-                    }
-                }
-                Err(_) => {
-                    if let Err(err) = self.open_topic(name, assignment).await {
-                        tracing::error!(topic = %name, error = %err, "opening topic replicas");
-                    }
-                }
+            let result = match self.topics.get(name) {
+                Ok(topic) => self.update_topic(&topic, assignment).await,
+                Err(_) => self.open_topic(name, assignment).await,
+            };
+            if let Err(err) = result {
+                tracing::error!(topic = %name, error = %err, "opening topic replicas");
             }
         }
         // Directories of topics the metadata no longer has (deleted while this node was down).
@@ -213,18 +269,50 @@ impl Cluster {
         }
     }
 
+    /// Ids of the partitions of `assignment` this node holds a replica of.
+    fn hosted(&self, assignment: &TopicAssignment) -> Vec<u32> {
+        let me = self.node.id();
+        (0..assignment.partitions.len() as u32)
+            .filter(|&p| assignment.partitions[p as usize].replicas.contains(&me))
+            .collect()
+    }
+
+    async fn open_partition(
+        &self,
+        topic: &TopicName,
+        meta: &TopicMeta,
+        id: u32,
+        assignment: &TopicAssignment,
+    ) -> Result<Arc<Partition>> {
+        let a = &assignment.partitions[id as usize];
+        let dir = self.topics.root().join(topic.as_str());
+        let base = replica_dir_name(id as usize, a.group_id);
+        let config = meta.config.log_config(self.topics.durability());
+        let partition = Partition::open_replicated(
+            topic.clone(),
+            id,
+            &dir.join(&base),
+            &dir.join(format!("{base}.raft")),
+            config,
+            &self.node,
+            a,
+        )
+        .await?;
+        Ok(Arc::new(partition))
+    }
+
     async fn open_topic(&self, name: &str, assignment: &TopicAssignment) -> Result<()> {
         let topic_name = TopicName::new(name)?;
         let meta = topic_meta(name, assignment);
         let dir = self.topics.root().join(name);
         fs::create_dir_all(&dir).map_err(BrokerError::io(format!("creating {}", dir.display())))?;
-        // Replica dirs of an older topic of the same name (deleted while this node was down).
-        let wanted: Vec<String> = assignment
-            .partitions
+        let hosted = self.hosted(assignment);
+        // Replica dirs of an older topic of the same name (deleted while this node was down),
+        // and of replicas moved away while it was down.
+        let wanted: Vec<String> = hosted
             .iter()
-            .enumerate()
-            .flat_map(|(p, a)| {
-                let base = replica_dir_name(p, a.group_id);
+            .flat_map(|&p| {
+                let base = replica_dir_name(p as usize, assignment.partitions[p as usize].group_id);
                 [format!("{base}.raft"), base]
             })
             .collect();
@@ -235,29 +323,78 @@ impl Cluster {
                 }
             }
         }
-        let mut partitions = Vec::with_capacity(assignment.partitions.len());
-        for (p, a) in assignment.partitions.iter().enumerate() {
-            let base = replica_dir_name(p, a.group_id);
-            let config = meta.config.log_config(self.topics.durability());
-            let partition = Partition::open_replicated(
-                topic_name.clone(),
-                p as u32,
-                &dir.join(&base),
-                &dir.join(format!("{base}.raft")),
-                config,
-                &self.node,
-                a,
-            )
-            .await?;
-            partitions.push(Arc::new(partition));
+        let mut partitions = Vec::with_capacity(hosted.len());
+        for &p in &hosted {
+            partitions.push(self.open_partition(&topic_name, &meta, p, assignment).await?);
         }
         self.topics.install(meta, partitions)?;
-        tracing::info!(
-            topic = name,
-            partitions = assignment.partitions.len(),
-            "topic replicas open"
-        );
+        tracing::info!(topic = name, partitions = hosted.len(), "topic replicas open");
         Ok(())
+    }
+
+    /// An installed topic: config changes, replicas assigned to or moved away from this node.
+    async fn update_topic(&self, topic: &Arc<Topic>, assignment: &TopicAssignment) -> Result<()> {
+        let meta = topic_meta(topic.name.as_str(), assignment);
+        if topic.meta().config != meta.config {
+            self.topics.set_meta(topic, meta.clone())?;
+        }
+        let hosted = self.hosted(assignment);
+        let mut kept = Vec::new();
+        let mut closing = Vec::new();
+        for p in &topic.partitions {
+            if hosted.contains(&p.id()) || !self.may_close(p) {
+                kept.push(p.clone());
+            } else {
+                closing.push(p.clone());
+            }
+        }
+        let mut opened = Vec::new();
+        for &id in &hosted {
+            if topic.partition(id).is_err() {
+                opened.push(self.open_partition(&topic.name, &meta, id, assignment).await?);
+            }
+        }
+        if opened.is_empty() && closing.is_empty() {
+            return Ok(());
+        }
+        for p in &opened {
+            tracing::info!(topic = %topic.name, partition = p.id(), "replica assigned here: open");
+        }
+        kept.extend(opened);
+        self.topics.install(meta, kept)?;
+        for p in closing {
+            tracing::info!(topic = %topic.name, partition = p.id(), "replica moved away: closed");
+            let group = p.replica().map(|r| r.group());
+            if let Some(replica) = p.replica() {
+                replica.shutdown().await;
+            }
+            self.unassigned_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|g, _| Some(*g) != group);
+            let dir = self.topics.root().join(topic.name.as_str());
+            let base = replica_dir_name(p.id() as usize, group.unwrap_or_default());
+            self.topics.discard(&dir.join(format!("{base}.raft")));
+            self.topics.discard(&dir.join(base));
+        }
+        Ok(())
+    }
+
+    /// Whether a replica no longer assigned here can stop: not while it leads (its leader
+    /// first moves the group away from it, then steps down), and only once the group no longer
+    /// counts it as a voter, or after [`CLOSE_GRACE`] (a removed node may never hear that the
+    /// change that removed it committed).
+    fn may_close(&self, partition: &Partition) -> bool {
+        let Some(replica) = partition.replica() else { return true };
+        if replica.is_leader() {
+            return false;
+        }
+        if !replica.voter_ids().contains(&self.node.id()) {
+            return true;
+        }
+        let mut since = self.unassigned_since.lock().unwrap_or_else(|e| e.into_inner());
+        let first = *since.entry(replica.group()).or_insert_with(std::time::Instant::now);
+        first.elapsed() >= CLOSE_GRACE
     }
 
     async fn remove(&self, name: &str) {
@@ -330,10 +467,14 @@ impl Cluster {
             ));
         }
         let nodes = self.metadata().nodes.len() as u32;
-        let replication_factor = if replication_factor == 0 { nodes } else { replication_factor };
-        if replication_factor != nodes {
+        let replication_factor = if replication_factor == 0 {
+            nodes.min(DEFAULT_REPLICATION_FACTOR)
+        } else {
+            replication_factor
+        };
+        if replication_factor > nodes {
             return Err(BrokerError::InvalidArgument(format!(
-                "replication factor must equal the number of nodes ({nodes}): every node holds every partition in this version"
+                "replication factor {replication_factor} is more than the {nodes} nodes of the cluster"
             )));
         }
         let config = TopicConfig::default().with_changes(changes)?;
@@ -345,9 +486,17 @@ impl Cluster {
             created_ms: Timestamp::now().0,
         })
         .await?;
-        self.wait_for("opening its partitions", |t| {
+        // Every partition has a leader that the cluster knows of, here or on its replicas.
+        self.wait_for("its partitions to elect leaders", |t| {
+            let metadata = self.metadata();
             t.get(name).is_ok_and(|topic| {
-                topic.partitions.iter().all(|p| p.replica().is_some_and(|r| r.leader().is_some()))
+                let Some(assignment) = metadata.topics.get(name) else { return false };
+                assignment.partitions.iter().enumerate().all(|(id, a)| {
+                    match topic.partition(id as u32) {
+                        Ok(p) => p.replica().is_some_and(|r| r.leader().is_some()),
+                        Err(_) => metadata.leaders.contains_key(&a.group_id),
+                    }
+                })
             })
         })
         .await?;
@@ -377,6 +526,37 @@ impl Cluster {
         })
         .await?;
         self.topics.get(name)
+    }
+
+    /// The leader of a partition as its leader last reported it to the controller, with its
+    /// address (for partitions this node holds no replica of).
+    pub fn recorded_leader(&self, topic: &str, partition: u32) -> Option<(u64, String)> {
+        let metadata = self.metadata();
+        let group = metadata.topics.get(topic)?.partitions.get(partition as usize)?.group_id;
+        let (leader, _) = metadata.leaders.get(&group)?;
+        Some((*leader, metadata.nodes.get(leader)?.clone()))
+    }
+
+    /// Addresses of a partition's replicas, its recorded leader first.
+    pub fn replica_addresses(&self, topic: &str, partition: u32) -> Vec<String> {
+        let metadata = self.metadata();
+        let leader = self.recorded_leader(topic, partition).map(|(id, _)| id);
+        let mut replicas = self.replicas(topic, partition);
+        replicas.sort_by_key(|id| Some(*id) != leader);
+        replicas.iter().filter_map(|id| metadata.nodes.get(id).cloned()).collect()
+    }
+
+    /// Moves a partition's replicas to `replicas` (the first is the preferred leader): the
+    /// controller records them, the new replicas open and catch up, the leader changes its
+    /// group, and the old replicas close. Answers once the move is recorded.
+    pub async fn move_replicas(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u64>,
+    ) -> Result<()> {
+        self.propose(MetaCommand::MoveReplicas { topic: topic.to_owned(), partition, replicas })
+            .await
     }
 
     /// Replica node ids of a partition, from the metadata.

@@ -45,6 +45,9 @@ pub enum BrokerError {
     /// This node does not lead the partition; the leader, if known: `(node id, address)`.
     #[error("not the leader for {topic}/{partition}{}", .leader.as_ref().map(|(id, addr)| format!("; leader is node {id} at {addr}")).unwrap_or_else(|| "; no leader is known yet".into()))]
     NotLeader { topic: String, partition: u32, leader: Option<(u64, String)> },
+    /// This node holds no replica of the partition (a cluster with fewer replicas than nodes).
+    #[error("this node holds no replica of {topic}/{partition}")]
+    NotHosted { topic: String, partition: u32 },
     /// Consumer groups are coordinated by the controller's leader, which this node is not.
     #[error("this node is not the group coordinator{}", .leader.as_ref().map(|(id, addr)| format!("; leader is node {id} at {addr}")).unwrap_or_else(|| "; no coordinator is known yet".into()))]
     NotCoordinator { leader: Option<(u64, String)> },
@@ -74,6 +77,7 @@ impl BrokerError {
             BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,
             BrokerError::ShuttingDown
             | BrokerError::NotLeader { .. }
+            | BrokerError::NotHosted { .. }
             | BrokerError::NotCoordinator { .. }
             | BrokerError::Replication(_) => Code::Unavailable,
             BrokerError::Io { .. } => Code::Internal,

@@ -7,6 +7,7 @@ mod cluster;
 mod error;
 pub mod groups;
 mod metrics;
+pub mod offsets;
 mod partition;
 mod server;
 mod service;

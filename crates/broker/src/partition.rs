@@ -90,7 +90,7 @@ impl Partition {
                 assignment.group_id,
                 log.clone(),
                 raft_dir,
-                &assignment.replicas,
+                assignment,
                 high_watermark.clone(),
             )
             .await

@@ -22,8 +22,10 @@ use crate::cluster::Cluster;
 use crate::error::{BrokerError, Result};
 use crate::groups::{Groups, OffsetStore};
 use crate::metrics::Metrics;
+use crate::offsets::OffsetSource;
+use crate::partition::Partition;
 use crate::service::{AdminService, BrokerService};
-use crate::topics::Topics;
+use crate::topics::{Topic, Topics};
 
 /// How a broker runs. `strata server` fills it from flags, environment and defaults.
 #[derive(Debug, Clone)]
@@ -120,13 +122,11 @@ impl Shared {
                 .iter()
                 .map(|t| TopicMetadata {
                     name: t.name.to_string(),
-                    partitions: t
-                        .partitions
-                        .iter()
+                    partitions: (0..t.partition_count())
                         .map(|p| PartitionMetadata {
-                            partition: p.id(),
-                            leader: p.leader(node),
-                            replicas: self.replicas(t.name.as_str(), p.id()),
+                            partition: p,
+                            leader: self.leader_of(t, p),
+                            replicas: self.replicas(t.name.as_str(), p),
                         })
                         .collect(),
                 })
@@ -145,6 +145,47 @@ impl Shared {
         }
         let leader = leader.and_then(|id| Some((id, cluster.metadata().nodes.get(&id)?.clone())));
         Err(BrokerError::NotCoordinator { leader })
+    }
+
+    /// A partition this node holds a replica of. One it does not hold is answered with
+    /// NotLeader naming the leader the controller knows, so a client goes there.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        match self.topics.partition(topic, partition) {
+            Err(BrokerError::NotHosted { topic, partition }) => {
+                let leader =
+                    self.cluster.as_ref().and_then(|c| c.recorded_leader(&topic, partition));
+                Err(BrokerError::NotLeader { topic, partition, leader })
+            }
+            other => other,
+        }
+    }
+
+    /// Node id of a partition's leader as this node knows it (0: none known).
+    pub fn leader_of(&self, topic: &Topic, partition: u32) -> u64 {
+        match topic.partition(partition) {
+            Ok(p) => p.leader(self.config.node_id),
+            Err(_) => self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.recorded_leader(topic.name.as_str(), partition))
+                .map_or(0, |(id, _)| id),
+        }
+    }
+
+    /// Where a partition's offsets come from: this node's replica, or the nodes holding one.
+    pub fn offset_source(&self, topic: &str, partition: u32) -> Result<OffsetSource> {
+        match self.topics.partition(topic, partition) {
+            Ok(p) => Ok(OffsetSource::Local(p)),
+            Err(BrokerError::NotHosted { topic, partition }) => {
+                let replicas = self
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.replica_addresses(&topic, partition))
+                    .unwrap_or_default();
+                Ok(OffsetSource::Remote { topic, partition, replicas })
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Node ids holding a partition.

@@ -32,6 +32,8 @@ pub struct TopicMeta {
 pub struct Topic {
     pub name: TopicName,
     meta: RwLock<TopicMeta>,
+    /// The partitions this node holds a replica of, by id: every one on a single node, the
+    /// assigned ones in a cluster.
     pub partitions: Vec<Arc<Partition>>,
 }
 
@@ -40,11 +42,22 @@ impl Topic {
         self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The partition `id`, if this node holds a replica of it.
     pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
-        self.partitions.get(id as usize).ok_or_else(|| BrokerError::UnknownPartition {
-            topic: self.name.to_string(),
-            partition: id,
-        })
+        match self.partitions.binary_search_by_key(&id, |p| p.id()) {
+            Ok(i) => Ok(&self.partitions[i]),
+            Err(_) if id < self.meta().partitions => {
+                Err(BrokerError::NotHosted { topic: self.name.to_string(), partition: id })
+            }
+            Err(_) => {
+                Err(BrokerError::UnknownPartition { topic: self.name.to_string(), partition: id })
+            }
+        }
+    }
+
+    /// Number of partitions of the topic (held here or not).
+    pub fn partition_count(&self) -> u32 {
+        self.meta.read().unwrap_or_else(|e| e.into_inner()).partitions
     }
 }
 
@@ -297,8 +310,14 @@ impl Topics {
         self.durability
     }
 
-    /// Makes a topic whose partitions are open visible to requests.
-    pub fn install(&self, meta: TopicMeta, partitions: Vec<Arc<Partition>>) -> Result<Arc<Topic>> {
+    /// Makes a topic whose partitions are open visible to requests (replacing the installed
+    /// one of that name, if any: a change of the partitions held here).
+    pub fn install(
+        &self,
+        meta: TopicMeta,
+        mut partitions: Vec<Arc<Partition>>,
+    ) -> Result<Arc<Topic>> {
+        partitions.sort_by_key(|p| p.id());
         let name = TopicName::new(&meta.name)?;
         let topic = Arc::new(Topic { name, meta: RwLock::new(meta), partitions });
         self.topics

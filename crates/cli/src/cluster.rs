@@ -22,15 +22,25 @@ pub enum ClusterCommand {
     /// leaders over the nodes again after failovers.
     RebalanceLeaders,
     /// Adds a node, already started with `--node-id ID` and `--peers` naming the cluster and
-    /// itself; every partition gains a replica on it (`cluster status` shows the progress).
+    /// itself. It holds no partition until topics are created or replicas moved there.
     AddNode {
         /// The new node's id (above the lowest member's).
         node_id: u64,
         /// HOST:PORT it listens on.
         address: String,
     },
-    /// Removes a node (up or down) from the cluster and every partition; stop it afterwards.
+    /// Removes a node (up or down); its replicas move to the nodes holding the fewest.
+    /// Stop it afterwards.
     RemoveNode { node_id: u64 },
+    /// Moves a partition's replicas to other nodes (the first listed is the preferred
+    /// leader); `cluster status` shows VOTERS reaching REPLICAS as the data follows.
+    MoveReplicas {
+        topic: String,
+        partition: u32,
+        /// Node ids, comma-separated: `--replicas 2,3,4`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+    },
 }
 
 pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> anyhow::Result<()> {
@@ -38,6 +48,17 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
         ClusterCommand::AddNode { node_id, address } => {
             let nodes = Admin::new(client.clone()).add_node(*node_id, address).await?;
             print_nodes("added", *node_id, &nodes, format);
+        }
+        ClusterCommand::MoveReplicas { topic, partition, replicas } => {
+            Admin::new(client.clone()).move_replicas(topic, *partition, replicas).await?;
+            let list: Vec<String> = replicas.iter().map(u64::to_string).collect();
+            let mut table = Table::new(&["TOPIC", "PARTITION", "REPLICAS", "RESULT"]);
+            table.row(
+                vec![topic.clone(), partition.to_string(), list.join(","), "moving".into()],
+                json!({"topic": topic, "partition": partition, "replicas": replicas,
+                    "result": "moving"}),
+            );
+            table.print(format);
         }
         ClusterCommand::RemoveNode { node_id } => {
             let nodes = Admin::new(client.clone()).remove_node(*node_id).await?;
@@ -136,6 +157,8 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
             for p in &cluster.partitions {
                 let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
                 let voters: Vec<String> = p.voters.iter().map(u64::to_string).collect();
+                // No voters: the answering node holds no replica, so it knows only the leader.
+                let local = |v: String| if p.voters.is_empty() { "-".to_owned() } else { v };
                 let lag: Vec<String> =
                     p.lag.iter().map(|l| format!("{}:{}", l.node_id, l.entries)).collect();
                 let lag_json: serde_json::Map<String, serde_json::Value> =
@@ -146,9 +169,9 @@ pub async fn run(command: &ClusterCommand, client: &Client, format: Format) -> a
                         p.partition.to_string(),
                         if p.leader == 0 { "none".into() } else { p.leader.to_string() },
                         replicas.join(","),
-                        voters.join(","),
-                        p.term.to_string(),
-                        p.high_watermark.to_string(),
+                        local(voters.join(",")),
+                        local(p.term.to_string()),
+                        local(p.high_watermark.to_string()),
                         lag.join(" "),
                     ],
                     json!({"kind": "partition", "topic": p.topic, "partition": p.partition,

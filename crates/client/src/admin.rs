@@ -8,8 +8,8 @@ use strata_proto::{
     AddNodeRequest, AlterTopicRequest, ClusterDescription, CreateTopicRequest, DeleteGroupRequest,
     DeleteTopicRequest, DescribeClusterRequest, DescribeGroupRequest, DescribeTopicRequest,
     ElectLeaderRequest, ElectLeaderResponse, GroupDescription, GroupSummary, ListGroupsRequest,
-    ListTopicsRequest, OffsetList, PartitionOffset, RemoveNodeRequest, ResetOffsetsRequest,
-    ResetOffsetsResponse, TopicDescription, TopicPartitions, TopicSummary,
+    ListTopicsRequest, MoveReplicasRequest, OffsetList, PartitionOffset, RemoveNodeRequest,
+    ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicPartitions, TopicSummary,
 };
 use strata_record::Timestamp;
 
@@ -148,6 +148,15 @@ impl Admin {
     pub async fn remove_node(&self, node_id: u64) -> Result<Vec<u64>> {
         let request = RemoveNodeRequest { node_id };
         Ok(self.client.admin().remove_node(request).await?.into_inner().node_ids)
+    }
+
+    /// Moves `topic`/`partition` to the nodes `replicas` (the first is the preferred leader).
+    /// Answers once the move is recorded; the data follows in the background.
+    pub async fn move_replicas(&self, topic: &str, partition: u32, replicas: &[u64]) -> Result<()> {
+        let request =
+            MoveReplicasRequest { topic: topic.to_owned(), partition, replicas: replicas.to_vec() };
+        self.client.admin().move_replicas(request).await?;
+        Ok(())
     }
 
     pub async fn reset_offsets(&self, spec: ResetSpec) -> Result<ResetOffsetsResponse> {

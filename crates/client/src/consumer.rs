@@ -17,6 +17,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::Code;
 
+/// How often finding a partition's offsets follows a leader change before giving up.
+const LIST_OFFSET_TRIES: u64 = 8;
+
 use crate::record::{ConsumerRecord, decode};
 use crate::{Client, ClientError, Result};
 
@@ -206,7 +209,23 @@ impl Consumer {
             spec: spec as i32,
             timestamp_ms,
         };
-        Ok(Offset(self.client.broker().list_offsets(request).await?.into_inner().offset))
+        // Asked of the partition's leader (a node without a replica answers with NotLeader
+        // naming it), following leader changes a few times.
+        let mut attempt = 0;
+        loop {
+            let mut broker = self.client.broker_for(&tp.0, tp.1);
+            match broker.list_offsets(request.clone()).await {
+                Ok(reply) => return Ok(Offset(reply.into_inner().offset)),
+                Err(status)
+                    if status.code() == Code::Unavailable && attempt < LIST_OFFSET_TRIES =>
+                {
+                    self.client.partition_failed(&tp.0, tp.1, &status).await;
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
     }
 
     pub async fn seek_to_beginning(&mut self) -> Result<()> {

@@ -49,6 +49,18 @@ pub enum MetaCommand {
     DeleteGroup {
         group: String,
     },
+    /// Makes `replicas` the replicas of one partition (the first is the preferred leader);
+    /// the partition's leader then moves its group there.
+    MoveReplicas {
+        topic: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
+    /// Partition leaders as their leaders report them, for nodes without a replica of the
+    /// partition: `(group, leader, term)`; an older term than the recorded one is ignored.
+    SetLeaders {
+        leaders: Vec<(GroupId, NodeId, u64)>,
+    },
 }
 
 /// One committed offset of a group.
@@ -84,6 +96,10 @@ pub type MetaResult = Result<(), MetaError>;
 pub struct PartitionAssignment {
     pub group_id: GroupId,
     pub replicas: Vec<NodeId>,
+    /// The replica that initialized the group when the topic was created (the first of its
+    /// first replicas). Only it ever initializes the group: a replica added later joins
+    /// through the leader.
+    pub founder: NodeId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,21 +121,41 @@ pub struct Metadata {
     pub nodes: BTreeMap<NodeId, String>,
     /// Committed offsets of consumer groups, by group.
     pub offsets: BTreeMap<String, GroupOffsets>,
+    /// Each partition group's leader and its term, as last reported (see
+    /// [`MetaCommand::SetLeaders`]).
+    pub leaders: BTreeMap<GroupId, (NodeId, u64)>,
 }
 
 impl Metadata {
-    /// A change of the cluster's nodes: every partition's replicas follow (each node holds
-    /// every partition). Leavers are dropped, joiners appended, so preferred leaders (the
-    /// first replica) stay where they were.
+    /// A change of the cluster's nodes. A partition with a replica on a node that left gets
+    /// one on the node holding the fewest replicas instead (if there is a node it is not on
+    /// yet); partitions do not move to a node that joined (`MoveReplicas` does that).
     fn set_nodes(&mut self, nodes: BTreeMap<NodeId, String>) {
+        let mut load: BTreeMap<NodeId, usize> = nodes.keys().map(|id| (*id, 0)).collect();
+        for topic in self.topics.values() {
+            for partition in &topic.partitions {
+                for id in &partition.replicas {
+                    if let Some(count) = load.get_mut(id) {
+                        *count += 1;
+                    }
+                }
+            }
+        }
         for topic in self.topics.values_mut() {
             for partition in &mut topic.partitions {
+                let before = partition.replicas.len();
                 partition.replicas.retain(|id| nodes.contains_key(id));
-                let joining: Vec<NodeId> =
-                    nodes.keys().filter(|id| !partition.replicas.contains(id)).copied().collect();
-                partition.replicas.extend(joining);
+                for _ in partition.replicas.len()..before {
+                    let spare = load
+                        .iter()
+                        .filter(|(id, _)| !partition.replicas.contains(id))
+                        .min_by_key(|(id, count)| (**count, **id))
+                        .map(|(id, _)| *id);
+                    let Some(spare) = spare else { break };
+                    partition.replicas.push(spare);
+                    *load.entry(spare).or_default() += 1;
+                }
             }
-            topic.replication_factor = nodes.len() as u32;
         }
         self.nodes = nodes;
     }
@@ -153,7 +189,8 @@ impl Metadata {
                         let group_id = self.next_group_id + p as u64;
                         let replicas =
                             (0..rf).map(|r| nodes[(first + p + r) % nodes.len()]).collect();
-                        PartitionAssignment { group_id, replicas }
+                        let replicas: Vec<NodeId> = replicas;
+                        PartitionAssignment { group_id, founder: replicas[0], replicas }
                     })
                     .collect::<Vec<_>>();
                 self.next_group_id += partitions.len() as u64;
@@ -169,7 +206,13 @@ impl Metadata {
                 Ok(())
             }
             MetaCommand::DeleteTopic { name } => {
-                self.topics.remove(&name).ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
+                let removed = self
+                    .topics
+                    .remove(&name)
+                    .ok_or_else(|| MetaError::UnknownTopic(name.clone()))?;
+                for partition in &removed.partitions {
+                    self.leaders.remove(&partition.group_id);
+                }
                 for offsets in self.offsets.values_mut() {
                     offsets.retain(|(topic, _), _| *topic != name);
                 }
@@ -189,6 +232,54 @@ impl Metadata {
             MetaCommand::AlterTopic { name, config } => {
                 let topic = self.topics.get_mut(&name).ok_or(MetaError::UnknownTopic(name))?;
                 topic.config = config;
+                Ok(())
+            }
+            MetaCommand::MoveReplicas { topic, partition, replicas } => {
+                let mut unique = replicas.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                if replicas.is_empty() || unique.len() != replicas.len() {
+                    return Err(MetaError::Invalid(format!(
+                        "replicas must be distinct node ids, at least one: {replicas:?}"
+                    )));
+                }
+                if let Some(unknown) = replicas.iter().find(|id| !self.nodes.contains_key(id)) {
+                    return Err(MetaError::Invalid(format!(
+                        "node {unknown} is not in the cluster"
+                    )));
+                }
+                let assignment =
+                    self.topics.get_mut(&topic).ok_or(MetaError::UnknownTopic(topic.clone()))?;
+                let count = assignment.partitions.len();
+                let target =
+                    assignment.partitions.get_mut(partition as usize).ok_or_else(|| {
+                        MetaError::Invalid(format!(
+                            "topic {topic} has {count} partitions, not {partition}"
+                        ))
+                    })?;
+                target.replicas = replicas;
+                assignment.replication_factor = assignment
+                    .partitions
+                    .iter()
+                    .map(|p| p.replicas.len() as u32)
+                    .max()
+                    .unwrap_or(0);
+                Ok(())
+            }
+            MetaCommand::SetLeaders { leaders } => {
+                for (group, leader, term) in leaders {
+                    let known = self
+                        .topics
+                        .values()
+                        .any(|t| t.partitions.iter().any(|p| p.group_id == group));
+                    if !known {
+                        continue;
+                    }
+                    let recorded = self.leaders.entry(group).or_insert((leader, term));
+                    if term >= recorded.1 {
+                        *recorded = (leader, term);
+                    }
+                }
                 Ok(())
             }
         }

@@ -12,7 +12,9 @@ use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use strata_storage::{Durability, Log, LogConfig};
 use tokio::sync::watch;
 
-use crate::controller::{ControllerSm, MetaCommand, MetaError, MetaResult, Metadata};
+use crate::controller::{
+    ControllerSm, MetaCommand, MetaError, MetaResult, Metadata, PartitionAssignment,
+};
 use crate::membership::{NodeChange, change_voters, voters};
 use crate::network::{GroupHandle, GroupNetwork, Peers, Router};
 use crate::partition_sm::{PartitionSm, SequenceCheck};
@@ -258,14 +260,14 @@ impl RaftNode {
     }
 
     /// Opens the Raft group of one partition replica over `log` (whose Raft files go in
-    /// `raft_dir`) and registers it with the router. The preferred leader (`replicas[0]`) of a
-    /// new group initializes it.
+    /// `raft_dir`) and registers it with the router. The group's founder initializes it with
+    /// the assignment's replicas; any other replica waits for the leader to add it.
     pub async fn open_partition(
         &self,
         group: GroupId,
         log: Arc<Log>,
         raft_dir: &Path,
-        replicas: &[NodeId],
+        assignment: &PartitionAssignment,
         high_watermark: Arc<watch::Sender<u64>>,
     ) -> Result<PartitionReplica> {
         let store = SegmentStore::<PartitionTc>::open(raft_dir, log)
@@ -282,9 +284,10 @@ impl RaftNode {
         .await
         .map_err(|e| ReplicaError::Storage(e.to_string()))?;
         self.router.register(group, GroupHandle::Partition(raft.clone()));
-        if replicas.first() == Some(&self.id) {
+        if assignment.founder == self.id {
             let metadata = self.controller_sm.metadata();
-            let nodes: BTreeMap<NodeId, BasicNode> = replicas
+            let nodes: BTreeMap<NodeId, BasicNode> = assignment
+                .replicas
                 .iter()
                 .map(|id| {
                     let addr = metadata.nodes.get(id).cloned().unwrap_or_default();

@@ -77,9 +77,7 @@ impl Group {
         let wanted: BTreeSet<&String> = subscriptions.values().flatten().collect();
         let partitions: BTreeMap<String, u32> = wanted
             .into_iter()
-            .filter_map(|t| {
-                topics.get(t).ok().map(|topic| (t.clone(), topic.partitions.len() as u32))
-            })
+            .filter_map(|t| topics.get(t).ok().map(|topic| (t.clone(), topic.partition_count())))
             .collect();
         let targets = self.assignor.assign(&subscriptions, &partitions);
         let mut changed = false;
@@ -377,7 +375,13 @@ impl Groups {
     ) -> Result<()> {
         validate_group_id(group_id)?;
         for ((topic, partition), committed) in offsets {
-            let high_watermark = topics.partition(topic, *partition)?.high_watermark().0;
+            // Checked where this node holds the partition; elsewhere its leader serves only
+            // offsets below its high watermark, so a consumer has no offset beyond it.
+            let high_watermark = match topics.partition(topic, *partition) {
+                Ok(p) => p.high_watermark().0,
+                Err(BrokerError::NotHosted { .. }) => continue,
+                Err(err) => return Err(err),
+            };
             if committed.offset > high_watermark {
                 return Err(BrokerError::OffsetOutOfRange {
                     topic: topic.clone(),

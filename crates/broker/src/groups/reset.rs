@@ -8,6 +8,7 @@ use strata_record::Timestamp;
 
 use super::{Committed, Groups, TopicPartition};
 use crate::error::{BrokerError, Result};
+use crate::offsets::OffsetSource;
 use crate::topics::Topics;
 
 #[derive(Debug, Clone)]
@@ -67,10 +68,12 @@ fn expand(
             Err(err) => return Err(err),
         };
         if partitions.is_empty() {
-            out.extend((0..topic.partitions.len() as u32).map(|p| (topic_name.clone(), p)));
+            out.extend((0..topic.partition_count()).map(|p| (topic_name.clone(), p)));
         } else {
             for p in partitions {
-                topic.partition(p)?;
+                if p >= topic.partition_count() {
+                    return Err(BrokerError::UnknownPartition { topic: topic_name, partition: p });
+                }
                 out.push((topic_name.clone(), p));
             }
         }
@@ -85,6 +88,7 @@ fn expand(
 pub async fn reset_offsets(
     groups: &Arc<Groups>,
     topics: &Arc<Topics>,
+    offsets_of: impl Fn(&str, u32) -> Result<OffsetSource>,
     group_id: &str,
     scope: ResetScope,
     strategy: ResetStrategy,
@@ -108,9 +112,9 @@ pub async fn reset_offsets(
     let now = Timestamp::now().0;
     let mut changes = Vec::with_capacity(partitions.len());
     for tp in partitions {
-        let partition = topics.partition(&tp.0, tp.1)?;
-        let start = partition.log_start().0;
-        let end = partition.high_watermark().0;
+        let partition = offsets_of(&tp.0, tp.1)?;
+        let start = partition.earliest().await?;
+        let end = partition.latest().await?;
         let previous = committed.get(&tp).map(|c| c.offset);
         let current = previous.unwrap_or(end);
         let wanted: u64 = match &strategy {
@@ -119,9 +123,9 @@ pub async fn reset_offsets(
             ResetStrategy::Current => current,
             ResetStrategy::ToOffset(offset) => *offset,
             ResetStrategy::ShiftBy(delta) => current.saturating_add_signed(*delta),
-            ResetStrategy::ToDatetime(ms) => partition.offset_for_time(Timestamp(*ms)).await?.0,
+            ResetStrategy::ToDatetime(ms) => partition.for_time(Timestamp(*ms)).await?,
             ResetStrategy::ByDuration(ms) => {
-                partition.offset_for_time(Timestamp(now.saturating_sub(*ms))).await?.0
+                partition.for_time(Timestamp(now.saturating_sub(*ms))).await?
             }
             ResetStrategy::FromList(_) => explicit[&tp],
         };

@@ -11,9 +11,10 @@ use strata_proto::{
     DeleteGroupResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeClusterRequest,
     DescribeGroupRequest, DescribeTopicRequest, ElectLeaderRequest, ElectLeaderResponse,
     GroupDescription, GroupMember, GroupSummary, ListGroupsRequest, ListGroupsResponse,
-    ListTopicsRequest, ListTopicsResponse, NodeChangeResponse, NodeStatus, OffsetChange,
-    PartitionDescription, PartitionLag, PartitionStatus, RemoveNodeRequest, ReplicaLag,
-    ResetOffsetsRequest, ResetOffsetsResponse, TopicDescription, TopicSummary,
+    ListTopicsRequest, ListTopicsResponse, MoveReplicasRequest, MoveReplicasResponse,
+    NodeChangeResponse, NodeStatus, OffsetChange, PartitionDescription, PartitionLag,
+    PartitionStatus, RemoveNodeRequest, ReplicaLag, ResetOffsetsRequest, ResetOffsetsResponse,
+    TopicDescription, TopicSummary,
 };
 use strata_raft::NodeChange;
 use strata_record::Timestamp;
@@ -22,6 +23,7 @@ use tonic::{Request, Response, Status};
 use super::{blocking, respond};
 use crate::error::{BrokerError, Result};
 use crate::groups::{ResetScope, ResetStrategy, reset_offsets};
+use crate::offsets::OffsetSource;
 use crate::server::Shared;
 use crate::topics::Topic;
 
@@ -35,25 +37,37 @@ impl AdminService {
         AdminService { shared }
     }
 
-    fn describe(&self, topic: &Topic) -> TopicDescription {
+    /// Every partition of `topic`: from this node's replica where it holds one, otherwise
+    /// from the metadata and the partition's replicas (its size is then not known here: 0).
+    async fn describe(&self, topic: &Topic) -> TopicDescription {
         let meta = topic.meta();
-        let node = self.shared.config.node_id;
         let shared = &self.shared;
+        let mut partitions = Vec::with_capacity(meta.partitions as usize);
+        for id in 0..meta.partitions {
+            let mut description = PartitionDescription {
+                partition: id,
+                leader: shared.leader_of(topic, id),
+                replicas: shared.replicas(topic.name.as_str(), id),
+                ..PartitionDescription::default()
+            };
+            match shared.offset_source(topic.name.as_str(), id) {
+                Ok(OffsetSource::Local(p)) => {
+                    description.log_start_offset = p.log_start().0;
+                    description.high_watermark = p.high_watermark().0;
+                    description.size_bytes = p.log().size_bytes();
+                }
+                Ok(remote) => {
+                    description.log_start_offset = remote.earliest().await.unwrap_or(0);
+                    description.high_watermark = remote.latest().await.unwrap_or(0);
+                }
+                Err(_) => {}
+            }
+            partitions.push(description);
+        }
         TopicDescription {
             name: meta.name.clone(),
             replication_factor: meta.replication_factor,
-            partitions: topic
-                .partitions
-                .iter()
-                .map(|p| PartitionDescription {
-                    partition: p.id(),
-                    leader: p.leader(node),
-                    replicas: shared.replicas(topic.name.as_str(), p.id()),
-                    log_start_offset: p.log_start().0,
-                    high_watermark: p.high_watermark().0,
-                    size_bytes: p.log().size_bytes(),
-                })
-                .collect(),
+            partitions,
             configs: meta.config.to_map().into_iter().collect(),
         }
     }
@@ -70,7 +84,18 @@ impl AdminService {
         let node = self.shared.config.node_id;
         let mut out = Vec::new();
         for topic in self.shared.topics.all() {
-            for p in &topic.partitions {
+            for id in 0..topic.partition_count() {
+                let Ok(p) = topic.partition(id) else {
+                    // Held on other nodes: what the metadata says (no voters, term or lag).
+                    out.push(PartitionStatus {
+                        topic: topic.name.to_string(),
+                        partition: id,
+                        leader: self.shared.leader_of(&topic, id),
+                        replicas: self.shared.replicas(topic.name.as_str(), id),
+                        ..PartitionStatus::default()
+                    });
+                    continue;
+                };
                 let mut status = PartitionStatus {
                     topic: topic.name.to_string(),
                     partition: p.id(),
@@ -149,7 +174,7 @@ impl Admin for AdminService {
                         &request.configs,
                     )
                     .await?;
-                return Ok(self.describe(&topic));
+                return Ok(self.describe(&topic).await);
             }
             let shared = self.shared.clone();
             let topic = blocking(&self.shared.tasks, move || {
@@ -162,7 +187,7 @@ impl Admin for AdminService {
                 )
             })
             .await?;
-            Ok(self.describe(&topic))
+            Ok(self.describe(&topic).await)
         })
         .await
     }
@@ -198,7 +223,7 @@ impl Admin for AdminService {
         let request = request.into_inner();
         respond(&self.shared.metrics, "describe_topic", async {
             let topic = self.shared.topics.get(&request.name)?;
-            Ok(self.describe(&topic))
+            Ok(self.describe(&topic).await)
         })
         .await
     }
@@ -218,12 +243,12 @@ impl Admin for AdminService {
             let changes: HashMap<String, String> = request.configs;
             if let Some(cluster) = &self.shared.cluster {
                 let topic = cluster.alter_topic(&request.name, &changes).await?;
-                return Ok(self.describe(&topic));
+                return Ok(self.describe(&topic).await);
             }
             let topic =
                 blocking(&self.shared.tasks, move || shared.topics.alter(&request.name, &changes))
                     .await?;
-            Ok(self.describe(&topic))
+            Ok(self.describe(&topic).await)
         })
         .await
     }
@@ -284,31 +309,38 @@ impl Admin for AdminService {
             let view = self.shared.groups.describe(&request.group_id)?;
             let mut rows: std::collections::BTreeSet<_> = view.committed.keys().cloned().collect();
             rows.extend(view.owners.keys().cloned());
-            let partitions = rows
-                .into_iter()
-                .map(|tp| {
-                    let committed = view.committed.get(&tp).map(|c| c.offset);
-                    let partition = self.shared.topics.partition(&tp.0, tp.1).ok();
-                    // (0, 0) when the topic was deleted since the commit.
-                    let (start, end) = partition
-                        .as_ref()
-                        .map_or((0, 0), |p| (p.log_start().0, p.high_watermark().0));
-                    let next = committed.unwrap_or(start);
-                    let age_ms = partition
-                        .as_ref()
-                        .and_then(|p| p.first_unconsumed(next).and_then(|o| p.record_timestamp(o)))
-                        .map_or(0, |ts| Timestamp::now().0.saturating_sub(ts).max(0) as u64);
-                    PartitionLag {
-                        owner: view.owners.get(&tp).cloned().unwrap_or_default(),
-                        topic: tp.0,
-                        partition: tp.1,
-                        committed_offset: committed,
-                        log_end_offset: end,
-                        lag: end.saturating_sub(next),
-                        oldest_unconsumed_age_ms: age_ms,
-                    }
-                })
-                .collect();
+            let mut partitions = Vec::with_capacity(rows.len());
+            for tp in rows {
+                let committed = view.committed.get(&tp).map(|c| c.offset);
+                // (0, 0) when the topic was deleted since the commit, or its replicas on
+                // other nodes did not answer.
+                let source = self.shared.offset_source(&tp.0, tp.1).ok();
+                let (start, end) = match &source {
+                    Some(s) => match (s.earliest().await, s.latest().await) {
+                        (Ok(start), Ok(end)) => (start, end),
+                        _ => (0, 0),
+                    },
+                    None => (0, 0),
+                };
+                let next = committed.unwrap_or(start);
+                // The age needs the record itself: known where this node holds a replica.
+                let age_ms = match &source {
+                    Some(OffsetSource::Local(p)) => p
+                        .first_unconsumed(next)
+                        .and_then(|o| p.record_timestamp(o))
+                        .map_or(0, |ts| Timestamp::now().0.saturating_sub(ts).max(0) as u64),
+                    _ => 0,
+                };
+                partitions.push(PartitionLag {
+                    owner: view.owners.get(&tp).cloned().unwrap_or_default(),
+                    topic: tp.0,
+                    partition: tp.1,
+                    committed_offset: committed,
+                    log_end_offset: end,
+                    lag: end.saturating_sub(next),
+                    oldest_unconsumed_age_ms: age_ms,
+                });
+            }
             Ok(GroupDescription {
                 group_id: view.group_id,
                 state: view.state.into(),
@@ -439,6 +471,19 @@ impl Admin for AdminService {
         .await
     }
 
+    async fn move_replicas(
+        &self,
+        request: Request<MoveReplicasRequest>,
+    ) -> Result<Response<MoveReplicasResponse>, Status> {
+        let request = request.into_inner();
+        respond(&self.shared.metrics, "move_replicas", async {
+            let cluster = self.cluster()?;
+            cluster.move_replicas(&request.topic, request.partition, request.replicas).await?;
+            Ok(MoveReplicasResponse {})
+        })
+        .await
+    }
+
     async fn remove_node(
         &self,
         request: Request<RemoveNodeRequest>,
@@ -478,6 +523,7 @@ impl Admin for AdminService {
             let changes = reset_offsets(
                 &self.shared.groups,
                 &self.shared.topics,
+                |topic, partition| self.shared.offset_source(topic, partition),
                 &request.group_id,
                 scope,
                 strategy,

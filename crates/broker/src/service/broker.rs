@@ -72,7 +72,7 @@ impl Broker for BrokerService {
                     "a produce request needs at least one batch".into(),
                 ));
             }
-            let partition = self.shared.topics.partition(&request.topic, request.partition)?;
+            let partition = self.shared.partition(&request.topic, request.partition)?;
             let _acks = request.acks(); // one node: leader and all are the same durable append
             let records = record_count(&request.batches);
             let bytes: usize = request.batches.iter().map(|b| b.len()).sum();
@@ -98,7 +98,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<FetchResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "fetch", async {
-            let partition = self.shared.topics.partition(&request.topic, request.partition)?;
+            let partition = self.shared.partition(&request.topic, request.partition)?;
             let wait = Duration::from_millis(u64::from(request.max_wait_ms)).min(MAX_WAIT_CAP);
             let fetched = partition
                 .fetch(
@@ -124,11 +124,8 @@ impl Broker for BrokerService {
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
-        let partition = self
-            .shared
-            .topics
-            .partition(&request.topic, request.partition)
-            .map_err(Status::from)?;
+        let partition =
+            self.shared.partition(&request.topic, request.partition).map_err(Status::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let shutdown = self.shared.shutdown.clone();
         let max_bytes = fetch_bytes(request.max_bytes);
@@ -183,7 +180,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let request = request.into_inner();
         respond(&self.shared.metrics, "list_offsets", async {
-            let partition = self.shared.topics.partition(&request.topic, request.partition)?;
+            let partition = self.shared.partition(&request.topic, request.partition)?;
             let offset = match request.spec() {
                 OffsetSpec::Earliest => partition.log_start(),
                 OffsetSpec::Latest | OffsetSpec::Unspecified => partition.high_watermark(),
