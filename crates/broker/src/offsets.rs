@@ -3,12 +3,14 @@
 //! way a client would (`ListOffsets`). The group coordinator needs them for lag and offset
 //! resets, and `topic describe` for every partition.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use strata_proto::broker_client::BrokerClient;
 use strata_proto::{ListOffsetsRequest, OffsetSpec};
 use strata_record::Timestamp;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
@@ -82,12 +84,23 @@ async fn list_offsets(
     address: &str,
     request: ListOffsetsRequest,
 ) -> std::result::Result<u64, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?;
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-    let reply = BrokerClient::new(channel)
-        .list_offsets(request)
-        .await
-        .map_err(|s| s.message().to_owned())?;
+    let mut client = BrokerClient::new(channel(address)?);
+    let reply = client.list_offsets(request).await.map_err(|s| s.message().to_owned())?;
     Ok(reply.into_inner().offset)
+}
+
+/// One lazily connected channel per node address, shared by every lookup.
+fn channel(address: &str) -> std::result::Result<Channel, String> {
+    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    let mut channels =
+        CHANNELS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(channel) = channels.get(address) {
+        return Ok(channel.clone());
+    }
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(REMOTE_TIMEOUT)
+        .connect_lazy();
+    channels.insert(address.to_owned(), channel.clone());
+    Ok(channel)
 }

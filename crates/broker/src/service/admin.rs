@@ -42,8 +42,9 @@ impl AdminService {
     async fn describe(&self, topic: &Topic) -> TopicDescription {
         let meta = topic.meta();
         let shared = &self.shared;
-        let mut partitions = Vec::with_capacity(meta.partitions as usize);
-        for id in 0..meta.partitions {
+        // Partitions held elsewhere are asked concurrently, so replicas that do not answer
+        // cost one timeout, not one per partition.
+        let partitions = futures::future::join_all((0..meta.partitions).map(|id| async move {
             let mut description = PartitionDescription {
                 partition: id,
                 leader: shared.leader_of(topic, id),
@@ -62,8 +63,9 @@ impl AdminService {
                 }
                 Err(_) => {}
             }
-            partitions.push(description);
-        }
+            description
+        }))
+        .await;
         TopicDescription {
             name: meta.name.clone(),
             replication_factor: meta.replication_factor,
@@ -309,8 +311,9 @@ impl Admin for AdminService {
             let view = self.shared.groups.describe(&request.group_id)?;
             let mut rows: std::collections::BTreeSet<_> = view.committed.keys().cloned().collect();
             rows.extend(view.owners.keys().cloned());
-            let mut partitions = Vec::with_capacity(rows.len());
-            for tp in rows {
+            let shown = &view;
+            let partitions = futures::future::join_all(rows.into_iter().map(|tp| async move {
+                let view = shown;
                 let committed = view.committed.get(&tp).map(|c| c.offset);
                 // (0, 0) when the topic was deleted since the commit, or its replicas on
                 // other nodes did not answer.
@@ -331,7 +334,7 @@ impl Admin for AdminService {
                         .map_or(0, |ts| Timestamp::now().0.saturating_sub(ts).max(0) as u64),
                     _ => 0,
                 };
-                partitions.push(PartitionLag {
+                PartitionLag {
                     owner: view.owners.get(&tp).cloned().unwrap_or_default(),
                     topic: tp.0,
                     partition: tp.1,
@@ -339,8 +342,9 @@ impl Admin for AdminService {
                     log_end_offset: end,
                     lag: end.saturating_sub(next),
                     oldest_unconsumed_age_ms: age_ms,
-                });
-            }
+                }
+            }))
+            .await;
             Ok(GroupDescription {
                 group_id: view.group_id,
                 state: view.state.into(),
