@@ -135,7 +135,7 @@ impl Cluster {
                     if !replica.is_leader() {
                         continue;
                     }
-                    let term = replica.metrics().current_term;
+                    let term = replica.term();
                     if metadata.leaders.get(&replica.group()) != Some(&(me, term)) {
                         leaders.push((replica.group(), me, term));
                     }
@@ -174,11 +174,14 @@ impl Cluster {
                         continue;
                     };
                     let Some(replica) = partition.replica().cloned() else { continue };
+                    if !replica.is_leader() {
+                        continue;
+                    }
                     let mut voters = replica.voter_ids();
                     voters.sort_unstable();
                     let mut target = wanted.replicas.clone();
                     target.sort_unstable();
-                    if !replica.is_leader() || voters == target {
+                    if voters == target {
                         continue;
                     }
                     let (topic, id, nodes) = (topic.name.clone(), partition.id(), &metadata.nodes);

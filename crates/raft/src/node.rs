@@ -394,6 +394,11 @@ impl PartitionReplica {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The group's current Raft term on this replica.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
