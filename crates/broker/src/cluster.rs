@@ -10,7 +10,9 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_raft::{MetaCommand, MetaError, Metadata, NodeChange, RaftNode, TopicAssignment};
+use strata_raft::{
+    GroupLeader, MetaCommand, MetaError, Metadata, NodeChange, RaftNode, TopicAssignment,
+};
 use strata_record::{Timestamp, TopicName};
 use tokio_util::sync::CancellationToken;
 
@@ -40,12 +42,7 @@ pub struct Cluster {
     topics: Arc<Topics>,
     /// Held by a reconcile pass (they run on metadata changes and every second).
     reconciling: tokio::sync::Mutex<()>,
-    /// Replicas still open here although moved away, by group: since when.
-    unassigned_since: std::sync::Mutex<HashMap<u64, std::time::Instant>>,
 }
-
-/// How long a replica moved away from this node stays open while the group still counts it.
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 pub(crate) fn meta_error(err: MetaError) -> BrokerError {
     match err {
@@ -82,12 +79,7 @@ impl Cluster {
         )
         .await
         .map_err(replication)?;
-        let cluster = Arc::new(Cluster {
-            node,
-            topics,
-            reconciling: Default::default(),
-            unassigned_since: Default::default(),
-        });
+        let cluster = Arc::new(Cluster { node, topics, reconciling: Default::default() });
         tasks.spawn(cluster.clone().reconcile_loop(shutdown.clone()));
         tasks.spawn(cluster.clone().replica_set_loop(shutdown.clone()));
         tasks.spawn(cluster.clone().upkeep_loop(shutdown));
@@ -105,8 +97,8 @@ impl Cluster {
     async fn reconcile_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut changes = self.node.metadata();
         loop {
-            let metadata = changes.borrow_and_update().clone();
-            self.reconcile(&metadata).await;
+            changes.borrow_and_update();
+            self.reconcile().await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
@@ -132,12 +124,10 @@ impl Cluster {
             for topic in self.topics.all() {
                 for partition in &topic.partitions {
                     let Some(replica) = partition.replica() else { continue };
-                    if !replica.is_leader() {
-                        continue;
-                    }
-                    let term = replica.term();
-                    if metadata.leaders.get(&replica.group()) != Some(&(me, term)) {
-                        leaders.push((replica.group(), me, term));
+                    let Some((term, voters)) = replica.leadership() else { continue };
+                    let report = GroupLeader { node: me, term, voters };
+                    if metadata.leaders.get(&replica.group()) != Some(&report) {
+                        leaders.push((replica.group(), report));
                     }
                 }
             }
@@ -150,7 +140,7 @@ impl Cluster {
                     },
                 }
             }
-            self.reconcile(&self.metadata()).await;
+            self.reconcile().await;
         }
     }
 
@@ -236,16 +226,21 @@ impl Cluster {
     /// Brings the local topics in line with the metadata: opens new ones and the replicas
     /// newly assigned to this node, applies config changes, stops replicas moved away (see
     /// [`Cluster::may_close`]) and discards deleted topics. One pass at a time.
-    async fn reconcile(&self, metadata: &Metadata) {
+    async fn reconcile(&self) {
         let _one_at_a_time = self.reconciling.lock().await;
+        // Read under the lock: a pass never applies metadata older than the one before it.
+        let metadata = &*self.metadata();
         for topic in self.topics.all() {
             let wanted = metadata.topics.get(topic.name.as_str());
             // A recreated topic of the same name has new groups: start over.
             let same = wanted.is_some_and(|w| {
-                topic.partitions.iter().all(|p| {
-                    let group = w.partitions.get(p.id() as usize).map(|a| a.group_id);
-                    p.replica().is_some_and(|r| Some(r.group()) == group)
-                })
+                let meta = topic.meta();
+                meta.created_ms == w.created_ms
+                    && meta.partitions as usize == w.partitions.len()
+                    && topic.partitions.iter().all(|p| {
+                        let group = w.partitions.get(p.id() as usize).map(|a| a.group_id);
+                        p.replica().is_some_and(|r| Some(r.group()) == group)
+                    })
             });
             if !same {
                 self.remove(topic.name.as_str()).await;
@@ -328,7 +323,13 @@ impl Cluster {
         }
         let mut partitions = Vec::with_capacity(hosted.len());
         for &p in &hosted {
-            partitions.push(self.open_partition(&topic_name, &meta, p, assignment).await?);
+            match self.open_partition(&topic_name, &meta, p, assignment).await {
+                Ok(partition) => partitions.push(partition),
+                Err(err) => {
+                    shut_down(&partitions).await;
+                    return Err(err);
+                }
+            }
         }
         self.topics.install(meta, partitions)?;
         tracing::info!(topic = name, partitions = hosted.len(), "topic replicas open");
@@ -338,7 +339,8 @@ impl Cluster {
     /// An installed topic: config changes, replicas assigned to or moved away from this node.
     async fn update_topic(&self, topic: &Arc<Topic>, assignment: &TopicAssignment) -> Result<()> {
         let meta = topic_meta(topic.name.as_str(), assignment);
-        if topic.meta().config != meta.config {
+        let current = topic.meta();
+        if current.config != meta.config || current.replication_factor != meta.replication_factor {
             self.topics.set_meta(topic, meta.clone())?;
         }
         let hosted = self.hosted(assignment);
@@ -354,7 +356,13 @@ impl Cluster {
         let mut opened = Vec::new();
         for &id in &hosted {
             if topic.partition(id).is_err() {
-                opened.push(self.open_partition(&topic.name, &meta, id, assignment).await?);
+                match self.open_partition(&topic.name, &meta, id, assignment).await {
+                    Ok(p) => opened.push(p),
+                    Err(err) => {
+                        shut_down(&opened).await;
+                        return Err(err);
+                    }
+                }
             }
         }
         if opened.is_empty() && closing.is_empty() {
@@ -371,10 +379,6 @@ impl Cluster {
             if let Some(replica) = p.replica() {
                 replica.shutdown().await;
             }
-            self.unassigned_since
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|g, _| Some(*g) != group);
             let dir = self.topics.root().join(topic.name.as_str());
             let base = replica_dir_name(p.id() as usize, group.unwrap_or_default());
             self.topics.discard(&dir.join(format!("{base}.raft")));
@@ -383,21 +387,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// Whether a replica no longer assigned here can stop: not while it leads (its leader
-    /// first moves the group away from it, then steps down), and only once the group no longer
-    /// counts it as a voter, or after [`CLOSE_GRACE`] (a removed node may never hear that the
-    /// change that removed it committed).
+    /// Whether a replica no longer assigned here can stop and delete its data: never while it
+    /// leads (its leader first moves the group away from it, then steps down), and only once
+    /// the group no longer needs it: it is not a voter here, or the leader reported an
+    /// applied (committed) membership without it.
     fn may_close(&self, partition: &Partition) -> bool {
         let Some(replica) = partition.replica() else { return true };
+        let me = self.node.id();
         if replica.is_leader() {
             return false;
         }
-        if !replica.voter_ids().contains(&self.node.id()) {
+        if !replica.voter_ids().contains(&me) {
             return true;
         }
-        let mut since = self.unassigned_since.lock().unwrap_or_else(|e| e.into_inner());
-        let first = *since.entry(replica.group()).or_insert_with(std::time::Instant::now);
-        first.elapsed() >= CLOSE_GRACE
+        // Still a voter as far as this replica knows (a removed replica may never hear of the
+        // change that removed it): the leader's report of its applied membership decides.
+        let metadata = self.metadata();
+        metadata.leaders.get(&replica.group()).is_some_and(|l| !l.voters.contains(&me))
     }
 
     async fn remove(&self, name: &str) {
@@ -536,8 +542,8 @@ impl Cluster {
     pub fn recorded_leader(&self, topic: &str, partition: u32) -> Option<(u64, String)> {
         let metadata = self.metadata();
         let group = metadata.topics.get(topic)?.partitions.get(partition as usize)?.group_id;
-        let (leader, _) = metadata.leaders.get(&group)?;
-        Some((*leader, metadata.nodes.get(leader)?.clone()))
+        let leader = metadata.leaders.get(&group)?.node;
+        Some((leader, metadata.nodes.get(&leader)?.clone()))
     }
 
     /// Addresses of a partition's replicas, its recorded leader first.
@@ -570,6 +576,16 @@ impl Cluster {
             .and_then(|t| t.partitions.get(partition as usize))
             .map(|a| a.replicas.clone())
             .unwrap_or_default()
+    }
+}
+
+/// Stops the Raft groups of replicas opened in a pass that failed, so that they release
+/// their logs and the next pass can open them again.
+async fn shut_down(partitions: &[Arc<Partition>]) {
+    for partition in partitions {
+        if let Some(replica) = partition.replica() {
+            replica.shutdown().await;
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use strata_record::{BatchBuilder, Offset, RecordBatch, Timestamp};
 use tokio::sync::watch;
 
+use crate::store::SegmentStore;
 use crate::table::{read_small_file, write_small_file};
 use crate::types::{
     ControllerTc, GroupId, HeldSnapshot, LogPayload, Node, NodeId, sm_err, snapshot_bytes,
@@ -59,7 +60,7 @@ pub enum MetaCommand {
     /// Partition leaders as their leaders report them, for nodes without a replica of the
     /// partition: `(group, leader, term)`; an older term than the recorded one is ignored.
     SetLeaders {
-        leaders: Vec<(GroupId, NodeId, u64)>,
+        leaders: Vec<(GroupId, GroupLeader)>,
     },
 }
 
@@ -90,6 +91,15 @@ pub enum MetaError {
 
 /// What applying a command answered.
 pub type MetaResult = Result<(), MetaError>;
+
+/// A partition group's leader as it reported itself: node, term, and the voters of the
+/// group's last applied membership (a replica moved away closes once they leave it out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLeader {
+    pub node: NodeId,
+    pub term: u64,
+    pub voters: Vec<NodeId>,
+}
 
 /// One partition: its Raft group and replicas (`replicas[0]` is the preferred leader).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +133,7 @@ pub struct Metadata {
     pub offsets: BTreeMap<String, GroupOffsets>,
     /// Each partition group's leader and its term, as last reported (see
     /// [`MetaCommand::SetLeaders`]).
-    pub leaders: BTreeMap<GroupId, (NodeId, u64)>,
+    pub leaders: BTreeMap<GroupId, GroupLeader>,
 }
 
 impl Metadata {
@@ -267,7 +277,7 @@ impl Metadata {
                 Ok(())
             }
             MetaCommand::SetLeaders { leaders } => {
-                for (group, leader, term) in leaders {
+                for (group, leader) in leaders {
                     let known = self
                         .topics
                         .values()
@@ -275,9 +285,9 @@ impl Metadata {
                     if !known {
                         continue;
                     }
-                    let recorded = self.leaders.entry(group).or_insert((leader, term));
-                    if term >= recorded.1 {
-                        *recorded = (leader, term);
+                    let recorded = self.leaders.entry(group).or_insert_with(|| leader.clone());
+                    if leader.term >= recorded.term {
+                        *recorded = leader;
                     }
                 }
                 Ok(())
@@ -327,6 +337,7 @@ pub struct ControllerSm {
     published: Arc<watch::Sender<Arc<Metadata>>>,
     /// Where the last snapshot is kept.
     dir: PathBuf,
+    store: SegmentStore<ControllerTc>,
 }
 
 /// The last snapshot built or installed, in the controller's Raft directory.
@@ -348,22 +359,29 @@ impl Inner {
 }
 
 impl ControllerSm {
-    /// The state machine, starting from the snapshot kept in `dir` (the controller's Raft
-    /// directory) if there is one; openraft replays the log after it.
-    pub fn open(dir: &Path) -> io::Result<ControllerSm> {
+    /// The state machine over the controller's `store`, starting from the snapshot kept in
+    /// its directory if there is one (openraft replays the log after it).
+    pub fn open(store: SegmentStore<ControllerTc>) -> io::Result<ControllerSm> {
+        let dir = store.dir().to_owned();
         let mut state = State::default();
         let mut snapshot = HeldSnapshot::default();
         if let Some(file) = read_small_file(&dir.join(SNAPSHOT_FILE))? {
             let (meta, data): (SnapshotMeta<NodeId, Node>, Vec<u8>) =
                 postcard::from_bytes(&file).map_err(io::Error::other)?;
             state = postcard::from_bytes(&data).map_err(io::Error::other)?;
+            if let Some(log_id) = meta.last_log_id {
+                // A crash between an install and its purge: purge now. Controller entries
+                // need no particular log offset, so the log goes on at its end.
+                store.catch_up_to_snapshot(log_id, store.log().end_offset().0)?;
+            }
             snapshot.keep::<ControllerTc>(meta, data);
         }
         let (published, _) = watch::channel(Arc::new(state.metadata.clone()));
         Ok(ControllerSm {
             inner: Arc::new(Mutex::new(Inner { state, snapshot })),
             published: Arc::new(published),
-            dir: dir.to_owned(),
+            dir,
+            store,
         })
     }
 
@@ -466,6 +484,11 @@ impl RaftStateMachine<ControllerTc> for ControllerSm {
             let mut inner = self.lock();
             inner.state = state;
             inner.keep_snapshot(&self.dir, meta.clone(), bytes).map_err(sm_err)?;
+        }
+        // The purge that goes with the install, durable once the snapshot is on disk.
+        if let Some(log_id) = meta.last_log_id {
+            let end = self.store.log().end_offset().0;
+            self.store.snapshot_installed(log_id, end).map_err(sm_err)?;
         }
         self.publish(metadata);
         Ok(())

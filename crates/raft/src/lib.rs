@@ -13,7 +13,7 @@ pub mod table;
 pub mod types;
 
 pub use controller::{
-    CommittedOffset, GroupOffsets, MetaCommand, MetaError, MetaResult, Metadata,
+    CommittedOffset, GroupLeader, GroupOffsets, MetaCommand, MetaError, MetaResult, Metadata,
     PartitionAssignment, TopicAssignment,
 };
 pub use membership::NodeChange;

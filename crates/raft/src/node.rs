@@ -47,6 +47,9 @@ fn controller_config(snapshot_every: u64) -> Result<Arc<Config>> {
 /// from a leader (the lease). The tick (every 1.5 s) only checks timers.
 fn partition_config(group: GroupId) -> Result<Arc<Config>> {
     let config = Config {
+        // Only retention purges a partition's log, explicitly, up to its own snapshot: a
+        // snapshot built for any other reason must not delete data.
+        max_in_snapshot_log_to_keep: u64::MAX,
         cluster_name: format!("strata-partition-{group}"),
         heartbeat_interval: 1000,
         election_timeout_min: 1500,
@@ -113,7 +116,7 @@ impl RaftNode {
         );
         let store = SegmentStore::<ControllerTc>::open(&dir.join("raft"), log)
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
-        let controller_sm = ControllerSm::open(&dir.join("raft"))
+        let controller_sm = ControllerSm::open(store.clone())
             .map_err(|e| ReplicaError::Storage(format!("reading the controller snapshot: {e}")))?;
         let controller = Raft::new(
             id,
@@ -284,8 +287,10 @@ impl RaftNode {
         .await
         .map_err(|e| ReplicaError::Storage(e.to_string()))?;
         self.router.register(group, GroupHandle::Partition(raft.clone()));
-        if assignment.founder == self.id {
-            let metadata = self.controller_sm.metadata();
+        // Only at creation: once a leader was ever recorded the group exists, and a founder
+        // whose replica was moved away and back (or wiped) must join it, not start another.
+        let metadata = self.controller_sm.metadata();
+        if assignment.founder == self.id && !metadata.leaders.contains_key(&group) {
             let nodes: BTreeMap<NodeId, BasicNode> = assignment
                 .replicas
                 .iter()
@@ -294,7 +299,11 @@ impl RaftNode {
                     (*id, BasicNode::new(addr))
                 })
                 .collect();
-            initialize(&raft, nodes).await?;
+            if let Err(err) = initialize(&raft, nodes).await {
+                self.router.unregister(group);
+                let _ = raft.shutdown().await;
+                return Err(err);
+            }
         }
         Ok(PartitionReplica { group, raft, sm, router: self.router.clone() })
     }
@@ -458,6 +467,23 @@ impl PartitionReplica {
         }
         self.raft.trigger().purge_log(upto.index).await.map_err(unavailable)?;
         Ok(true)
+    }
+
+    /// On the leader: its term and the voters of the group's membership if that membership
+    /// is applied (committed), sorted; `None` elsewhere or while a change is in flight.
+    pub fn leadership(&self) -> Option<(u64, Vec<NodeId>)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state != ServerState::Leader {
+            return None;
+        }
+        let change = metrics.membership_config.log_id().map(|l| l.index);
+        if metrics.last_applied.map(|l| l.index) < change {
+            return None;
+        }
+        let mut voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        voters.sort_unstable();
+        Some((metrics.current_term, voters))
     }
 
     /// Node ids of the group's voters, as this replica knows them.

@@ -131,12 +131,11 @@ impl<C: SegmentTc> SegmentStore<C> {
     /// Tells the store that the state machine installed a snapshot ending at `log_id`, with
     /// the log going on at `next_offset`. openraft runs the purge that follows an install
     /// without waiting for it: a purge past the log that ran first, not knowing where the log
-    /// goes on, is redone here.
+    /// goes on, only dropped the entries; the purge is made durable here.
     pub fn snapshot_installed(&self, log_id: LogId<NodeId>, next_offset: u64) -> io::Result<()> {
         let mut table = lock(&self.core.table);
         *lock(&self.core.installed) = Some((log_id, next_offset));
-        if lock(&self.core.purged).is_some_and(|(id, offset)| id == log_id && offset != next_offset)
-        {
+        if lock(&self.core.purged).is_some_and(|(id, _)| id == log_id) {
             purge_to(&self.core, &mut table, log_id, next_offset)?;
         }
         Ok(())
@@ -415,7 +414,14 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
             let offset = match (table.get(log_id.index), installed) {
                 (Some(entry), _) => entry.end_offset(),
                 (None, Some((_, offset))) => offset,
-                (None, None) => core.log.end_offset().0,
+                (None, None) => {
+                    // The install this purge goes with has not run: drop the entries, but
+                    // leave the purge point on disk and the data to `snapshot_installed`, so
+                    // a crash in between restarts with a log that matches the state machine.
+                    table.purge_upto(log_id.index)?;
+                    *lock(&core.purged) = Some((log_id, core.log.end_offset().0));
+                    return Ok(());
+                }
             };
             purge_to(&core, &mut table, log_id, offset)
         })

@@ -7,8 +7,19 @@ use openraft::storage::RaftStateMachine;
 use openraft::{
     BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder,
 };
+use std::sync::Arc;
+
 use strata_raft::controller::{CommittedOffset, ControllerSm, MetaCommand};
+use strata_raft::store::SegmentStore;
 use strata_raft::types::ControllerTc;
+use strata_storage::{Log, LogConfig};
+
+fn open(dir: &std::path::Path) -> ControllerSm {
+    let log = Log::open(dir.join("log"), strata_raft::replicated_log_config(LogConfig::default()))
+        .expect("open log");
+    let store = SegmentStore::open(&dir.join("raft"), Arc::new(log)).expect("open store");
+    ControllerSm::open(store).expect("open state machine")
+}
 
 fn entry(index: u64, payload: EntryPayload<ControllerTc>) -> Entry<ControllerTc> {
     Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload }
@@ -17,7 +28,7 @@ fn entry(index: u64, payload: EntryPayload<ControllerTc>) -> Entry<ControllerTc>
 #[tokio::test]
 async fn a_reopened_controller_starts_from_its_kept_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = ControllerSm::open(dir.path()).unwrap();
+    let mut sm = open(dir.path());
     let nodes: BTreeMap<u64, BasicNode> =
         (1..=3).map(|id| (id, BasicNode::new(format!("127.0.0.1:{}", 9000 + id)))).collect();
     let voters: BTreeSet<u64> = nodes.keys().copied().collect();
@@ -48,8 +59,10 @@ async fn a_reopened_controller_starts_from_its_kept_snapshot() {
     let built = builder.build_snapshot().await.unwrap();
     assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(3));
 
-    let mut reopened = ControllerSm::open(dir.path()).unwrap();
-    assert_eq!(*reopened.metadata(), *sm.metadata());
+    let before = sm.metadata();
+    drop((builder, sm));
+    let mut reopened = open(dir.path());
+    assert_eq!(*reopened.metadata(), *before);
     assert_eq!(reopened.metadata().offsets["billing"][&("orders".to_owned(), 1)].0, 42);
     assert_eq!(reopened.metadata().topics["orders"].partitions[0].replicas.len(), 3);
     let (applied, membership) = reopened.applied_state().await.unwrap();
