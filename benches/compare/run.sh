@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Strata against Redis Streams on this machine, same workload, same durability, one table.
+# Strata against Redis Streams and NATS JetStream on this machine, same workload, durability
+# stated per row, one table.
 #
 #   benches/compare/run.sh [RECORDS]        (default 200000 records of 1 KiB)
 #
@@ -8,9 +9,14 @@
 # `--fsync every`, acks=all; Redis AOF `appendfsync always`), and Redis also with AOF
 # `everysec` (at most a second of acknowledged writes lost on a crash), the setting the
 # comparison in the performance issue quotes.
+# NATS JetStream is Debian's nats-server 2.9.10 with a file-backed stream at its default
+# durability: it fsyncs in the background every 2 minutes and has no per-write fsync option
+# before 2.10 (an acknowledged message can be lost on a power cut, as with Redis everysec).
 # Clients: `strata-bench` for Strata; `redis-benchmark` (pipelined XADD, then XRANGE of
-# 1,000 entries per call) for Redis. Installs Debian's redis-server if missing. Everything runs
-# on loopback in temporary directories and is stopped by PID at the end.
+# 1,000 entries per call) for Redis; `nats-bench` (benches/compare/nats-bench, async-nats:
+# pipelined publishes with 256 acknowledgements outstanding, then a pull consumer) for NATS.
+# Installs Debian's redis-server and nats-server if missing. Everything runs on loopback in
+# temporary directories and is stopped by PID at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RECORDS="${1:-200000}"
@@ -19,13 +25,22 @@ TARGET="${CARGO_TARGET_DIR:-target}"
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
 fi
+if ! command -v nats-server >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server >/dev/null
+fi
 cargo build --release -q -p strata-cli -p strata-bench
-BENCH="$TARGET/release/strata-bench"
+case "$TARGET" in /*) target_abs="$TARGET" ;; *) target_abs="$PWD/$TARGET" ;; esac
+BENCH="$target_abs/release/strata-bench"
+# The NATS client is its own workspace: built here only.
+(cd benches/compare/nats-bench && CARGO_TARGET_DIR="$target_abs/nats-bench" cargo build --release -q --locked)
+NATS_BENCH="$target_abs/nats-bench/release/nats-bench"
 
 work="$(mktemp -d /var/tmp/strata-compare.XXXXXX)"
 redis_pid=""
+nats_pid=""
 cleanup() {
     if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+    if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -52,20 +67,35 @@ redis_run() {
     echo "$produce $(python3 -c "print(float('$consume') * 1000)")"
 }
 
+# Prints "produce_records_per_s consume_records_per_s" for NATS JetStream.
+nats_run() {
+    local port dir result
+    port="$(free_port)"
+    dir="$work/nats"
+    mkdir -p "$dir"
+    nats-server -js -a 127.0.0.1 -p "$port" -sd "$dir" >"$dir/nats.log" 2>&1 &
+    nats_pid=$!
+    for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    result="$("$NATS_BENCH" "nats://127.0.0.1:$port" "$RECORDS" 1024 256)"
+    kill "$nats_pid"; wait "$nats_pid" 2>/dev/null || true; nats_pid=""
+    echo "$result"
+}
+
 strata_run() {
     local produce consume
-    produce="$(cd "$work" && "$OLDPWD/$BENCH" produce --spawn 1 --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
-    consume="$(cd "$work" && "$OLDPWD/$BENCH" consume --spawn 1 --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
+    produce="$(cd "$work" && "$BENCH" produce --spawn 1 --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
+    consume="$(cd "$work" && "$BENCH" consume --spawn 1 --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
     python3 -c "import json,sys; p=json.loads(sys.argv[1]); c=json.loads(sys.argv[2]); print(p['records_per_s'], c['records_per_s'])" "$produce" "$consume"
 }
 
 read -r s_prod s_cons < <(strata_run)
 read -r ra_prod ra_cons < <(redis_run always)
 read -r re_prod re_cons < <(redis_run everysec)
+read -r n_prod n_cons < <(nats_run)
 
-python3 - "$RECORDS" "$s_prod" "$s_cons" "$ra_prod" "$ra_cons" "$re_prod" "$re_cons" <<'PY'
+python3 - "$RECORDS" "$s_prod" "$s_cons" "$ra_prod" "$ra_cons" "$re_prod" "$re_cons" "$n_prod" "$n_cons" <<'PY'
 import sys
-n, sp, sc, rap, rac, rep, rec = sys.argv[1], *map(float, sys.argv[2:])
+n, sp, sc, rap, rac, rep, rec, nap, nac = sys.argv[1], *map(float, sys.argv[2:])
 mb = lambda r: r * 1024 / 1e6
 print(f"{n} records of 1 KiB, one stream/partition, one client, loopback")
 print(f"{'system':<44}{'produce rec/s':>14}{'MB/s':>9}{'consume rec/s':>15}{'MB/s':>9}")
@@ -73,6 +103,7 @@ for name, p, c in [
     ("Strata (fsync every append, acks=all)", sp, sc),
     ("Redis Streams (AOF appendfsync always)", rap, rac),
     ("Redis Streams (AOF appendfsync everysec)", rep, rec),
+    ("NATS JetStream 2.9 (file, fsync every 2 min)", nap, nac),
 ]:
     print(f"{name:<44}{p:>14,.0f}{mb(p):>9.1f}{c:>15,.0f}{mb(c):>9.1f}")
 PY
