@@ -111,13 +111,8 @@ impl Cluster {
     /// send clients to the leader; and reconciles again, for replicas moved away that may
     /// close now.
     async fn upkeep_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(REPLICA_SET_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+        let mut ticker = every(REPLICA_SET_EVERY);
+        while next_tick(&mut ticker, &shutdown).await {
             let metadata = self.metadata();
             let me = self.node.id();
             let mut leaders = Vec::new();
@@ -148,13 +143,8 @@ impl Cluster {
     /// metadata's replicas (they change when a node is added or removed). Groups needing a
     /// change are changed concurrently; a newcomer's catch-up can take a while.
     async fn replica_set_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(REPLICA_SET_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+        let mut ticker = every(REPLICA_SET_EVERY);
+        while next_tick(&mut ticker, &shutdown).await {
             let metadata = self.metadata();
             let mut changes = Vec::new();
             for topic in self.topics.all() {
@@ -576,6 +566,21 @@ impl Cluster {
             .and_then(|t| t.partitions.get(partition as usize))
             .map(|a| a.replicas.clone())
             .unwrap_or_default()
+    }
+}
+
+/// A ticker that skips the ticks missed while a pass ran late.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Waits for the next tick; false once the node shuts down.
+async fn next_tick(ticker: &mut tokio::time::Interval, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = ticker.tick() => true,
     }
 }
 

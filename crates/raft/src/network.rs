@@ -276,6 +276,12 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
     Ok(Response::new(RaftReply { payload }))
 }
 
+impl RouterService {
+    fn controller(&self) -> Result<Raft<ControllerTc>, Status> {
+        self.0.controller().ok_or_else(|| Status::unavailable("the controller is not running here"))
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for RouterService {
     async fn append_entries(
@@ -325,11 +331,8 @@ impl RaftService for RouterService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        let GroupHandle::Controller(raft) = self.0.group(CONTROLLER_GROUP)? else {
-            return Err(Status::internal("group 0 is not the controller"));
-        };
-        let change = decode(&request.payload)?;
+        let raft = self.controller()?;
+        let change = decode(&request.into_inner().payload)?;
         match crate::node::change_nodes_here(&raft, change).await {
             Ok(result) => reply::<MetaResult>(&result),
             Err(e) => Err(Status::unavailable(e.to_string())),
@@ -340,11 +343,8 @@ impl RaftService for RouterService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        let GroupHandle::Controller(raft) = self.0.group(CONTROLLER_GROUP)? else {
-            return Err(Status::internal("group 0 is not the controller"));
-        };
-        let command: MetaCommand = decode(&request.payload)?;
+        let raft = self.controller()?;
+        let command: MetaCommand = decode(&request.into_inner().payload)?;
         match raft.client_write(command).await {
             Ok(response) => reply::<MetaResult>(&response.data),
             Err(e) => Err(Status::unavailable(format!("not the controller leader: {e}"))),
