@@ -599,6 +599,17 @@ async fn partitions_with_fewer_replicas_than_nodes_serve_clients_from_any_node()
         configs: Default::default(),
     };
     Admin::new(client.clone()).create_topic(spec).await.unwrap();
+    // Bad moves are refused and change nothing.
+    let all = brokers(&servers).join(",");
+    for (replicas, expected) in [("9", "node 9 is not in the cluster"), ("1,1", "distinct")] {
+        let refused = strata_e2e::cli(
+            &all,
+            &["cluster", "move-replicas", "thin", "0", "--replicas", replicas],
+            "",
+        );
+        assert_ne!(refused.status, 0);
+        assert!(refused.stderr.contains(expected), "{}", refused.stderr);
+    }
     // Each node holds two of the three partitions.
     for server in &servers {
         let groups = partition_groups(server, "thin").await.unwrap();
