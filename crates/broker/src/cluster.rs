@@ -108,8 +108,9 @@ impl Cluster {
 
     /// Every second: tells the controller of the partitions this node leads whose recorded
     /// leader is not up to date (one command for all of them), so nodes without a replica can
-    /// send clients to the leader; and reconciles again, for replicas moved away that may
-    /// close now.
+    /// send clients to the leader; and, while the replicas open here differ from the
+    /// assigned ones, reconciles again (a replica moved away closes once it may; an open that
+    /// failed is retried).
     async fn upkeep_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut ticker = every(REPLICA_SET_EVERY);
         while next_tick(&mut ticker, &shutdown).await {
@@ -135,8 +136,21 @@ impl Cluster {
                     },
                 }
             }
-            self.reconcile().await;
+            if self.out_of_line(&metadata) {
+                self.reconcile().await;
+            }
         }
+    }
+
+    /// Whether this node's replicas differ from what `metadata` assigns it: a replica moved
+    /// away that is still open (it closes once it may), or an assigned one a failed pass did
+    /// not open.
+    fn out_of_line(&self, metadata: &Metadata) -> bool {
+        metadata.topics.iter().any(|(name, assignment)| {
+            let Ok(topic) = self.topics.get(name) else { return true };
+            let held: Vec<u32> = topic.partitions.iter().map(|p| p.id()).collect();
+            held != self.hosted(assignment)
+        })
     }
 
     /// Every second, in each partition this node leads: makes the group's voters the
@@ -337,7 +351,7 @@ impl Cluster {
         let mut kept = Vec::new();
         let mut closing = Vec::new();
         for p in &topic.partitions {
-            if hosted.contains(&p.id()) || !self.may_close(p) {
+            if hosted.binary_search(&p.id()).is_ok() || !self.may_close(p) {
                 kept.push(p.clone());
             } else {
                 closing.push(p.clone());
@@ -539,8 +553,13 @@ impl Cluster {
     /// Addresses of a partition's replicas, its recorded leader first.
     pub fn replica_addresses(&self, topic: &str, partition: u32) -> Vec<String> {
         let metadata = self.metadata();
-        let leader = self.recorded_leader(topic, partition).map(|(id, _)| id);
-        let mut replicas = self.replicas(topic, partition);
+        let Some(assignment) =
+            metadata.topics.get(topic).and_then(|t| t.partitions.get(partition as usize))
+        else {
+            return Vec::new();
+        };
+        let leader = metadata.leaders.get(&assignment.group_id).map(|l| l.node);
+        let mut replicas = assignment.replicas.clone();
         replicas.sort_by_key(|id| Some(*id) != leader);
         replicas.iter().filter_map(|id| metadata.nodes.get(id).cloned()).collect()
     }

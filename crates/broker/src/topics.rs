@@ -46,7 +46,7 @@ impl Topic {
     pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
         match self.partitions.binary_search_by_key(&id, |p| p.id()) {
             Ok(i) => Ok(&self.partitions[i]),
-            Err(_) if id < self.meta().partitions => {
+            Err(_) if id < self.partition_count() => {
                 Err(BrokerError::NotHosted { topic: self.name.to_string(), partition: id })
             }
             Err(_) => {

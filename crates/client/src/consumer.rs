@@ -17,11 +17,11 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::Code;
 
-/// How often finding a partition's offsets follows a leader change before giving up.
-const LIST_OFFSET_TRIES: u64 = 8;
-
 use crate::record::{ConsumerRecord, decode};
 use crate::{Client, ClientError, Result};
+
+/// How often finding a partition's offsets follows a leader change before giving up.
+const LIST_OFFSET_TRIES: u64 = 8;
 
 type TopicPartition = (String, u32);
 

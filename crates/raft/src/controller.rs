@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Cursor};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,9 +17,9 @@ use strata_record::{BatchBuilder, Offset, RecordBatch, Timestamp};
 use tokio::sync::watch;
 
 use crate::store::SegmentStore;
-use crate::table::{read_small_file, write_small_file};
 use crate::types::{
-    ControllerTc, GroupId, HeldSnapshot, LogPayload, Node, NodeId, sm_err, snapshot_bytes,
+    ControllerTc, GroupId, HeldSnapshot, LogPayload, Node, NodeId, read_kept_snapshot, sm_err,
+    snapshot_bytes,
 };
 
 /// A change to cluster metadata.
@@ -197,9 +197,8 @@ impl Metadata {
                 let partitions = (0..partitions as usize)
                     .map(|p| {
                         let group_id = self.next_group_id + p as u64;
-                        let replicas =
+                        let replicas: Vec<NodeId> =
                             (0..rf).map(|r| nodes[(first + p + r) % nodes.len()]).collect();
-                        let replicas: Vec<NodeId> = replicas;
                         PartitionAssignment { group_id, founder: replicas[0], replicas }
                     })
                     .collect::<Vec<_>>();
@@ -277,12 +276,14 @@ impl Metadata {
                 Ok(())
             }
             MetaCommand::SetLeaders { leaders } => {
+                // Reports of groups deleted meanwhile are dropped.
+                let known: std::collections::HashSet<GroupId> = self
+                    .topics
+                    .values()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.group_id))
+                    .collect();
                 for (group, leader) in leaders {
-                    let known = self
-                        .topics
-                        .values()
-                        .any(|t| t.partitions.iter().any(|p| p.group_id == group));
-                    if !known {
+                    if !known.contains(&group) {
                         continue;
                     }
                     let recorded = self.leaders.entry(group).or_insert_with(|| leader.clone());
@@ -340,24 +341,6 @@ pub struct ControllerSm {
     store: SegmentStore<ControllerTc>,
 }
 
-/// The last snapshot built or installed, in the controller's Raft directory.
-const SNAPSHOT_FILE: &str = "snapshot";
-
-impl Inner {
-    /// Keeps `meta`/`data` as the current snapshot, in memory and (fsynced) in `dir`: the log
-    /// before it is purged, so a restart starts from it.
-    fn keep_snapshot(
-        &mut self,
-        dir: &Path,
-        meta: SnapshotMeta<NodeId, Node>,
-        data: Vec<u8>,
-    ) -> io::Result<Snapshot<ControllerTc>> {
-        let file = postcard::to_stdvec(&(&meta, &data)).map_err(io::Error::other)?;
-        write_small_file(&dir.join(SNAPSHOT_FILE), &file)?;
-        Ok(self.snapshot.keep(meta, data))
-    }
-}
-
 impl ControllerSm {
     /// The state machine over the controller's `store`, starting from the snapshot kept in
     /// its directory if there is one (openraft replays the log after it).
@@ -365,9 +348,7 @@ impl ControllerSm {
         let dir = store.dir().to_owned();
         let mut state = State::default();
         let mut snapshot = HeldSnapshot::default();
-        if let Some(file) = read_small_file(&dir.join(SNAPSHOT_FILE))? {
-            let (meta, data): (SnapshotMeta<NodeId, Node>, Vec<u8>) =
-                postcard::from_bytes(&file).map_err(io::Error::other)?;
+        if let Some((meta, data)) = read_kept_snapshot(&dir)? {
             state = postcard::from_bytes(&data).map_err(io::Error::other)?;
             if let Some(log_id) = meta.last_log_id {
                 // A crash between an install and its purge: purge now. Controller entries
@@ -421,7 +402,7 @@ impl RaftSnapshotBuilder<ControllerTc> for ControllerSm {
             last_membership: inner.state.membership.clone(),
             snapshot_id: format!("meta-{}", inner.state.applied.map_or(0, |l| l.index)),
         };
-        inner.keep_snapshot(&self.dir, meta, data).map_err(sm_err)
+        inner.snapshot.keep_on_disk(&self.dir, meta, data).map_err(sm_err)
     }
 }
 
@@ -483,7 +464,10 @@ impl RaftStateMachine<ControllerTc> for ControllerSm {
         {
             let mut inner = self.lock();
             inner.state = state;
-            inner.keep_snapshot(&self.dir, meta.clone(), bytes).map_err(sm_err)?;
+            inner
+                .snapshot
+                .keep_on_disk::<ControllerTc>(&self.dir, meta.clone(), bytes)
+                .map_err(sm_err)?;
         }
         // The purge that goes with the install, durable once the snapshot is on disk.
         if let Some(log_id) = meta.last_log_id {

@@ -114,19 +114,12 @@ pub(crate) async fn run(
                 let voter = metrics.membership_config.membership().voter_ids().any(|v| v == id);
                 (leader_gone, voter)
             };
-            if leader_gone && voter {
-                let group = CONTROLLER_GROUP;
-                let at = *next_election
-                    .entry(group)
-                    .or_insert_with(|| now + CONTROLLER_GRACE + jitter(group, id, RETRY_JITTER_MS));
-                if now >= at {
-                    tracing::info!("standing for controller election: no leader");
-                    let _ = controller.trigger().elect().await;
-                    next_election
-                        .insert(group, now + RETRY_ELECTION + jitter(group, id, RETRY_JITTER_MS));
-                }
-            } else {
+            let first = CONTROLLER_GRACE + jitter(CONTROLLER_GROUP, id, RETRY_JITTER_MS);
+            if !leader_gone || !voter {
                 next_election.remove(&CONTROLLER_GROUP);
+            } else if election_due(&mut next_election, CONTROLLER_GROUP, id, now, first) {
+                tracing::info!("standing for controller election: no leader");
+                let _ = controller.trigger().elect().await;
             }
         }
         let groups = router.partition_groups();
@@ -152,14 +145,10 @@ pub(crate) async fn run(
                 next_election.remove(&group);
                 continue;
             }
-            let at = *next_election
-                .entry(group)
-                .or_insert_with(|| now + jitter(group, id, FIRST_JITTER_MS));
-            if now >= at {
+            if election_due(&mut next_election, group, id, now, jitter(group, id, FIRST_JITTER_MS))
+            {
                 tracing::info!(group, "standing for election: its leader is gone");
                 let _ = raft.trigger().elect().await;
-                next_election
-                    .insert(group, now + RETRY_ELECTION + jitter(group, id, RETRY_JITTER_MS));
             }
         }
     }
@@ -190,6 +179,23 @@ async fn nudge_followers(
             let _ = raft.trigger().heartbeat().await;
         }
     }
+}
+
+/// Whether this node should stand for election in `group` now: the first time after
+/// `first_delay`, then every [`RETRY_ELECTION`] plus a random delay, rescheduled here.
+fn election_due(
+    next_election: &mut HashMap<GroupId, Instant>,
+    group: GroupId,
+    node: NodeId,
+    now: Instant,
+    first_delay: Duration,
+) -> bool {
+    let at = *next_election.entry(group).or_insert(now + first_delay);
+    if now < at {
+        return false;
+    }
+    next_election.insert(group, now + RETRY_ELECTION + jitter(group, node, RETRY_JITTER_MS));
+    true
 }
 
 /// A random delay in [0, `spread_ms`) ms, so that the followers of one group do not stand at

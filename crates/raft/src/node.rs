@@ -230,19 +230,9 @@ impl RaftNode {
             return change_nodes_here(&self.controller, change).await;
         }
         let addr = addr.ok_or_else(|| ReplicaError::Unavailable("no controller leader".into()))?;
-        let mut client =
-            self.peers.client(&addr).map_err(|e| ReplicaError::Unavailable(e.to_string()))?;
-        let payload =
-            postcard::to_stdvec(&change).map_err(|e| ReplicaError::Invalid(e.to_string()))?;
-        let reply = client
-            .change_nodes(strata_proto::internal::RaftRequest {
-                group_id: CONTROLLER_GROUP,
-                payload: payload.into(),
-            })
+        self.to_controller_leader(&addr, LeaderCall::ChangeNodes, &change)
             .await
-            .map_err(|s| ReplicaError::Unavailable(s.message().to_owned()))?;
-        postcard::from_bytes(&reply.into_inner().payload)
-            .map_err(|e| ReplicaError::Unavailable(e.to_string()))
+            .map_err(ReplicaError::Unavailable)
     }
 
     async fn forward(
@@ -250,15 +240,27 @@ impl RaftNode {
         addr: &str,
         command: &MetaCommand,
     ) -> std::result::Result<MetaResult, String> {
+        self.to_controller_leader(addr, LeaderCall::Propose, command).await
+    }
+
+    /// Sends `message` to the controller leader at `addr` and decodes what it answered.
+    async fn to_controller_leader<T: serde::Serialize>(
+        &self,
+        addr: &str,
+        call: LeaderCall,
+        message: &T,
+    ) -> std::result::Result<MetaResult, String> {
         let mut client = self.peers.client(addr).map_err(|e| e.to_string())?;
-        let payload = postcard::to_stdvec(command).map_err(|e| e.to_string())?;
-        let reply = client
-            .forward_meta(strata_proto::internal::RaftRequest {
-                group_id: CONTROLLER_GROUP,
-                payload: payload.into(),
-            })
-            .await
-            .map_err(|s| s.message().to_owned())?;
+        let payload = postcard::to_stdvec(message).map_err(|e| e.to_string())?;
+        let request = strata_proto::internal::RaftRequest {
+            group_id: CONTROLLER_GROUP,
+            payload: payload.into(),
+        };
+        let reply = match call {
+            LeaderCall::Propose => client.forward_meta(request).await,
+            LeaderCall::ChangeNodes => client.change_nodes(request).await,
+        }
+        .map_err(|s| s.message().to_owned())?;
         postcard::from_bytes(&reply.into_inner().payload).map_err(|e| e.to_string())
     }
 
@@ -314,6 +316,14 @@ impl RaftNode {
         self.router.unregister(CONTROLLER_GROUP);
         let _ = self.controller.shutdown().await;
     }
+}
+
+/// What a node asks of the controller leader on another node.
+enum LeaderCall {
+    /// Propose a metadata command (`ForwardMeta`).
+    Propose,
+    /// Change the cluster's nodes (`ChangeNodes`).
+    ChangeNodes,
 }
 
 /// How long a joining node has to catch up with a group's log before it becomes a voter.

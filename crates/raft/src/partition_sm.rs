@@ -21,11 +21,9 @@ use strata_record::BatchHeader;
 use tokio::sync::watch;
 
 use crate::store::SegmentStore;
-use crate::table::{read_small_file, write_small_file};
-use crate::types::{Appended, HeldSnapshot, Node, NodeId, PartitionTc, sm_err, snapshot_bytes};
-
-/// The last snapshot built or installed, in the group's Raft directory.
-const SNAPSHOT_FILE: &str = "snapshot";
+use crate::types::{
+    Appended, HeldSnapshot, Node, NodeId, PartitionTc, read_kept_snapshot, sm_err, snapshot_bytes,
+};
 
 /// Batches an idempotent producer's retries are compared with (Kafka keeps five too).
 const PRODUCER_BATCHES_KEPT: usize = 5;
@@ -98,22 +96,21 @@ impl Inner {
         Some(State { applied: Some(target), membership, next_offset, producers })
     }
 
-    /// Keeps `meta`/`data` as the current snapshot, in memory and (fsynced) on disk.
+    /// Keeps `meta`/`data` as the current snapshot, in memory and (fsynced) on disk, and
+    /// forgets the memberships it supersedes.
     fn keep_snapshot(
         &mut self,
         dir: &std::path::Path,
         meta: SnapshotMeta<NodeId, Node>,
         data: Vec<u8>,
     ) -> io::Result<Snapshot<PartitionTc>> {
-        let file = postcard::to_stdvec(&(&meta, &data)).map_err(io::Error::other)?;
-        write_small_file(&dir.join(SNAPSHOT_FILE), &file)?;
         let snapshot_membership = meta.last_membership.log_id().map(|l| l.index);
         while self.memberships.len() > 1
             && self.memberships[1].log_id().map(|l| l.index) <= snapshot_membership
         {
             self.memberships.pop_front();
         }
-        Ok(self.snapshot.keep(meta, data))
+        self.snapshot.keep_on_disk(dir, meta, data)
     }
 }
 
@@ -135,9 +132,7 @@ impl PartitionSm {
     ) -> io::Result<Self> {
         let mut state = State { next_offset: store.log().start_offset().0, ..State::default() };
         let mut snapshot = HeldSnapshot::default();
-        if let Some(file) = read_small_file(&store.dir().join(SNAPSHOT_FILE))? {
-            let (meta, data): (SnapshotMeta<NodeId, Node>, Vec<u8>) =
-                postcard::from_bytes(&file).map_err(io::Error::other)?;
+        if let Some((meta, data)) = read_kept_snapshot(store.dir())? {
             state = postcard::from_bytes(&data).map_err(io::Error::other)?;
             state.applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();

@@ -1,11 +1,13 @@
 //! Type configurations of the two kinds of Raft group, and what their entries carry.
 
-use std::io::Cursor;
+use std::io::{self, Cursor};
+use std::path::Path;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::controller::{MetaCommand, MetaResult};
+use crate::table::{read_small_file, write_small_file};
 
 /// Node ids are the `--node-id` of each server.
 pub type NodeId = u64;
@@ -83,11 +85,42 @@ pub(crate) fn sm_err(e: impl std::fmt::Display) -> openraft::StorageError<NodeId
     openraft::StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
 }
 
-/// The last snapshot a state machine built or installed (small state, kept in memory).
+/// The file in a group's Raft directory holding its last snapshot: `(SnapshotMeta, state)`.
+const SNAPSHOT_FILE: &str = "snapshot";
+
+/// A snapshot's metadata and its state machine's bytes.
+type SnapshotParts = (openraft::SnapshotMeta<NodeId, Node>, Vec<u8>);
+
+/// The snapshot kept in `dir` by [`HeldSnapshot::keep_on_disk`], if any.
+pub(crate) fn read_kept_snapshot(dir: &Path) -> io::Result<Option<SnapshotParts>> {
+    match read_small_file(&dir.join(SNAPSHOT_FILE))? {
+        Some(file) => Ok(Some(postcard::from_bytes(&file).map_err(io::Error::other)?)),
+        None => Ok(None),
+    }
+}
+
+/// The last snapshot a state machine built or installed (small state, kept in memory and,
+/// with [`HeldSnapshot::keep_on_disk`], in its group's Raft directory).
 #[derive(Debug, Default)]
-pub(crate) struct HeldSnapshot(Option<(openraft::SnapshotMeta<NodeId, Node>, Vec<u8>)>);
+pub(crate) struct HeldSnapshot(Option<SnapshotParts>);
 
 impl HeldSnapshot {
+    /// [`HeldSnapshot::keep`], after writing it (fsynced) to `dir`: the log before a snapshot
+    /// gets purged, so a restart must find it there.
+    pub(crate) fn keep_on_disk<C>(
+        &mut self,
+        dir: &Path,
+        meta: openraft::SnapshotMeta<NodeId, Node>,
+        data: Vec<u8>,
+    ) -> io::Result<openraft::Snapshot<C>>
+    where
+        C: openraft::RaftTypeConfig<NodeId = NodeId, Node = Node, SnapshotData = Cursor<Vec<u8>>>,
+    {
+        let file = postcard::to_stdvec(&(&meta, &data)).map_err(io::Error::other)?;
+        write_small_file(&dir.join(SNAPSHOT_FILE), &file)?;
+        Ok(self.keep(meta, data))
+    }
+
     /// Keeps `data` as the current snapshot and returns it.
     pub(crate) fn keep<C>(
         &mut self,
