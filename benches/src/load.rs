@@ -72,6 +72,9 @@ pub(crate) struct ProduceArgs {
     /// Records in flight per producer before it waits for the oldest acknowledgement.
     #[arg(long, default_value_t = 20_000)]
     window: usize,
+    /// Produce requests per partition in flight at once (pipelining; 1: one at a time).
+    #[arg(long, default_value_t = 5)]
+    max_in_flight: usize,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -274,16 +277,18 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
             CompressionArg::Lz4 => Compression::Lz4,
             CompressionArg::Zstd => Compression::Zstd,
         },
+        max_in_flight: args.max_in_flight,
         ..ProducerConfig::default()
     };
     line(format!(
-        "produce: {} records of {} bytes to {} ({} partitions), {} producers, acks={:?}, rate={}",
+        "produce: {} records of {} bytes to {} ({} partitions), {} producers, acks={:?}, {} in flight per partition, rate={}",
         common.records,
         common.record_size,
         common.topic,
         common.partitions,
         args.producers,
         args.acks,
+        args.max_in_flight,
         if args.rate == 0 { "unlimited".into() } else { args.rate.to_string() }
     ));
     let started = Instant::now();
@@ -316,7 +321,7 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
         elapsed: started.elapsed(),
         latency_us: Some(latency),
     };
-    summary.print("sent", common.format, json!({"acks": format!("{:?}", args.acks).to_lowercase(), "producers": args.producers, "partitions": common.partitions, "record_size": common.record_size}));
+    summary.print("sent", common.format, json!({"acks": format!("{:?}", args.acks).to_lowercase(), "producers": args.producers, "max_in_flight": args.max_in_flight, "partitions": common.partitions, "record_size": common.record_size}));
     drop(cluster);
     Ok(())
 }

@@ -425,3 +425,94 @@ async fn an_idle_partition_does_not_delay_a_busy_one() {
     // must not wait for it.
     assert!(waited < Duration::from_secs(3), "poll took {waited:?}");
 }
+
+/// A batch of `records` records from `producer`, starting at `sequence`.
+fn sequenced_batch(producer: i64, sequence: i32, first_value: u32, records: u32) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for v in first_value..first_value + records {
+        builder.push(Timestamp(1), None, Some(v.to_string().as_bytes()), &[]);
+    }
+    builder.producer(producer, 0, sequence);
+    builder.build(Offset(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producers_batches_are_written_in_sequence_order_and_retries_once() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "sequenced", 1).await;
+    let produce = |batch: Bytes| ProduceRequest {
+        topic: "sequenced".into(),
+        partition: 0,
+        acks: strata_client::proto::Acks::All as i32,
+        batches: vec![batch],
+    };
+    let (first, second) = (sequenced_batch(42, 0, 0, 3), sequenced_batch(42, 3, 3, 2));
+
+    // The second batch arrives first: it waits for the first, then lands after it.
+    let mut early = raw(&server).await;
+    let second_request = produce(second.clone());
+    let ahead = tokio::spawn(async move { early.produce(second_request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!ahead.is_finished(), "a batch ahead of its producer's sequence waits");
+    let mut broker = raw(&server).await;
+    let landed = broker.produce(produce(first.clone())).await.unwrap().into_inner();
+    assert_eq!(landed.batches[0].base_offset, 0);
+    let landed = ahead.await.unwrap().unwrap().into_inner();
+    assert_eq!((landed.batches[0].base_offset, landed.batches[0].last_offset), (3, 4));
+
+    // A retry of either is answered with where it landed, and stores nothing.
+    let retried = broker.produce(produce(first)).await.unwrap().into_inner();
+    assert_eq!((retried.batches[0].base_offset, retried.batches[0].last_offset), (0, 2));
+    assert_eq!(retried.log_end_offset, 5);
+    let retried = broker.produce(produce(second)).await.unwrap().into_inner();
+    assert_eq!(retried.batches[0].base_offset, 3);
+    assert_eq!(retried.log_end_offset, 5);
+
+    // A batch whose predecessors never come is refused after a bounded wait.
+    let gap = broker.produce(produce(sequenced_batch(42, 9, 9, 1))).await.unwrap_err();
+    assert_eq!(gap.code(), Code::InvalidArgument, "{}", gap.message());
+    assert!(gap.message().contains("did not arrive"), "{}", gap.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_batches_land_in_the_order_they_were_sent() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "pipelined", 1).await;
+    // Small batches and no linger: many requests in flight at once on the one partition.
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        batch_bytes: 256,
+        max_in_flight: 5,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config);
+    let mut deliveries = Vec::new();
+    for i in 0..3000u32 {
+        let record = Record::new("pipelined").partition(0).value(i.to_string());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for (i, d) in deliveries.into_iter().enumerate() {
+        assert_eq!(d.await.unwrap().offset, Some(Offset(i as u64)), "record {i}");
+    }
+    producer.close().await.unwrap();
+
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig { offset_reset: OffsetReset::Earliest, ..Default::default() },
+    );
+    consumer.assign(vec![("pipelined".into(), 0)]).await.unwrap();
+    let mut values = Vec::new();
+    while values.len() < 3000 {
+        let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert!(!records.is_empty(), "only {} of 3000 records", values.len());
+        for r in records {
+            assert_eq!(r.offset, Offset(values.len() as u64));
+            values.push(
+                std::str::from_utf8(r.value.as_ref().unwrap()).unwrap().parse::<u32>().unwrap(),
+            );
+        }
+    }
+    assert_eq!(values, (0..3000).collect::<Vec<_>>(), "every record once, in send order");
+}

@@ -9,6 +9,7 @@ pub mod groups;
 mod metrics;
 pub mod offsets;
 mod partition;
+mod sequencer;
 mod server;
 mod service;
 mod topic_config;

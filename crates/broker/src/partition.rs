@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{BrokerError, Result};
+use crate::sequencer::{Sequencer, Turn};
 
 /// What a fetch found.
 #[derive(Debug)]
@@ -28,11 +29,16 @@ pub struct Fetched {
 
 /// What validating a produce request led to.
 enum Validated {
-    /// Unreplicated: the batches are in the log.
+    /// Unreplicated and not idempotent: the batches are in the log.
     Appended(Vec<AppendInfo>),
-    /// Replicated: the checked batches' headers, for the leader to sequence and propose.
+    /// The checked batches' headers: to sequence (idempotent batches) and to propose
+    /// (replicated ones).
     Headers(Vec<BatchHeader>),
 }
+
+/// How long a batch that arrived ahead of its producer's earlier ones waits for them (they are
+/// in flight on other requests, or being retried) before it is refused as out of order.
+const SEQUENCE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct Partition {
@@ -45,8 +51,11 @@ pub struct Partition {
     /// The partition's Raft group, in a cluster; `None` on a single node, where the log is
     /// written directly.
     replica: Option<PartitionReplica>,
-    /// Held while a replicated batch is checked against producer state and committed.
+    /// Held while an idempotent batch is checked against its producer's sequence and written
+    /// or proposed (not while it is fsynced or committed): the order of the log.
     sequencing: tokio::sync::Mutex<()>,
+    /// Each idempotent producer's next sequence on this leader, and its last batches.
+    sequencer: Sequencer,
     /// Whether every append is fsynced (the broker-wide setting; topic changes keep it), read
     /// once here rather than from the log's config on every fetch.
     fsync_every_append: bool,
@@ -65,6 +74,7 @@ impl Partition {
             high_watermark: Arc::new(high_watermark),
             replica: None,
             sequencing: Default::default(),
+            sequencer: Sequencer::default(),
             fsync_every_append,
         };
         partition.publish_high_watermark();
@@ -102,6 +112,7 @@ impl Partition {
             high_watermark,
             replica: Some(replica),
             sequencing: Default::default(),
+            sequencer: Sequencer::default(),
             fsync_every_append: true,
         })
     }
@@ -187,11 +198,12 @@ impl Partition {
                 self.topic
             )));
         }
-        // Validation (CRC, framing, bounded decompression) is CPU work: it runs with the
-        // append off the async runtime, and the validated batches go to the log as they are,
-        // so their CRC is computed once.
+        // Validation (CRC, framing, bounded decompression) is CPU work: it runs off the async
+        // runtime, and the validated batches go to the log as they are, so their CRC is
+        // computed once. Batches without a producer id on a single node are appended right
+        // there; the others are ordered by their producer's sequence first.
         let partition = self.clone();
-        // Bytes clones are reference counts: the replicated path proposes the same buffers.
+        // Bytes clones are reference counts: the later steps write the same buffers.
         let batches_copy = batches.clone();
         let validated = tokio::task::spawn_blocking(move || {
             let mut checked = Vec::with_capacity(batches.len());
@@ -203,8 +215,8 @@ impl Partition {
                     ))
                 })?);
             }
-            if partition.replica.is_some() {
-                // Replicated: the headers (checked above) are all the leader needs to decide.
+            let idempotent = checked.iter().any(|b| b.header().producer_id >= 0);
+            if partition.replica.is_some() || idempotent {
                 return Ok(Validated::Headers(checked.iter().map(|b| *b.header()).collect()));
             }
             let mut infos = Vec::with_capacity(checked.len());
@@ -215,73 +227,205 @@ impl Partition {
         })
         .await
         .map_err(|_| BrokerError::ShuttingDown)?;
-        match (validated?, &self.replica) {
-            (Validated::Appended(infos), _) => {
+        let headers = match validated? {
+            Validated::Appended(infos) => {
                 self.publish_high_watermark();
-                Ok(infos)
+                return Ok(infos);
             }
-            (Validated::Headers(headers), Some(replica)) => {
-                self.append_replicated(replica, batches_copy, headers).await
-            }
-            (Validated::Headers(_), None) => {
-                unreachable!("unreplicated partitions append in place")
+            Validated::Headers(headers) => headers,
+        };
+        let mut infos = Vec::with_capacity(headers.len());
+        for (batch, header) in batches_copy.into_iter().zip(headers) {
+            let info = if header.producer_id >= 0 {
+                self.append_in_sequence(batch, header).await?
+            } else {
+                // Only a replicated partition gets here with a batch without a producer id.
+                self.append_replicated(batch, header).await?
+            };
+            infos.push(info);
+        }
+        Ok(infos)
+    }
+
+    /// The leader's term, for a replicated partition whose leader has applied every earlier
+    /// entry (so its producer state is complete); 0 on a single node.
+    fn leader_term(&self) -> Result<u64> {
+        let Some(replica) = &self.replica else { return Ok(0) };
+        if replica.is_ready_leader() {
+            return Ok(replica.term());
+        }
+        Err(if replica.is_leader() {
+            BrokerError::Replication(format!(
+                "{}/{}: the new leader is still applying earlier entries; retry",
+                self.topic, self.id
+            ))
+        } else {
+            self.not_leader(ReplicaError::NotLeader { leader: None })
+        })
+    }
+
+    /// Appends an idempotent producer's batch in its sequence order. Under the sequencing
+    /// lock the batch is checked against what the producer sent before and, if it is next,
+    /// written (single node) or proposed (replicated); its fsync or commit is awaited after
+    /// the lock is released, so the producer's next request is written meanwhile and shares
+    /// the fsync. A batch ahead of its predecessors waits for them; a retry of a written
+    /// batch is answered with where it landed.
+    async fn append_in_sequence(&self, batch: Bytes, header: BatchHeader) -> Result<AppendInfo> {
+        let (producer, sequence) = (header.producer_id, header.base_sequence);
+        let deadline = Instant::now() + SEQUENCE_WAIT;
+        let mut waited_out = false;
+        loop {
+            let sequenced = self.sequencing.lock().await;
+            let term = self.leader_term()?;
+            let turn = match self.sequencer.turn(term, producer, sequence) {
+                Turn::First => self.first_turn(producer, sequence, &header, waited_out),
+                turn => turn,
+            };
+            match turn {
+                Turn::Next | Turn::First => {
+                    return self.write_in_turn(sequenced, term, batch, header).await;
+                }
+                Turn::Ahead => {
+                    let earlier_written = self.sequencer.next_write();
+                    drop(sequenced);
+                    if tokio::time::timeout_at(deadline, earlier_written).await.is_err() {
+                        if waited_out {
+                            return Err(BrokerError::InvalidArgument(format!(
+                                "producer {producer} sent sequence {sequence} to {}/{} but \
+                                 its earlier batches did not arrive within {SEQUENCE_WAIT:?}",
+                                self.topic, self.id
+                            )));
+                        }
+                        waited_out = true;
+                    }
+                }
+                Turn::Written(Some(info)) => {
+                    drop(sequenced);
+                    tracing::debug!(topic = %self.topic, partition = self.id, producer, sequence, "retried batch answered from producer state");
+                    if self.replica.is_none() {
+                        self.make_durable(info).await?;
+                    }
+                    return Ok(info);
+                }
+                Turn::Written(None) => {
+                    drop(sequenced);
+                    return self.await_applied(producer, sequence, &header, deadline).await;
+                }
+                Turn::TooOld => {
+                    return Err(BrokerError::InvalidArgument(format!(
+                        "producer {producer} resent sequence {sequence} to {}/{}, older than \
+                         the batches remembered for it",
+                        self.topic, self.id
+                    )));
+                }
             }
         }
     }
 
-    /// Replicates each batch through the partition's Raft group, in order, answering once each
-    /// is committed on a majority.
-    async fn append_replicated(
+    /// The turn of a batch from a producer this leader has not written for in its term. A
+    /// replicated partition's state machine may know the producer from earlier terms. A
+    /// producer known to no one starts at sequence 0; a later batch waits for its
+    /// predecessors (they may be on requests still in flight), and is taken as it comes once
+    /// it `waited_out`: its producer's state was lost (a single node restarted).
+    fn first_turn(
         &self,
-        replica: &PartitionReplica,
-        batches: Vec<Bytes>,
-        headers: Vec<BatchHeader>,
-    ) -> Result<Vec<AppendInfo>> {
-        // Idempotent batches are checked and proposed one at a time per partition, so a
-        // retry waits for its original and then finds it applied.
-        let idempotent = headers.iter().any(|h| h.producer_id >= 0);
-        let _sequenced = if idempotent { Some(self.sequencing.lock().await) } else { None };
-        if !replica.is_ready_leader() {
-            return Err(if replica.is_leader() {
-                BrokerError::Replication(format!(
-                    "{}/{}: the new leader is still applying earlier entries; retry",
-                    self.topic, self.id
-                ))
-            } else {
-                self.not_leader(ReplicaError::NotLeader { leader: None })
-            });
-        }
-        let mut infos = Vec::with_capacity(batches.len());
-        for (batch, header) in batches.into_iter().zip(headers) {
-            let max_timestamp = header.max_timestamp();
-            if header.producer_id >= 0 {
-                match replica.check_sequence(header.producer_id, header.base_sequence) {
-                    SequenceCheck::New => {}
-                    SequenceCheck::Duplicate(appended) => {
-                        tracing::debug!(topic = %self.topic, partition = self.id, producer = header.producer_id, sequence = header.base_sequence, "duplicate batch answered from producer state");
-                        infos.push(AppendInfo {
-                            base_offset: Offset(appended.base_offset),
-                            last_offset: Offset(appended.last_offset),
-                            max_timestamp,
-                        });
-                        continue;
-                    }
-                    SequenceCheck::OutOfOrder { expected } => {
-                        return Err(BrokerError::InvalidArgument(format!(
-                            "producer {} sent sequence {} to {}/{}; expected {expected}",
-                            header.producer_id, header.base_sequence, self.topic, self.id
-                        )));
-                    }
-                }
+        producer: i64,
+        sequence: i32,
+        header: &BatchHeader,
+        waited_out: bool,
+    ) -> Turn {
+        let check = match &self.replica {
+            Some(replica) => replica.check_sequence(producer, sequence),
+            None => SequenceCheck::Unknown,
+        };
+        match check {
+            SequenceCheck::Unknown if sequence == 0 || waited_out => Turn::First,
+            SequenceCheck::Unknown => Turn::Ahead,
+            SequenceCheck::New => Turn::Next,
+            SequenceCheck::Duplicate(appended) => Turn::Written(Some(landed(appended, header))),
+            SequenceCheck::OutOfOrder { expected } if sequence.wrapping_sub(expected) > 0 => {
+                Turn::Ahead
             }
-            let appended = replica.propose(batch).await.map_err(|e| self.not_leader(e))?;
-            infos.push(AppendInfo {
-                base_offset: Offset(appended.base_offset),
-                last_offset: Offset(appended.last_offset),
-                max_timestamp,
-            });
+            SequenceCheck::OutOfOrder { .. } => Turn::TooOld,
         }
-        Ok(infos)
+    }
+
+    /// Writes or proposes the producer's next batch while `sequenced` is held, then releases
+    /// it and waits for the batch to be durable (fsynced, or committed on a majority).
+    async fn write_in_turn(
+        &self,
+        sequenced: tokio::sync::MutexGuard<'_, ()>,
+        term: u64,
+        batch: Bytes,
+        header: BatchHeader,
+    ) -> Result<AppendInfo> {
+        let (producer, sequence, records) =
+            (header.producer_id, header.base_sequence, header.record_count);
+        match &self.replica {
+            Some(replica) => {
+                let committed = replica.submit(batch).await.map_err(|e| self.not_leader(e))?;
+                self.sequencer.written(term, producer, sequence, records, None);
+                drop(sequenced);
+                let appended = committed.await.map_err(|e| self.not_leader(e))?;
+                Ok(landed(appended, &header))
+            }
+            None => {
+                let log = self.log.clone();
+                let info = tokio::task::spawn_blocking(move || log.write_validated(&batch, header))
+                    .await
+                    .map_err(|_| BrokerError::ShuttingDown)??;
+                self.sequencer.written(term, producer, sequence, records, Some(info));
+                drop(sequenced);
+                self.make_durable(info).await?;
+                Ok(info)
+            }
+        }
+    }
+
+    /// Waits for the log's durability setting to cover a written batch (an fsync shared with
+    /// the writes around it), then publishes the high watermark.
+    async fn make_durable(&self, info: AppendInfo) -> Result<()> {
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.make_durable(&info))
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)??;
+        self.publish_high_watermark();
+        Ok(())
+    }
+
+    /// A retry of a batch this leader proposed and has not applied yet: answered once the
+    /// state machine applied the original.
+    async fn await_applied(
+        &self,
+        producer: i64,
+        sequence: i32,
+        header: &BatchHeader,
+        deadline: Instant,
+    ) -> Result<AppendInfo> {
+        let replica = self.replica.as_ref().expect("only replicated leaders defer retries");
+        let mut applied = self.high_watermark.subscribe();
+        loop {
+            applied.borrow_and_update();
+            if let SequenceCheck::Duplicate(appended) = replica.check_sequence(producer, sequence) {
+                return Ok(landed(appended, header));
+            }
+            if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+                return Err(BrokerError::Replication(format!(
+                    "{}/{}: the original of producer {producer}'s resent sequence {sequence} \
+                     is not committed yet; retry",
+                    self.topic, self.id
+                )));
+            }
+        }
+    }
+
+    /// Replicates a batch without a producer id through the partition's Raft group,
+    /// answering once it is committed on a majority.
+    async fn append_replicated(&self, batch: Bytes, header: BatchHeader) -> Result<AppendInfo> {
+        let replica = self.replica.as_ref().expect("unreplicated batches are appended in place");
+        self.leader_term()?;
+        let appended = replica.propose(batch).await.map_err(|e| self.not_leader(e))?;
+        Ok(landed(appended, &header))
     }
 
     fn not_leader(&self, err: ReplicaError) -> BrokerError {
@@ -395,5 +539,14 @@ impl Partition {
             .map_err(|_| BrokerError::ShuttingDown)??;
         let high_watermark = self.high_watermark();
         Ok(found.filter(|&o| o < high_watermark).unwrap_or(high_watermark))
+    }
+}
+
+/// Where a replicated batch landed, as the produce answer reports it.
+fn landed(appended: strata_raft::Appended, header: &BatchHeader) -> AppendInfo {
+    AppendInfo {
+        base_offset: Offset(appended.base_offset),
+        last_offset: Offset(appended.last_offset),
+        max_timestamp: header.max_timestamp(),
     }
 }

@@ -1,8 +1,11 @@
 //! The producer: per-partition batching with linger and a size limit, partitioning, acks,
 //! retries with backoff, and a future per record.
 //!
-//! One background task owns the batches. Each partition has at most one request in flight, so
-//! batches (and their retries) reach a partition in the order the records were sent.
+//! One background task owns the batches. Each partition has up to `max_in_flight` requests in
+//! flight (pipelining: the next batch travels and is written while the previous one is being
+//! fsynced). Every batch carries the producer id and the sequence of its first record, and the
+//! partition's leader writes a producer's batches in sequence order whatever order the
+//! requests arrive in, so batches (and their retries) land in the order the records were sent.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -72,6 +75,10 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// Codec for each batch's records: `None`, `Lz4` or `Zstd`.
     pub compression: Compression,
+    /// Requests per partition in flight at once (Kafka's
+    /// `max.in.flight.requests.per.connection`, 5 there too). With `Acks::None` there is no
+    /// sequencing answer to wait for, and one request is in flight.
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -86,6 +93,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
             compression: Compression::None,
+            max_in_flight: 5,
         }
     }
 }
@@ -154,16 +162,24 @@ struct Batch {
 }
 
 /// One partition's pending records: sealed batches waiting their turn, then the open one
-/// (the last). At most one request per partition is in flight, so a partition's batches — and
-/// retries of them — are written in the order their records were sent.
+/// (the last). Batches are sent oldest first, with consecutive sequences, so the leader
+/// writes them — and retries of them — in the order their records were sent.
 struct PartitionQueue {
     batches: VecDeque<Batch>,
-    in_flight: bool,
+    /// Batches sent and not yet retired, oldest first, with whether each was answered. A
+    /// batch retires once it and every batch before it are answered, and only `max_in_flight`
+    /// may be unretired: so the leader never has more than that many of this producer's
+    /// batches past the oldest unanswered one, and a retry of it is always among the batches
+    /// the leader remembers (five, as in Kafka).
+    unretired: VecDeque<(u64, bool)>,
+    /// Batches sent so far: the next one's number in `unretired`.
+    sent: u64,
     /// Idempotence: each batch carries this producer id and the sequence of its first record,
     /// and a retry resends the same bytes, so a leader that already stored the batch answers
     /// with its offsets instead of storing it twice. Ids are per partition queue; after a
     /// batch failed for good the queue takes a fresh id, since whether that batch was stored
-    /// is unknown.
+    /// is unknown (batches already in flight behind it with the old id are then refused as out
+    /// of order, and fail too).
     producer_id: i64,
     next_sequence: i32,
 }
@@ -172,9 +188,22 @@ impl Default for PartitionQueue {
     fn default() -> Self {
         PartitionQueue {
             batches: VecDeque::new(),
-            in_flight: false,
+            unretired: VecDeque::new(),
+            sent: 0,
             producer_id: fresh_producer_id(),
             next_sequence: 0,
+        }
+    }
+}
+
+impl PartitionQueue {
+    /// Marks batch `number` answered and retires the answered ones at the front.
+    fn answered(&mut self, number: u64) {
+        if let Some(entry) = self.unretired.iter_mut().find(|(n, _)| *n == number) {
+            entry.1 = true;
+        }
+        while self.unretired.front().is_some_and(|(_, answered)| *answered) {
+            self.unretired.pop_front();
         }
     }
 }
@@ -194,8 +223,9 @@ struct Accumulator {
     round_robin: u32,
     /// Send tasks report here when their request finished, freeing the partition.
     /// With whether the request failed for good.
-    done_tx: mpsc::UnboundedSender<(PartitionKey, bool)>,
-    done_rx: mpsc::UnboundedReceiver<(PartitionKey, bool)>,
+    /// With the batch's number in its queue and whether it failed for good.
+    done_tx: mpsc::UnboundedSender<(PartitionKey, u64, bool)>,
+    done_rx: mpsc::UnboundedReceiver<(PartitionKey, u64, bool)>,
     /// Flushes waiting for every queue to drain.
     flushes: Vec<oneshot::Sender<()>>,
     /// Set by flush and close: every batch is ready now, whatever its linger.
@@ -225,7 +255,7 @@ impl Accumulator {
             let next_deadline = self
                 .queues
                 .values()
-                .filter(|q| !q.in_flight)
+                .filter(|q| q.unretired.len() < self.max_in_flight())
                 .filter_map(|q| q.batches.front().map(|b| b.deadline))
                 .min();
             tokio::select! {
@@ -242,9 +272,9 @@ impl Accumulator {
                         self.send_ready();
                     }
                 },
-                Some((key, failed)) = self.done_rx.recv() => {
+                Some((key, number, failed)) = self.done_rx.recv() => {
                     if let Some(queue) = self.queues.get_mut(&key) {
-                        queue.in_flight = false;
+                        queue.answered(number);
                         if failed {
                             queue.producer_id = fresh_producer_id();
                             queue.next_sequence = 0;
@@ -254,7 +284,7 @@ impl Accumulator {
                 }
                 _ = sleep_until_or_forever(next_deadline) => self.send_ready(),
             }
-            let idle = self.queues.values().all(|q| q.batches.is_empty() && !q.in_flight);
+            let idle = self.queues.values().all(|q| q.batches.is_empty() && q.unretired.is_empty());
             if idle {
                 self.draining = false;
                 for done in self.flushes.drain(..) {
@@ -338,28 +368,37 @@ impl Accumulator {
         }
     }
 
-    /// Sends the first batch of every idle partition whose batch is ready: sealed behind
-    /// another, full, past its linger, or everything while flushing.
+    /// Requests per partition in flight at once.
+    fn max_in_flight(&self) -> usize {
+        if self.config.acks == Acks::None { 1 } else { self.config.max_in_flight.max(1) }
+    }
+
+    /// Sends, for every partition, its ready batches while it has room in flight. A batch is
+    /// ready when sealed behind another, full, past its linger, or while flushing.
     fn send_ready(&mut self) {
         let now = Instant::now();
-        let limit = self.config.batch_bytes;
         let ready: Vec<PartitionKey> = self
             .queues
             .iter()
-            .filter(|(_, q)| !q.in_flight)
-            .filter(|(_, q)| {
-                q.batches.front().is_some_and(|b| {
-                    self.draining
-                        || q.batches.len() > 1
-                        || b.deadline <= now
-                        || b.builder.size() >= limit
-                })
-            })
+            .filter(|(_, q)| self.can_send(q, now))
             .map(|(k, _)| k.clone())
             .collect();
         for key in ready {
-            self.send_first(key);
+            while self.queues.get(&key).is_some_and(|q| self.can_send(q, now)) {
+                self.send_first(key.clone());
+            }
         }
+    }
+
+    /// Whether `queue`'s first batch is ready and may go now.
+    fn can_send(&self, queue: &PartitionQueue, now: Instant) -> bool {
+        queue.unretired.len() < self.max_in_flight()
+            && queue.batches.front().is_some_and(|b| {
+                self.draining
+                    || queue.batches.len() > 1
+                    || b.deadline <= now
+                    || b.builder.size() >= self.config.batch_bytes
+            })
     }
 
     fn send_first(&mut self, key: PartitionKey) {
@@ -376,10 +415,15 @@ impl Accumulator {
                 for waiter in batch.waiters {
                     let _ = waiter.send(Err(err.clone().into()));
                 }
+                // Its sequences were never sent: the batches after it start a fresh run.
+                queue.producer_id = fresh_producer_id();
+                queue.next_sequence = 0;
                 return;
             }
         };
-        queue.in_flight = true;
+        let number = queue.sent;
+        queue.sent += 1;
+        queue.unretired.push_back((number, false));
         let client = self.client.clone();
         let config = self.config.clone();
         let done = self.done_tx.clone();
@@ -413,7 +457,7 @@ impl Accumulator {
                     let _ = waiter.send(outcome);
                 }
             }
-            let _ = done.send((key, failed));
+            let _ = done.send((key, number, failed));
         });
     }
 }

@@ -48,13 +48,13 @@ pub(crate) async fn change_voters<C>(
 where
     C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode, Responder = OneshotResponder<C>>,
 {
-    let (leading, in_group, current) = {
+    let (leading, in_group, current, own_id) = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         let in_group: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
         let current: BTreeSet<NodeId> = membership.voter_ids().collect();
-        (metrics.state == ServerState::Leader, in_group, current)
+        (metrics.state == ServerState::Leader, in_group, current, metrics.id)
     };
     if !leading {
         return Err(ReplicaError::NotLeader { leader: None });
@@ -70,6 +70,11 @@ where
         }
     }
     wait_caught_up(raft, &joining, catch_up).await?;
+    if !wanted.contains(&own_id) {
+        // A leader that removes itself steps down on its next tick once the change is
+        // applied; partition groups run without ticks otherwise (see `partition_config`).
+        raft.runtime_config().tick(true);
+    }
     raft.change_membership(ChangeMembers::ReplaceAllVoters(wanted), false)
         .await
         .map_err(write_error)?;

@@ -50,7 +50,9 @@ struct State {
 /// What the state machine says about an idempotent producer's batch before it is proposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SequenceCheck {
-    /// Not seen: propose it.
+    /// No batch of this producer is remembered: a new producer, or one whose state was lost.
+    Unknown,
+    /// The producer's next batch: propose it.
     New,
     /// Already applied, here: answer with these offsets, store nothing.
     Duplicate(Appended),
@@ -174,7 +176,7 @@ impl PartitionSm {
     pub fn check_sequence(&self, producer_id: i64, first_sequence: i32) -> SequenceCheck {
         let inner = self.lock();
         let Some(batches) = inner.state.producers.get(&producer_id) else {
-            return SequenceCheck::New;
+            return SequenceCheck::Unknown;
         };
         if let Some(b) = batches.iter().find(|b| b.first_sequence == first_sequence) {
             return SequenceCheck::Duplicate(b.appended);

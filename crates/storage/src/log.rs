@@ -240,14 +240,42 @@ impl Log {
     /// [`Log::append`] for a batch the caller already checked: a `RecordBatch` can only be made
     /// by validating its header, length and CRC, so the log skips a second CRC pass.
     pub fn append_checked(&self, batch: &RecordBatch<'_>) -> Result<AppendInfo> {
-        self.append_header(batch.as_bytes(), *batch.header(), false)
+        let info = self.write_header(batch.as_bytes(), *batch.header(), false)?;
+        self.make_durable(&info)?;
+        Ok(info)
+    }
+
+    /// The write half of [`Log::append_checked`], for a batch validated earlier
+    /// (`RecordBatch::new`) whose `header` the caller kept: the batch is in the log
+    /// (readable, not yet durable) when this returns, and [`Log::make_durable`] finishes the
+    /// append. Splitting them lets a caller order its writes under its own lock and wait for
+    /// the fsync outside it, so writes that arrive during an fsync share the next one.
+    pub fn write_validated(
+        &self,
+        batch: &[u8],
+        header: strata_record::BatchHeader,
+    ) -> Result<AppendInfo> {
+        debug_assert_eq!(header.total_len(), batch.len(), "the header is this batch's");
+        self.write_header(batch, header, false)
+    }
+
+    /// Applies the log's durability setting to a written batch: with `EveryAppend`, returns
+    /// once it is on disk (sharing an fsync with concurrent callers).
+    pub fn make_durable(&self, info: &AppendInfo) -> Result<()> {
+        match self.config().durability {
+            Durability::EveryAppend => self.sync_through(info.last_offset.plus(1)),
+            Durability::Interval(every) => self.sync_if_older_than(every),
+            Durability::Never => Ok(()),
+        }
     }
 
     fn append_batch(&self, batch: &[u8], keep_offset: bool) -> Result<AppendInfo> {
         // Limits before work: an oversized batch is refused before its CRC is computed.
         self.check_appendable(batch.len())?;
         let header = *RecordBatch::new(batch)?.header();
-        self.append_header(batch, header, keep_offset)
+        let info = self.write_header(batch, header, keep_offset)?;
+        self.make_durable(&info)?;
+        Ok(info)
     }
 
     fn check_appendable(&self, len: usize) -> Result<()> {
@@ -259,7 +287,7 @@ impl Log {
         Ok(())
     }
 
-    fn append_header(
+    fn write_header(
         &self,
         batch: &[u8],
         header: strata_record::BatchHeader,
@@ -290,11 +318,6 @@ impl Log {
                 max_timestamp: header.max_timestamp(),
             }
         };
-        match self.config().durability {
-            Durability::EveryAppend => self.sync_through(info.last_offset.plus(1))?,
-            Durability::Interval(every) => self.sync_if_older_than(every)?,
-            Durability::Never => {}
-        }
         Ok(info)
     }
 
