@@ -79,6 +79,12 @@ pub struct ProducerConfig {
     /// `max.in.flight.requests.per.connection`, 5 there too). With `Acks::None` there is no
     /// sequencing answer to wait for, and one request is in flight.
     pub max_in_flight: usize,
+    /// Requests in flight at once over all partitions. Kafka bounds requests per connection
+    /// (each of its requests carries many partitions); Strata sends one partition per request,
+    /// so with many partitions this bound keeps a slow disk's queue at the client, where
+    /// batches keep filling, instead of thousands of requests waiting at the server past
+    /// their timeout.
+    pub max_requests_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -94,6 +100,7 @@ impl Default for ProducerConfig {
             request_timeout: Duration::from_secs(5),
             compression: Compression::None,
             max_in_flight: 5,
+            max_requests_in_flight: 64,
         }
     }
 }
@@ -174,6 +181,8 @@ struct PartitionQueue {
     unretired: VecDeque<(u64, bool)>,
     /// Batches sent so far: the next one's number in `unretired`.
     sent: u64,
+    /// Listed in `Accumulator::slot_waiters`: ready, but every request slot was taken.
+    awaiting_slot: bool,
     /// Idempotence: each batch carries this producer id and the sequence of its first record,
     /// and a retry resends the same bytes, so a leader that already stored the batch answers
     /// with its offsets instead of storing it twice. Ids are per partition queue; after a
@@ -190,6 +199,7 @@ impl Default for PartitionQueue {
             batches: VecDeque::new(),
             unretired: VecDeque::new(),
             sent: 0,
+            awaiting_slot: false,
             producer_id: fresh_producer_id(),
             next_sequence: 0,
         }
@@ -230,6 +240,20 @@ struct Accumulator {
     flushes: Vec<oneshot::Sender<()>>,
     /// Set by flush and close: every batch is ready now, whatever its linger.
     draining: bool,
+    /// Requests sent and not finished, over all partitions.
+    requests_in_flight: usize,
+    /// Where the next round of sends starts among the ready partitions, so that under the
+    /// `max_requests_in_flight` bound every partition gets its turn.
+    rotation: usize,
+    /// No later than the moment the next waiting batch becomes ready by its linger (`None`:
+    /// none waits, or every request slot is taken and an answer will look again). Kept up to
+    /// date as batches open and partitions are looked at, so that a record or an answer costs
+    /// work for its own partition only, not a scan of every partition (which made 1,000
+    /// partitions client-bound).
+    next_deadline: Option<Instant>,
+    /// Partitions with a ready batch that found every request slot taken, in the order they
+    /// found it: each answer hands its slot to the first of them.
+    slot_waiters: VecDeque<PartitionKey>,
 }
 
 impl Accumulator {
@@ -245,19 +269,16 @@ impl Accumulator {
             done_rx,
             flushes: Vec::new(),
             draining: false,
+            requests_in_flight: 0,
+            rotation: 0,
+            next_deadline: None,
+            slot_waiters: VecDeque::new(),
         }
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut open = true;
         loop {
-            // The next moment an open batch of an idle partition becomes ready.
-            let next_deadline = self
-                .queues
-                .values()
-                .filter(|q| q.unretired.len() < self.max_in_flight())
-                .filter_map(|q| q.batches.front().map(|b| b.deadline))
-                .min();
             tokio::select! {
                 command = commands.recv(), if open => match command {
                     Some(Command::Send(record, waiter)) => self.add(record, waiter).await,
@@ -273,6 +294,8 @@ impl Accumulator {
                     }
                 },
                 Some((key, number, failed)) = self.done_rx.recv() => {
+                    let slots_were_full = !self.has_request_slot();
+                    self.requests_in_flight -= 1;
                     if let Some(queue) = self.queues.get_mut(&key) {
                         queue.answered(number);
                         if failed {
@@ -280,12 +303,19 @@ impl Accumulator {
                             queue.next_sequence = 0;
                         }
                     }
-                    self.send_ready();
+                    self.send_ready_for(&key);
+                    if slots_were_full {
+                        self.hand_out_slots();
+                    }
                 }
-                _ = sleep_until_or_forever(next_deadline) => self.send_ready(),
+                _ = sleep_until_or_forever(self.next_deadline) => self.send_ready(),
             }
-            let idle = self.queues.values().all(|q| q.batches.is_empty() && q.unretired.is_empty());
-            if idle {
+            // Only flush and close wait for everything to drain: look only then.
+            let waiting = !self.flushes.is_empty() || !open;
+            if waiting
+                && self.requests_in_flight == 0
+                && self.queues.values().all(|q| q.batches.is_empty() && q.unretired.is_empty())
+            {
                 self.draining = false;
                 for done in self.flushes.drain(..) {
                     let _ = done.send(());
@@ -354,17 +384,65 @@ impl Accumulator {
             b.builder.size() + size <= limit
         });
         if !fits {
+            let deadline = Instant::now() + linger;
             queue.batches.push_back(Batch {
                 builder: BatchBuilder::new(),
                 waiters: Vec::new(),
-                deadline: Instant::now() + linger,
+                deadline,
             });
+            if queue.batches.len() == 1 {
+                self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
+            }
         }
+        let queue = self.queues.get_mut(&key).expect("the queue was just used");
         let batch = queue.batches.back_mut().expect("a batch is open");
         batch.builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         batch.waiters.push(waiter);
         if batch.builder.size() >= limit || queue.batches.len() > 1 {
-            self.send_ready();
+            self.send_ready_for(&key);
+        }
+    }
+
+    /// Whether another request may start (the `max_requests_in_flight` bound).
+    fn has_request_slot(&self) -> bool {
+        self.requests_in_flight < self.config.max_requests_in_flight.max(1)
+    }
+
+    /// Sends `key`'s ready batches while it has room in flight, and notes when its next batch
+    /// becomes ready by its linger.
+    fn send_ready_for(&mut self, key: &PartitionKey) {
+        let now = Instant::now();
+        while self.queues.get(key).is_some_and(|q| self.can_send(q, now)) {
+            self.send_first(key.clone());
+        }
+        let waiting = self.queues.get(key).and_then(|q| q.batches.front()).map(|b| b.deadline);
+        if let Some(deadline) = waiting {
+            self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
+        }
+        self.wait_for_slot_if_ready(key, now);
+    }
+
+    /// Lists `key` among the partitions waiting for a request slot if only the lack of one
+    /// keeps its first batch back.
+    fn wait_for_slot_if_ready(&mut self, key: &PartitionKey, now: Instant) {
+        if self.has_request_slot() {
+            return;
+        }
+        let ready = self.queues.get(key).is_some_and(|q| !q.awaiting_slot && self.is_ready(q, now));
+        if ready && let Some(queue) = self.queues.get_mut(key) {
+            queue.awaiting_slot = true;
+            self.slot_waiters.push_back(key.clone());
+        }
+    }
+
+    /// Gives free request slots to the partitions waiting for one, first come first served.
+    fn hand_out_slots(&mut self) {
+        while self.has_request_slot() {
+            let Some(key) = self.slot_waiters.pop_front() else { return };
+            if let Some(queue) = self.queues.get_mut(&key) {
+                queue.awaiting_slot = false;
+            }
+            self.send_ready_for(&key);
         }
     }
 
@@ -373,25 +451,59 @@ impl Accumulator {
         if self.config.acks == Acks::None { 1 } else { self.config.max_in_flight.max(1) }
     }
 
-    /// Sends, for every partition, its ready batches while it has room in flight. A batch is
-    /// ready when sealed behind another, full, past its linger, or while flushing.
+    /// Sends ready batches while there is room in flight, one per partition per round, the
+    /// rounds starting at a rotating partition. A batch is ready when sealed behind another,
+    /// full, past its linger, or while flushing.
     fn send_ready(&mut self) {
         let now = Instant::now();
-        let ready: Vec<PartitionKey> = self
+        self.hand_out_slots();
+        let mut ready: Vec<PartitionKey> = self
             .queues
             .iter()
-            .filter(|(_, q)| self.can_send(q, now))
+            .filter(|(_, q)| !q.awaiting_slot && self.is_ready(q, now))
             .map(|(k, _)| k.clone())
             .collect();
-        for key in ready {
-            while self.queues.get(&key).is_some_and(|q| self.can_send(q, now)) {
-                self.send_first(key.clone());
+        if !ready.is_empty() {
+            self.rotation = self.rotation.wrapping_add(1);
+            let start = self.rotation % ready.len();
+            ready.rotate_left(start);
+            let mut round = ready.clone();
+            while !round.is_empty() {
+                round.retain(|key| {
+                    let sendable = self.queues.get(key).is_some_and(|q| self.can_send(q, now));
+                    if sendable {
+                        self.send_first(key.clone());
+                    }
+                    sendable
+                });
+            }
+            for key in &ready {
+                self.wait_for_slot_if_ready(key, now);
             }
         }
+        // The next moment a batch that may go becomes ready by its linger. Partitions at
+        // their in-flight limit, or all of them while every request slot is taken, are looked
+        // at again when an answer comes.
+        self.next_deadline = if self.has_request_slot() {
+            let max_in_flight = self.max_in_flight();
+            self.queues
+                .values()
+                .filter(|q| q.unretired.len() < max_in_flight)
+                .filter_map(|q| q.batches.front().map(|b| b.deadline))
+                .min()
+        } else {
+            None
+        };
     }
 
     /// Whether `queue`'s first batch is ready and may go now.
     fn can_send(&self, queue: &PartitionQueue, now: Instant) -> bool {
+        self.has_request_slot() && self.is_ready(queue, now)
+    }
+
+    /// Whether `queue`'s first batch is ready and the partition has room in flight (a request
+    /// slot aside).
+    fn is_ready(&self, queue: &PartitionQueue, now: Instant) -> bool {
         queue.unretired.len() < self.max_in_flight()
             && queue.batches.front().is_some_and(|b| {
                 self.draining
@@ -423,6 +535,7 @@ impl Accumulator {
         };
         let number = queue.sent;
         queue.sent += 1;
+        self.requests_in_flight += 1;
         queue.unretired.push_back((number, false));
         let client = self.client.clone();
         let config = self.config.clone();
