@@ -516,3 +516,35 @@ async fn pipelined_batches_land_in_the_order_they_were_sent() {
     }
     assert_eq!(values, (0..3000).collect::<Vec<_>>(), "every record once, in send order");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lingering_batches_go_out_when_every_request_slot_was_taken() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "slots", 20).await;
+    // One request slot for twenty partitions whose batches only ever close by linger: each
+    // answer must find the batches that became ready while the slots were taken.
+    let config = ProducerConfig {
+        linger: Duration::from_millis(5),
+        max_requests_in_flight: 1,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config);
+    for round in 0..10u32 {
+        let mut deliveries = Vec::new();
+        for p in 0..20u32 {
+            let record = Record::new("slots").partition(p).value(format!("{round}-{p}"));
+            deliveries.push(producer.send(record).await.unwrap());
+            // Batches open one after another, some while both slots are taken.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for d in deliveries {
+            let delivered = tokio::time::timeout(Duration::from_secs(20), d)
+                .await
+                .expect("a lingering batch was never sent")
+                .unwrap();
+            assert_eq!(delivered.offset, Some(Offset(round as u64)));
+        }
+    }
+    producer.close().await.unwrap();
+}

@@ -306,6 +306,12 @@ impl Accumulator {
                     self.send_ready_for(&key);
                     if slots_were_full {
                         self.hand_out_slots();
+                        if self.has_request_slot() {
+                            // Nobody was waiting for the slot. Lingering batches' deadlines
+                            // were not kept while every slot was taken: look at all of them
+                            // once, now that one is free.
+                            self.refresh_deadline();
+                        }
                     }
                 }
                 _ = sleep_until_or_forever(self.next_deadline) => self.send_ready(),
@@ -481,9 +487,13 @@ impl Accumulator {
                 self.wait_for_slot_if_ready(key, now);
             }
         }
-        // The next moment a batch that may go becomes ready by its linger. Partitions at
-        // their in-flight limit, or all of them while every request slot is taken, are looked
-        // at again when an answer comes.
+        self.refresh_deadline();
+    }
+
+    /// Recomputes the next moment a batch that may go becomes ready by its linger. Partitions
+    /// at their in-flight limit, or all of them while every request slot is taken, are looked
+    /// at again when an answer comes.
+    fn refresh_deadline(&mut self) {
         self.next_deadline = if self.has_request_slot() {
             let max_in_flight = self.max_in_flight();
             self.queues
