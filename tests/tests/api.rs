@@ -473,6 +473,15 @@ async fn a_producers_batches_are_written_in_sequence_order_and_retries_once() {
     let gap = broker.produce(produce(sequenced_batch(42, 9, 9, 1))).await.unwrap_err();
     assert_eq!(gap.code(), Code::InvalidArgument, "{}", gap.message());
     assert!(gap.message().contains("did not arrive"), "{}", gap.message());
+
+    // A request may mix the producer's next batch with one that has no producer id.
+    let mut plain = BatchBuilder::new();
+    plain.push(Timestamp(1), None, Some(b"plain"), &[]);
+    let mut mixed = produce(sequenced_batch(42, 5, 5, 1));
+    mixed.batches.push(plain.build(Offset(0)));
+    let landed = broker.produce(mixed).await.unwrap().into_inner();
+    let bases: Vec<u64> = landed.batches.iter().map(|b| b.base_offset).collect();
+    assert_eq!(bases, vec![5, 6]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -239,8 +239,7 @@ impl Partition {
             let info = if header.producer_id >= 0 {
                 self.append_in_sequence(batch, header).await?
             } else {
-                // Only a replicated partition gets here with a batch without a producer id.
-                self.append_replicated(batch, header).await?
+                self.append_unsequenced(batch, header).await?
             };
             infos.push(info);
         }
@@ -270,7 +269,11 @@ impl Partition {
     /// the lock is released, so the producer's next request is written meanwhile and shares
     /// the fsync. A batch ahead of its predecessors waits for them; a retry of a written
     /// batch is answered with where it landed.
-    async fn append_in_sequence(&self, batch: Bytes, header: BatchHeader) -> Result<AppendInfo> {
+    async fn append_in_sequence(
+        self: &Arc<Self>,
+        batch: Bytes,
+        header: BatchHeader,
+    ) -> Result<AppendInfo> {
         let (producer, sequence) = (header.producer_id, header.base_sequence);
         let deadline = Instant::now() + SEQUENCE_WAIT;
         let mut waited_out = false;
@@ -353,7 +356,7 @@ impl Partition {
     /// Writes or proposes the producer's next batch while `sequenced` is held, then releases
     /// it and waits for the batch to be durable (fsynced, or committed on a majority).
     async fn write_in_turn(
-        &self,
+        self: &Arc<Self>,
         sequenced: tokio::sync::MutexGuard<'_, ()>,
         term: u64,
         batch: Bytes,
@@ -370,11 +373,17 @@ impl Partition {
                 Ok(landed(appended, &header))
             }
             None => {
-                let log = self.log.clone();
-                let info = tokio::task::spawn_blocking(move || log.write_validated(&batch, header))
-                    .await
-                    .map_err(|_| BrokerError::ShuttingDown)??;
-                self.sequencer.written(term, producer, sequence, records, Some(info));
+                // The write and its record in the sequencer happen together on the blocking
+                // thread, which finishes even if this request is dropped (its client gave up):
+                // a written batch is always known, so its retry is answered, not written again.
+                let partition = self.clone();
+                let info = tokio::task::spawn_blocking(move || {
+                    let info = partition.log.write_validated(&batch, header)?;
+                    partition.sequencer.written(term, producer, sequence, records, Some(info));
+                    Ok::<_, BrokerError>(info)
+                })
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)??;
                 drop(sequenced);
                 self.make_durable(info).await?;
                 Ok(info)
@@ -419,13 +428,25 @@ impl Partition {
         }
     }
 
-    /// Replicates a batch without a producer id through the partition's Raft group,
-    /// answering once it is committed on a majority.
-    async fn append_replicated(&self, batch: Bytes, header: BatchHeader) -> Result<AppendInfo> {
-        let replica = self.replica.as_ref().expect("unreplicated batches are appended in place");
-        self.leader_term()?;
-        let appended = replica.propose(batch).await.map_err(|e| self.not_leader(e))?;
-        Ok(landed(appended, &header))
+    /// Appends a batch without a producer id that came in a request with idempotent ones (or
+    /// to a replicated partition): no order to keep but the request's own. Replicated, it is
+    /// proposed and answered once committed; on a single node, written and made durable.
+    async fn append_unsequenced(&self, batch: Bytes, header: BatchHeader) -> Result<AppendInfo> {
+        match &self.replica {
+            Some(replica) => {
+                self.leader_term()?;
+                let appended = replica.propose(batch).await.map_err(|e| self.not_leader(e))?;
+                Ok(landed(appended, &header))
+            }
+            None => {
+                let log = self.log.clone();
+                let info = tokio::task::spawn_blocking(move || log.write_validated(&batch, header))
+                    .await
+                    .map_err(|_| BrokerError::ShuttingDown)??;
+                self.make_durable(info).await?;
+                Ok(info)
+            }
+        }
     }
 
     fn not_leader(&self, err: ReplicaError) -> BrokerError {
