@@ -54,6 +54,10 @@ pub enum BrokerError {
     /// No quorum, no controller leader, or a replication failure: retriable.
     #[error("{0}")]
     Replication(String),
+    /// An idempotent producer's batch came ahead of earlier ones that did not arrive in time
+    /// (they may still be retried, after a failover): retriable.
+    #[error("{0}")]
+    OutOfSequence(String),
 }
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
@@ -73,7 +77,7 @@ impl BrokerError {
             BrokerError::InvalidArgument(_) | BrokerError::InvalidBatch(_) => Code::InvalidArgument,
             BrokerError::TooLarge(_) => Code::ResourceExhausted,
             BrokerError::Fenced(_) | BrokerError::GroupNotEmpty(_) => Code::FailedPrecondition,
-            BrokerError::OffsetsReset(_) => Code::Aborted,
+            BrokerError::OffsetsReset(_) | BrokerError::OutOfSequence(_) => Code::Aborted,
             BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,
             BrokerError::ShuttingDown
             | BrokerError::NotLeader { .. }

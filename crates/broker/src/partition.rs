@@ -282,6 +282,16 @@ impl Partition {
             let term = self.leader_term()?;
             let turn = match self.sequencer.turn(term, producer, sequence) {
                 Turn::First => self.first_turn(producer, sequence, &header, waited_out),
+                // Older than this leader's window, but the state machine may remember it from
+                // an earlier term (its answer was lost in a failover).
+                Turn::TooOld => {
+                    match self.replica.as_ref().map(|r| r.check_sequence(producer, sequence)) {
+                        Some(SequenceCheck::Duplicate(appended)) => {
+                            Turn::Written(Some(landed(appended, &header)))
+                        }
+                        _ => Turn::TooOld,
+                    }
+                }
                 turn => turn,
             };
             match turn {
@@ -293,7 +303,7 @@ impl Partition {
                     drop(sequenced);
                     if tokio::time::timeout_at(deadline, earlier_written).await.is_err() {
                         if waited_out {
-                            return Err(BrokerError::InvalidArgument(format!(
+                            return Err(BrokerError::OutOfSequence(format!(
                                 "producer {producer} sent sequence {sequence} to {}/{} but \
                                  its earlier batches did not arrive within {SEQUENCE_WAIT:?}",
                                 self.topic, self.id
@@ -328,8 +338,9 @@ impl Partition {
     /// The turn of a batch from a producer this leader has not written for in its term. A
     /// replicated partition's state machine may know the producer from earlier terms. A
     /// producer known to no one starts at sequence 0; a later batch waits for its
-    /// predecessors (they may be on requests still in flight), and is taken as it comes once
-    /// it `waited_out`: its producer's state was lost (a single node restarted).
+    /// predecessors (they may be on requests still in flight). On a single node it is taken
+    /// as it comes once it `waited_out`: its producer's state was lost in a restart. A
+    /// replicated partition never loses producer state, so there it is refused.
     fn first_turn(
         &self,
         producer: i64,
@@ -342,7 +353,9 @@ impl Partition {
             None => SequenceCheck::Unknown,
         };
         match check {
-            SequenceCheck::Unknown if sequence == 0 || waited_out => Turn::First,
+            SequenceCheck::Unknown if sequence == 0 || (waited_out && self.replica.is_none()) => {
+                Turn::First
+            }
             SequenceCheck::Unknown => Turn::Ahead,
             SequenceCheck::New => Turn::Next,
             SequenceCheck::Duplicate(appended) => Turn::Written(Some(landed(appended, header))),

@@ -77,7 +77,8 @@ pub struct ProducerConfig {
     pub compression: Compression,
     /// Requests per partition in flight at once (Kafka's
     /// `max.in.flight.requests.per.connection`, 5 there too). With `Acks::None` there is no
-    /// sequencing answer to wait for, and one request is in flight.
+    /// sequencing answer to wait for, and one request is in flight. At most 5: the leader
+    /// remembers a producer's last five batches for answering retries.
     pub max_in_flight: usize,
     /// Requests in flight at once over all partitions. Kafka bounds requests per connection
     /// (each of its requests carries many partitions); Strata sends one partition per request,
@@ -183,6 +184,10 @@ struct PartitionQueue {
     sent: u64,
     /// Listed in `Accumulator::slot_waiters`: ready, but every request slot was taken.
     awaiting_slot: bool,
+    /// A batch failed for good: nothing more is sent until every batch in flight is
+    /// answered, then the queue starts over with a fresh producer id. Sending under a fresh id
+    /// at once could let a new batch land before an older one still being retried.
+    restart_pending: bool,
     /// Idempotence: each batch carries this producer id and the sequence of its first record,
     /// and a retry resends the same bytes, so a leader that already stored the batch answers
     /// with its offsets instead of storing it twice. Ids are per partition queue; after a
@@ -200,6 +205,7 @@ impl Default for PartitionQueue {
             unretired: VecDeque::new(),
             sent: 0,
             awaiting_slot: false,
+            restart_pending: false,
             producer_id: fresh_producer_id(),
             next_sequence: 0,
         }
@@ -298,10 +304,7 @@ impl Accumulator {
                     self.requests_in_flight -= 1;
                     if let Some(queue) = self.queues.get_mut(&key) {
                         queue.answered(number);
-                        if failed {
-                            queue.producer_id = fresh_producer_id();
-                            queue.next_sequence = 0;
-                        }
+                        queue.restart_pending |= failed;
                     }
                     self.send_ready_for(&key);
                     if slots_were_full {
@@ -454,7 +457,9 @@ impl Accumulator {
 
     /// Requests per partition in flight at once.
     fn max_in_flight(&self) -> usize {
-        if self.config.acks == Acks::None { 1 } else { self.config.max_in_flight.max(1) }
+        // At most five: the leader remembers a producer's last five batches, and a retry must
+        // be among them.
+        if self.config.acks == Acks::None { 1 } else { self.config.max_in_flight.clamp(1, 5) }
     }
 
     /// Sends ready batches while there is room in flight, one per partition per round, the
@@ -495,10 +500,9 @@ impl Accumulator {
     /// at again when an answer comes.
     fn refresh_deadline(&mut self) {
         self.next_deadline = if self.has_request_slot() {
-            let max_in_flight = self.max_in_flight();
             self.queues
                 .values()
-                .filter(|q| q.unretired.len() < max_in_flight)
+                .filter(|q| self.has_room(q))
                 .filter_map(|q| q.batches.front().map(|b| b.deadline))
                 .min()
         } else {
@@ -514,7 +518,7 @@ impl Accumulator {
     /// Whether `queue`'s first batch is ready and the partition has room in flight (a request
     /// slot aside).
     fn is_ready(&self, queue: &PartitionQueue, now: Instant) -> bool {
-        queue.unretired.len() < self.max_in_flight()
+        self.has_room(queue)
             && queue.batches.front().is_some_and(|b| {
                 self.draining
                     || queue.batches.len() > 1
@@ -523,11 +527,26 @@ impl Accumulator {
             })
     }
 
+    /// Whether `queue` may have another request in flight: below the limit, or, after a
+    /// failure, once every earlier request is answered.
+    fn has_room(&self, queue: &PartitionQueue) -> bool {
+        if queue.restart_pending {
+            queue.unretired.is_empty()
+        } else {
+            queue.unretired.len() < self.max_in_flight()
+        }
+    }
+
     fn send_first(&mut self, key: PartitionKey) {
         let Some(queue) = self.queues.get_mut(&key) else { return };
         let Some(mut batch) = queue.batches.pop_front() else { return };
+        if queue.restart_pending {
+            queue.producer_id = fresh_producer_id();
+            queue.next_sequence = 0;
+            queue.restart_pending = false;
+        }
+        let records = batch.builder.len() as i32;
         if self.config.acks != Acks::None {
-            let records = batch.builder.len() as i32;
             batch.builder.producer(queue.producer_id, 0, queue.next_sequence);
             queue.next_sequence = queue.next_sequence.wrapping_add(records);
         }
@@ -537,9 +556,10 @@ impl Accumulator {
                 for waiter in batch.waiters {
                     let _ = waiter.send(Err(err.clone().into()));
                 }
-                // Its sequences were never sent: the batches after it start a fresh run.
-                queue.producer_id = fresh_producer_id();
-                queue.next_sequence = 0;
+                // Its sequences were never sent: the next batch takes them.
+                if self.config.acks != Acks::None {
+                    queue.next_sequence = queue.next_sequence.wrapping_sub(records);
+                }
                 return;
             }
         };

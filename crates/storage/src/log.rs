@@ -359,6 +359,9 @@ impl Log {
     }
 
     fn sync_locked(&self, last_sync: &mut Instant) -> Result<()> {
+        // After a failed write or fsync a later fsync may succeed although the data it should
+        // cover was dropped (Linux clears the error once reported): never call that durable.
+        self.ensure_writable()?;
         let (file, end, path) = {
             let state = self.read_state();
             (state.active.sync_handle(), state.end(), state.active.core.log_path.clone())
