@@ -53,7 +53,7 @@ pub struct Partition {
     replica: Option<PartitionReplica>,
     /// Held while an idempotent batch is checked against its producer's sequence and written
     /// or proposed (not while it is fsynced or committed): the order of the log.
-    sequencing: tokio::sync::Mutex<()>,
+    sequencing: Arc<tokio::sync::Mutex<()>>,
     /// Each idempotent producer's next sequence on this leader, and its last batches.
     sequencer: Sequencer,
     /// Whether every append is fsynced (the broker-wide setting; topic changes keep it), read
@@ -278,7 +278,7 @@ impl Partition {
         let deadline = Instant::now() + SEQUENCE_WAIT;
         let mut waited_out = false;
         loop {
-            let sequenced = self.sequencing.lock().await;
+            let sequenced = self.sequencing.clone().lock_owned().await;
             let term = self.leader_term()?;
             let turn = match self.sequencer.turn(term, producer, sequence) {
                 Turn::First => self.first_turn(producer, sequence, &header, waited_out),
@@ -370,7 +370,7 @@ impl Partition {
     /// it and waits for the batch to be durable (fsynced, or committed on a majority).
     async fn write_in_turn(
         self: &Arc<Self>,
-        sequenced: tokio::sync::MutexGuard<'_, ()>,
+        sequenced: tokio::sync::OwnedMutexGuard<()>,
         term: u64,
         batch: Bytes,
         header: BatchHeader,
@@ -386,19 +386,21 @@ impl Partition {
                 Ok(landed(appended, &header))
             }
             None => {
-                // The write and its record in the sequencer happen together on the blocking
-                // thread, which finishes even if this request is dropped (its client gave up):
-                // a written batch is always known, so its retry is answered, not written again.
+                // One trip to the blocking pool: the write, its record in the sequencer and
+                // the release of the lock, then the fsync outside it. The thread finishes
+                // even if this request is dropped (its client gave up), so a written batch is
+                // always known and its retry is answered, not written again.
                 let partition = self.clone();
                 let info = tokio::task::spawn_blocking(move || {
                     let info = partition.log.write_validated(&batch, header)?;
                     partition.sequencer.written(term, producer, sequence, records, Some(info));
+                    drop(sequenced);
+                    partition.log.make_durable(&info)?;
                     Ok::<_, BrokerError>(info)
                 })
                 .await
                 .map_err(|_| BrokerError::ShuttingDown)??;
-                drop(sequenced);
-                self.make_durable(info).await?;
+                self.publish_high_watermark();
                 Ok(info)
             }
         }
@@ -453,10 +455,14 @@ impl Partition {
             }
             None => {
                 let log = self.log.clone();
-                let info = tokio::task::spawn_blocking(move || log.write_validated(&batch, header))
-                    .await
-                    .map_err(|_| BrokerError::ShuttingDown)??;
-                self.make_durable(info).await?;
+                let info = tokio::task::spawn_blocking(move || {
+                    let info = log.write_validated(&batch, header)?;
+                    log.make_durable(&info)?;
+                    Ok::<_, BrokerError>(info)
+                })
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)??;
+                self.publish_high_watermark();
                 Ok(info)
             }
         }
