@@ -6,8 +6,10 @@
 //!
 //! 1. **Exclusive directory.** A log holds an exclusive `flock` on `<dir>/.lock` for its whole
 //!    life ([`crate::Log::open`]), so no other process (or second `Log`) writes its files.
-//! 2. **Log files only grow while mapped.** Appends add bytes past every mapped length, and
-//!    a map never covers bytes past the file's length when it is made. Truncation never shrinks
+//! 2. **Log files only grow while mapped.** Appends add bytes past every length handed out,
+//!    and a map hands out only bytes below the file's length when they were asked for. (A
+//!    growing file's map reaches past its end, so later reads reuse it; those pages are never
+//!    touched before appends fill them, so they cannot fault.) Truncation never shrinks
 //!    a mapped log file: it writes the kept prefix to a new file and renames it over the old
 //!    name, so existing maps keep the old inode, unchanged, until their last `Bytes` drops.
 //!    Recovery cuts a torn tail only before any map of the file escapes the scan.
@@ -22,17 +24,38 @@ use std::io;
 use bytes::Bytes;
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
-/// Maps the first `len` bytes of a log file read-only and hands them out as `Bytes`, so reads
-/// can slice batches without copying. `len` must not exceed the file's current length.
-pub(crate) fn map_log(file: &File, len: usize) -> io::Result<Bytes> {
-    if len == 0 {
-        return Ok(Bytes::new());
+/// A read-only map of a log file. Reads slice batches out of it as `Bytes` without copying.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogMap {
+    /// The whole mapped range, possibly past the file's end: never handed out as it is.
+    mapped: Bytes,
+}
+
+impl LogMap {
+    /// Maps `capacity` bytes of a log file whose first `len` bytes are written; `capacity`
+    /// may reach past the file's end, for the file to grow into.
+    pub(crate) fn new(file: &File, len: usize, capacity: usize) -> io::Result<LogMap> {
+        debug_assert!(len <= capacity);
+        debug_assert!(file.metadata().map(|m| m.len() >= len as u64).unwrap_or(true));
+        if capacity == 0 {
+            return Ok(LogMap::default());
+        }
+        // SAFETY: invariants 1 and 2 of this module: nothing shrinks or rewrites the bytes of
+        // this inode below any length handed out while the map lives, and `bytes` hands out
+        // only lengths the caller knows to be written.
+        let map = unsafe { MmapOptions::new().len(capacity).map(file)? };
+        Ok(LogMap { mapped: Bytes::from_owner(map) })
     }
-    debug_assert!(file.metadata().map(|m| m.len() >= len as u64).unwrap_or(true));
-    // SAFETY: invariants 1 and 2 of this module: nothing shrinks or rewrites the first `len`
-    // bytes of this inode while the map lives, and `len` is within the file.
-    let map = unsafe { MmapOptions::new().len(len).map(file)? };
-    Ok(Bytes::from_owner(map))
+
+    /// How far the map reaches.
+    pub(crate) fn capacity(&self) -> usize {
+        self.mapped.len()
+    }
+
+    /// The first `len` bytes, which must be written (within the file) and within the map.
+    pub(crate) fn bytes(&self, len: usize) -> Bytes {
+        self.mapped.slice(..len)
+    }
 }
 
 /// Maps a whole index file read-only.

@@ -20,7 +20,7 @@ use crate::index::{
     OFFSET_ENTRY_LEN, ReadOnlyIndex, TIME_ENTRY_LEN, WritableIndex, encode_offset_entry,
     encode_time_entry, offset_entry, offset_index_is_sane, time_entry, time_index_is_sane,
 };
-use crate::mmap::map_log;
+use crate::mmap::LogMap;
 
 pub(crate) const LOG_SUFFIX: &str = "log";
 pub(crate) const OFFSET_INDEX_SUFFIX: &str = "index";
@@ -31,26 +31,35 @@ pub(crate) fn segment_file(dir: &Path, base: Offset, suffix: &str) -> PathBuf {
     dir.join(format!("{:020}.{suffix}", base.0))
 }
 
+/// How far past its end a growing (active) segment's file is mapped. Reads of bytes appended
+/// since the last map then reuse it: remapping on every fetch of new data cost an `mmap`, an
+/// `munmap` (a TLB shootdown on every core) and fresh page faults per request.
+const GROWTH_HEADROOM: usize = 64 * 1024 * 1024;
+
 /// A log file's bytes as `Bytes`, remapped lazily when a reader needs bytes past the current map.
 #[derive(Debug)]
 pub(crate) struct MappedLog {
     file: Arc<File>,
     path: PathBuf,
-    view: Mutex<Bytes>,
+    map: Mutex<LogMap>,
+    /// Bytes mapped past what a reader asks for: [`GROWTH_HEADROOM`] for the active segment,
+    /// 0 for a sealed one.
+    headroom: usize,
 }
 
 impl MappedLog {
-    fn new(file: Arc<File>, path: PathBuf) -> Self {
-        MappedLog { file, path, view: Mutex::new(Bytes::new()) }
+    fn new(file: Arc<File>, path: PathBuf, headroom: usize) -> Self {
+        MappedLog { file, path, map: Mutex::new(LogMap::default()), headroom }
     }
 
-    /// Bytes covering at least `[0, len)`. `len` must not exceed the file's length.
+    /// Bytes covering exactly `[0, len)`. `len` must not exceed the file's length.
     pub(crate) fn view(&self, len: u64) -> Result<Bytes> {
-        let mut view = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        if (view.len() as u64) < len {
-            *view = map_log(&self.file, len as usize).at(&self.path)?;
+        let len = len as usize;
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.capacity() < len {
+            *map = LogMap::new(&self.file, len, len + self.headroom).at(&self.path)?;
         }
-        Ok(view.clone())
+        Ok(map.bytes(len))
     }
 }
 
@@ -174,7 +183,7 @@ impl ActiveSegment {
                 next: base,
                 size,
                 max_timestamp: i64::MIN,
-                data: MappedLog::new(file.clone(), log_path.clone()),
+                data: MappedLog::new(file.clone(), log_path.clone(), GROWTH_HEADROOM),
                 log_path: log_path.into(),
             },
             writer: file,
@@ -201,7 +210,9 @@ impl ActiveSegment {
         let file_len = file.metadata().at(&log_path)?.len();
         let mut segment = Self::with_file(dir, base, file, log_path, config, None)?;
         segment.core.size = 0;
-        let data = map_log(&segment.writer, file_len as usize).at(&segment.core.log_path)?;
+        let data = LogMap::new(&segment.writer, file_len as usize, file_len as usize)
+            .at(&segment.core.log_path)?
+            .bytes(file_len as usize);
         let mut position = 0u64;
         let mut stop_reason = None;
         while position < file_len {
@@ -469,7 +480,7 @@ impl SealedSegment {
                         next,
                         size,
                         max_timestamp,
-                        data: MappedLog::new(file, log_path.clone()),
+                        data: MappedLog::new(file, log_path.clone(), 0),
                         log_path: log_path.into(),
                     },
                     offset_index: offsets,
