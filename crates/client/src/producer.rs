@@ -237,9 +237,8 @@ struct Accumulator {
     queues: HashMap<PartitionKey, PartitionQueue>,
     partition_counts: HashMap<String, u32>,
     round_robin: u32,
-    /// Send tasks report here when their request finished, freeing the partition.
-    /// With whether the request failed for good.
-    /// With the batch's number in its queue and whether it failed for good.
+    /// Send tasks report here when their request finished, freeing the partition: with the
+    /// batch's number in its queue and whether it failed for good.
     done_tx: mpsc::UnboundedSender<(PartitionKey, u64, bool)>,
     done_rx: mpsc::UnboundedReceiver<(PartitionKey, u64, bool)>,
     /// Flushes waiting for every queue to drain.
@@ -407,7 +406,10 @@ impl Accumulator {
         let batch = queue.batches.back_mut().expect("a batch is open");
         batch.builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         batch.waiters.push(waiter);
-        if batch.builder.size() >= limit || queue.batches.len() > 1 {
+        // A batch due now (no linger) goes at once: left to the linger timer it would wait for
+        // the timer's next millisecond tick.
+        let due = batch.builder.size() >= limit || batch.deadline <= Instant::now();
+        if due || queue.batches.len() > 1 {
             self.send_ready_for(&key);
         }
     }
