@@ -11,7 +11,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -50,7 +50,26 @@ struct Core {
     /// The last snapshot installed from the leader and the log offset after it: where a purge
     /// past the last entry restarts the log.
     installed: Mutex<Option<(LogId<NodeId>, u64)>>,
-    flushes: Mutex<mpsc::Sender<Callback>>,
+    flushes: Mutex<Flushes>,
+}
+
+/// Appends waiting for their fsync. A flush loop runs on tokio's blocking pool only while some
+/// wait, so an idle group holds no thread (a thread per group was 1,000 parked threads on a
+/// node with 1,000 partitions).
+#[derive(Default)]
+struct Flushes {
+    waiting: Vec<Callback>,
+    /// A flush loop is running for this store; it takes `waiting` before its next fsync.
+    running: bool,
+}
+
+impl Debug for Flushes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flushes")
+            .field("waiting", &self.waiting.len())
+            .field("running", &self.running)
+            .finish()
+    }
 }
 
 /// The store of one group; clones share it (openraft's log reader is a clone).
@@ -108,19 +127,14 @@ impl<C: SegmentTc> SegmentStore<C> {
             tracing::warn!(dir = %raft_dir.display(), table_end, log_end, "cutting log data no entry names");
             log.truncate_from(Offset(table_end)).map_err(io_err)?;
         }
-        let (tx, rx) = mpsc::channel::<Callback>();
         let core = Arc::new(Core {
             dir: raft_dir.to_owned(),
             log,
             table: Mutex::new(table),
             purged: Mutex::new(purged),
             installed: Mutex::new(None),
-            flushes: Mutex::new(tx),
+            flushes: Mutex::new(Flushes::default()),
         });
-        let weak = Arc::downgrade(&core);
-        std::thread::Builder::new()
-            .name("raft-flush".into())
-            .spawn(move || flush_loop(weak, rx))?;
         Ok(SegmentStore { core, _tc: PhantomData })
     }
 
@@ -240,15 +254,19 @@ impl<C: SegmentTc> SegmentStore<C> {
     }
 }
 
-/// Group commit: every callback queued while one fsync runs shares the next.
-fn flush_loop(core: Weak<Core>, rx: mpsc::Receiver<Callback>) {
-    while let Ok(first) = rx.recv() {
-        let mut callbacks = vec![first];
-        callbacks.extend(rx.try_iter());
-        let result = match core.upgrade() {
-            Some(core) => flush_both(&core),
-            None => Err(io_err("the store was closed")),
+/// Group commit: every callback queued while one fsync runs shares the next. At most one
+/// loop runs per store, so each fsync covers every append made before it started.
+fn flush_loop(core: &Core) {
+    loop {
+        let callbacks = {
+            let mut flushes = lock(&core.flushes);
+            if flushes.waiting.is_empty() {
+                flushes.running = false;
+                return;
+            }
+            std::mem::take(&mut flushes.waiting)
         };
+        let result = flush_both(core);
         for callback in callbacks {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -381,10 +399,14 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
         let entries: Vec<Entry<C>> = entries.into_iter().collect();
         let store = self.clone();
         blocking(move || store.append_now(entries)).await.map_err(sto)?;
-        let queued = lock(&self.core.flushes)
-            .send(Box::new(move |result| callback.log_io_completed(result)));
-        if queued.is_err() {
-            return Err(sto(io_err("the flush thread stopped")));
+        let start_loop = {
+            let mut flushes = lock(&self.core.flushes);
+            flushes.waiting.push(Box::new(move |result| callback.log_io_completed(result)));
+            !std::mem::replace(&mut flushes.running, true)
+        };
+        if start_loop {
+            let core = self.core.clone();
+            tokio::task::spawn_blocking(move || flush_loop(&core));
         }
         Ok(())
     }
