@@ -406,10 +406,15 @@ impl Accumulator {
         let batch = queue.batches.back_mut().expect("a batch is open");
         batch.builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         batch.waiters.push(waiter);
-        // A batch due now (no linger) goes at once: left to the linger timer it would wait for
-        // the timer's next millisecond tick.
-        let due = batch.builder.size() >= limit || batch.deadline <= Instant::now();
-        if due || queue.batches.len() > 1 {
+        let (full, deadline) = (batch.builder.size() >= limit, batch.deadline);
+        let sealed = queue.batches.len() > 1;
+        // A batch due now (no linger) goes at once if it may: left to the linger timer it would
+        // wait for the timer's next millisecond tick. One that may not waits for an answer,
+        // which looks at its partition again.
+        let now = Instant::now();
+        let sendable_now =
+            deadline <= now && self.queues.get(&key).is_some_and(|q| self.can_send(q, now));
+        if full || sealed || sendable_now {
             self.send_ready_for(&key);
         }
     }

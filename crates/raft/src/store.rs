@@ -254,19 +254,46 @@ impl<C: SegmentTc> SegmentStore<C> {
     }
 }
 
+/// Ends a flush loop that stopped without emptying the queue (it panicked, or the runtime
+/// shut down before running it): the waiting appends fail instead of hanging, and the next
+/// append may start a loop again.
+struct LoopGuard {
+    core: Arc<Core>,
+    /// Cleared by the loop itself when it ends normally, having found nothing waiting.
+    armed: bool,
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let waiting = {
+            let mut flushes = lock(&self.core.flushes);
+            flushes.running = false;
+            std::mem::take(&mut flushes.waiting)
+        };
+        for callback in waiting {
+            callback(Err(io_err("the flush loop stopped")));
+        }
+    }
+}
+
 /// Group commit: every callback queued while one fsync runs shares the next. At most one
 /// loop runs per store, so each fsync covers every append made before it started.
-fn flush_loop(core: &Core) {
+fn flush_loop(mut guard: LoopGuard) {
+    let core = guard.core.clone();
     loop {
         let callbacks = {
             let mut flushes = lock(&core.flushes);
             if flushes.waiting.is_empty() {
                 flushes.running = false;
+                guard.armed = false;
                 return;
             }
             std::mem::take(&mut flushes.waiting)
         };
-        let result = flush_both(core);
+        let result = flush_both(&core);
         for callback in callbacks {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -405,8 +432,8 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
             !std::mem::replace(&mut flushes.running, true)
         };
         if start_loop {
-            let core = self.core.clone();
-            tokio::task::spawn_blocking(move || flush_loop(&core));
+            let guard = LoopGuard { core: self.core.clone(), armed: true };
+            tokio::task::spawn_blocking(move || flush_loop(guard));
         }
         Ok(())
     }

@@ -52,6 +52,12 @@ impl MappedLog {
         MappedLog { file, path, map: Mutex::new(LogMap::default()), headroom }
     }
 
+    /// The same file, for a segment that stopped growing: mapped again without headroom when
+    /// next read (maps handed out before stay valid as long as their `Bytes` live).
+    fn stop_growing(self) -> Self {
+        MappedLog::new(self.file, self.path, 0)
+    }
+
     /// Bytes covering exactly `[0, len)`. `len` must not exceed the file's length.
     pub(crate) fn view(&self, len: u64) -> Result<Bytes> {
         let len = len as usize;
@@ -393,10 +399,12 @@ impl ActiveSegment {
     /// and reopens them read-only.
     pub(crate) fn seal(mut self) -> Result<SealedSegment> {
         self.prepare_seal()?;
+        let mut core = self.core;
+        core.data = core.data.stop_growing();
         Ok(SealedSegment {
             offset_index: self.offset_index.seal()?,
             time_index: self.time_index.seal()?,
-            core: self.core,
+            core,
         })
     }
 }
