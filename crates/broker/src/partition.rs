@@ -198,22 +198,46 @@ impl Partition {
                 self.topic
             )));
         }
-        // Validation (CRC, framing, bounded decompression) is CPU work: it runs off the async
-        // runtime, and the validated batches go to the log as they are, so their CRC is
-        // computed once. Batches without a producer id on a single node are appended right
-        // there; the others are ordered by their producer's sequence first.
+        let headers = if validates_inline(&batches) {
+            // A small uncompressed request is checked right here: its CRC and framing cost a
+            // few microseconds, less than a trip to the blocking pool and back.
+            let headers = check_batches(&batches)?;
+            if self.replica.is_none() && headers.iter().all(|h| h.producer_id < 0) {
+                return self.append_unordered(batches, headers).await;
+            }
+            headers
+        } else {
+            match self.validate_off_runtime(batches.clone()).await? {
+                Validated::Appended(infos) => {
+                    self.publish_high_watermark();
+                    return Ok(infos);
+                }
+                Validated::Headers(headers) => headers,
+            }
+        };
+        let mut infos = Vec::with_capacity(headers.len());
+        for (batch, header) in batches.into_iter().zip(headers) {
+            let info = if header.producer_id >= 0 {
+                self.append_in_sequence(batch, header).await?
+            } else {
+                self.append_unsequenced(batch, header).await?
+            };
+            infos.push(info);
+        }
+        Ok(infos)
+    }
+
+    /// Validation (CRC, framing, bounded decompression) on the blocking pool, for requests
+    /// too large or compressed to check on the async runtime. The validated batches go to the
+    /// log as they are, so their CRC is computed once. Batches without a producer id on a
+    /// single node are appended right there; the others are ordered by their producer's
+    /// sequence (or proposed) after.
+    async fn validate_off_runtime(self: &Arc<Self>, batches: Vec<Bytes>) -> Result<Validated> {
         let partition = self.clone();
-        // Bytes clones are reference counts: the later steps write the same buffers.
-        let batches_copy = batches.clone();
-        let validated = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut checked = Vec::with_capacity(batches.len());
             for (index, batch) in batches.iter().enumerate() {
-                let valid = RecordBatch::new(batch).and_then(|b| b.validate_records().map(|()| b));
-                checked.push(valid.map_err(|err| {
-                    BrokerError::InvalidArgument(format!(
-                        "batch #{index} of the request is invalid: {err}"
-                    ))
-                })?);
+                checked.push(check_batch(index, batch)?);
             }
             let idempotent = checked.iter().any(|b| b.header().producer_id >= 0);
             if partition.replica.is_some() || idempotent {
@@ -226,23 +250,30 @@ impl Partition {
             Ok::<_, BrokerError>(Validated::Appended(infos))
         })
         .await
-        .map_err(|_| BrokerError::ShuttingDown)?;
-        let headers = match validated? {
-            Validated::Appended(infos) => {
-                self.publish_high_watermark();
-                return Ok(infos);
+        .map_err(|_| BrokerError::ShuttingDown)?
+    }
+
+    /// Appends validated batches without a producer id on a single node, in request order,
+    /// with one fsync for all of them.
+    async fn append_unordered(
+        &self,
+        batches: Vec<Bytes>,
+        headers: Vec<BatchHeader>,
+    ) -> Result<Vec<AppendInfo>> {
+        let log = self.log.clone();
+        let infos = tokio::task::spawn_blocking(move || {
+            let mut infos = Vec::with_capacity(batches.len());
+            for (batch, header) in batches.iter().zip(headers) {
+                infos.push(log.write_validated(batch, header)?);
             }
-            Validated::Headers(headers) => headers,
-        };
-        let mut infos = Vec::with_capacity(headers.len());
-        for (batch, header) in batches_copy.into_iter().zip(headers) {
-            let info = if header.producer_id >= 0 {
-                self.append_in_sequence(batch, header).await?
-            } else {
-                self.append_unsequenced(batch, header).await?
-            };
-            infos.push(info);
-        }
+            if let Some(last) = infos.last() {
+                log.make_durable(last)?;
+            }
+            Ok::<_, BrokerError>(infos)
+        })
+        .await
+        .map_err(|_| BrokerError::ShuttingDown)??;
+        self.publish_high_watermark();
         Ok(infos)
     }
 
@@ -589,4 +620,36 @@ fn landed(appended: strata_raft::Appended, header: &BatchHeader) -> AppendInfo {
         last_offset: Offset(appended.last_offset),
         max_timestamp: header.max_timestamp(),
     }
+}
+
+/// Requests up to this size, uncompressed, are validated on the async runtime.
+const INLINE_VALIDATION_BYTES: usize = 64 * 1024;
+
+/// Whether a request is small and uncompressed enough to validate without leaving the async
+/// runtime (decompression is unbounded work for a worker thread, so compressed batches never
+/// are).
+fn validates_inline(batches: &[Bytes]) -> bool {
+    let bytes: usize = batches.iter().map(Bytes::len).sum();
+    bytes <= INLINE_VALIDATION_BYTES
+        && batches.iter().all(|b| {
+            BatchHeader::parse(b).is_ok_and(|h| {
+                h.attributes.compression().is_ok_and(|c| c == strata_record::Compression::None)
+            })
+        })
+}
+
+/// Validates one batch of a request (#`index`): header, length, CRC and record framing.
+fn check_batch(index: usize, batch: &Bytes) -> Result<RecordBatch<'_>> {
+    RecordBatch::new(batch).and_then(|b| b.validate_records().map(|()| b)).map_err(|err| {
+        BrokerError::InvalidArgument(format!("batch #{index} of the request is invalid: {err}"))
+    })
+}
+
+/// Validates every batch of a request and returns their headers.
+fn check_batches(batches: &[Bytes]) -> Result<Vec<BatchHeader>> {
+    batches
+        .iter()
+        .enumerate()
+        .map(|(index, batch)| check_batch(index, batch).map(|b| *b.header()))
+        .collect()
 }
