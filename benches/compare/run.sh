@@ -15,16 +15,24 @@
 # Clients: `strata-bench` for Strata; `redis-benchmark` (pipelined XADD, then XRANGE of
 # 1,000 entries per call) for Redis; `nats-bench` (benches/compare/nats-bench, async-nats:
 # pipelined publishes with 256 acknowledgements outstanding, then a pull consumer) for NATS.
-# Installs Debian's redis-server and nats-server if missing. Everything runs on loopback in
+# Then end-to-end latency at a fixed rate (E2E_RATE, default 5,000 records/s), send to
+# receipt: `strata-bench e2e` for Strata, benches/compare/redis_e2e.py (one XADD per entry,
+# XREAD BLOCK) for Redis at both AOF settings; a second table.
+# Installs Debian's redis-server and nats-server, and the `redis` Python package, if missing. Everything runs on loopback in
 # temporary directories and is stopped by PID at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RECORDS="${1:-200000}"
+# End-to-end latency runs: records per second and records (as `strata-bench e2e`).
+E2E_RATE="${E2E_RATE:-5000}"
+E2E_RECORDS="${E2E_RECORDS:-25000}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
 fi
+# redis_e2e.py's client.
+python3 -c 'import redis' 2>/dev/null || pip install -q redis
 if ! command -v nats-server >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server >/dev/null
 fi
@@ -81,6 +89,27 @@ nats_run() {
     echo "$result"
 }
 
+# Prints "p50 p99 p99.9" (ms) of Redis's end-to-end latency at E2E_RATE with the given
+# appendfsync: benches/compare/redis_e2e.py, one XADD per entry, read with XREAD BLOCK.
+redis_e2e_run() {
+    local fsync="$1" port dir
+    port="$(free_port)"
+    dir="$work/redis-e2e-$fsync"
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync "$fsync" \
+        --save "" --daemonize no --logfile "$dir/redis.log" &
+    redis_pid=$!
+    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    python3 benches/compare/redis_e2e.py "$port" "$E2E_RATE" "$E2E_RECORDS" | tail -n 1 |
+        python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["p50_ms"], d["p99_ms"], d["p999_ms"])'
+    kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""
+}
+
+strata_e2e_run() {
+    (cd "$work" && "$BENCH" e2e --spawn 1 --rate "$E2E_RATE" --records "$E2E_RECORDS" --format json 2>/dev/null | tail -n 1) |
+        python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["p50_ms"], d["p99_ms"], d["p999_ms"])'
+}
+
 strata_run() {
     local produce consume
     produce="$(cd "$work" && "$BENCH" produce --spawn 1 --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
@@ -106,4 +135,23 @@ for name, p, c in [
     ("NATS JetStream 2.9 (file, fsync every 2 min)", nap, nac),
 ]:
     print(f"{name:<44}{p:>14,.0f}{mb(p):>9.1f}{c:>15,.0f}{mb(c):>9.1f}")
+PY
+
+# End-to-end latency at a fixed rate, interleaved so that the machine's drift hits all alike.
+read -r s_e50 s_e99 s_e999 < <(strata_e2e_run)
+read -r ra_e50 ra_e99 ra_e999 < <(redis_e2e_run always)
+read -r re_e50 re_e99 re_e999 < <(redis_e2e_run everysec)
+python3 - "$E2E_RATE" "$E2E_RECORDS" "$s_e50" "$s_e99" "$s_e999" "$ra_e50" "$ra_e99" "$ra_e999" "$re_e50" "$re_e99" "$re_e999" <<'PY'
+import sys
+rate, n, *v = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
+print()
+print(f"end to end at {rate} records/s, {n} records of 1 KiB, send to receipt, loopback")
+print(f"{'system':<44}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}")
+for i, name in enumerate([
+    "Strata (fsync every append, acks=all)",
+    "Redis Streams (AOF appendfsync always)",
+    "Redis Streams (AOF appendfsync everysec)",
+]):
+    print(f"{name:<44}{v[3 * i]:>9.2f}{v[3 * i + 1]:>9.2f}{v[3 * i + 2]:>10.2f}")
+print("(NATS JetStream: no end-to-end client of ours yet)")
 PY

@@ -97,6 +97,10 @@ pub(crate) struct EndToEndArgs {
     acks: AcksArg,
     #[arg(long, default_value_t = 0)]
     linger_ms: u64,
+    /// Produce requests per partition in flight at once (1: records arriving while one is
+    /// answered share the next request).
+    #[arg(long, default_value_t = 5)]
+    max_in_flight: usize,
 }
 
 /// Latency and throughput of a run.
@@ -430,6 +434,7 @@ pub(crate) async fn end_to_end(args: &EndToEndArgs) -> anyhow::Result<()> {
     let config = ProducerConfig {
         acks: acks(args.acks),
         linger: Duration::from_millis(args.linger_ms),
+        max_in_flight: args.max_in_flight,
         ..ProducerConfig::default()
     };
     let producer_client = Client::connect(&brokers).await?;
@@ -479,7 +484,7 @@ pub(crate) async fn end_to_end(args: &EndToEndArgs) -> anyhow::Result<()> {
     summary.print(
         "end-to-end",
         common.format,
-        json!({"rate": args.rate, "acks": format!("{:?}", args.acks).to_lowercase()}),
+        json!({"rate": args.rate, "acks": format!("{:?}", args.acks).to_lowercase(), "max_in_flight": args.max_in_flight}),
     );
     drop(cluster);
     Ok(())
