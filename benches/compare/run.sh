@@ -56,22 +56,31 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 value="$(head -c 1024 /dev/zero | tr '\0' 'x')"
 
+# Starts redis-server with AOF and the given appendfsync in its own directory (named by the
+# second argument); sets redis_port and redis_pid.
+redis_start() {
+    local fsync="$1" dir="$work/redis-$2"
+    redis_port="$(free_port)"
+    mkdir -p "$dir"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
+        --appendfsync "$fsync" --save "" --daemonize no --logfile "$dir/redis.log" &
+    redis_pid=$!
+    for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
+redis_stop() {
+    kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""
+}
+
 # Prints "produce_records_per_s consume_records_per_s" for Redis with the given appendfsync.
 redis_run() {
-    local fsync="$1" port dir
-    port="$(free_port)"
-    dir="$work/redis-$fsync"
-    mkdir -p "$dir"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync "$fsync" \
-        --save "" --daemonize no --logfile "$dir/redis.log" &
-    redis_pid=$!
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis_start "$1" "$1"
     local produce consume
-    produce="$(redis-benchmark -p "$port" -c 1 -P 64 -n "$RECORDS" -q XADD bench '*' v "$value" | grep -o '[0-9.]* requests per second' | cut -d' ' -f1)"
+    produce="$(redis-benchmark -p "$redis_port" -c 1 -P 64 -n "$RECORDS" -q XADD bench '*' v "$value" | grep -o '[0-9.]* requests per second' | cut -d' ' -f1)"
     # Each XRANGE returns 1,000 entries of 1 KiB.
     local calls=$(( RECORDS / 1000 ))
-    consume="$(redis-benchmark -p "$port" -c 1 -n "$calls" -q XRANGE bench - + COUNT 1000 | grep -o '[0-9.]* requests per second' | cut -d' ' -f1)"
-    kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""
+    consume="$(redis-benchmark -p "$redis_port" -c 1 -n "$calls" -q XRANGE bench - + COUNT 1000 | grep -o '[0-9.]* requests per second' | cut -d' ' -f1)"
+    redis_stop
     echo "$produce $(python3 -c "print(float('$consume') * 1000)")"
 }
 
@@ -92,17 +101,10 @@ nats_run() {
 # Prints "p50 p99 p99.9" (ms) of Redis's end-to-end latency at E2E_RATE with the given
 # appendfsync: benches/compare/redis_e2e.py, one XADD per entry, read with XREAD BLOCK.
 redis_e2e_run() {
-    local fsync="$1" port dir
-    port="$(free_port)"
-    dir="$work/redis-e2e-$fsync"
-    mkdir -p "$dir"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync "$fsync" \
-        --save "" --daemonize no --logfile "$dir/redis.log" &
-    redis_pid=$!
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    python3 benches/compare/redis_e2e.py "$port" "$E2E_RATE" "$E2E_RECORDS" | tail -n 1 |
+    redis_start "$1" "e2e-$1"
+    python3 benches/compare/redis_e2e.py "$redis_port" "$E2E_RATE" "$E2E_RECORDS" | tail -n 1 |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["p50_ms"], d["p99_ms"], d["p999_ms"])'
-    kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""
+    redis_stop
 }
 
 strata_e2e_run() {
