@@ -243,11 +243,8 @@ impl Partition {
             if partition.replica.is_some() || idempotent {
                 return Ok(Validated::Headers(checked.iter().map(|b| *b.header()).collect()));
             }
-            let mut infos = Vec::with_capacity(checked.len());
-            for batch in &checked {
-                infos.push(partition.log.append_checked(batch)?);
-            }
-            Ok::<_, BrokerError>(Validated::Appended(infos))
+            let written = checked.iter().map(|b| (b.as_bytes(), *b.header()));
+            Ok::<_, BrokerError>(Validated::Appended(write_durably(&partition.log, written)?))
         })
         .await
         .map_err(|_| BrokerError::ShuttingDown)?
@@ -262,14 +259,7 @@ impl Partition {
     ) -> Result<Vec<AppendInfo>> {
         let log = self.log.clone();
         let infos = tokio::task::spawn_blocking(move || {
-            let mut infos = Vec::with_capacity(batches.len());
-            for (batch, header) in batches.iter().zip(headers) {
-                infos.push(log.write_validated(batch, header)?);
-            }
-            if let Some(last) = infos.last() {
-                log.make_durable(last)?;
-            }
-            Ok::<_, BrokerError>(infos)
+            write_durably(&log, batches.iter().map(|b| &b[..]).zip(headers))
         })
         .await
         .map_err(|_| BrokerError::ShuttingDown)??;
@@ -620,6 +610,21 @@ fn landed(appended: strata_raft::Appended, header: &BatchHeader) -> AppendInfo {
         last_offset: Offset(appended.last_offset),
         max_timestamp: header.max_timestamp(),
     }
+}
+
+/// Writes validated batches in order, then makes them durable with one fsync (blocking).
+fn write_durably<'a>(
+    log: &Log,
+    batches: impl Iterator<Item = (&'a [u8], BatchHeader)>,
+) -> Result<Vec<AppendInfo>> {
+    let mut infos = Vec::new();
+    for (batch, header) in batches {
+        infos.push(log.write_validated(batch, header)?);
+    }
+    if let Some(last) = infos.last() {
+        log.make_durable(last)?;
+    }
+    Ok(infos)
 }
 
 /// Requests up to this size, uncompressed, are validated on the async runtime.

@@ -282,8 +282,8 @@ impl Drop for LoopGuard {
 /// Group commit: every callback queued while one fsync runs shares the next. At most one
 /// loop runs per store, so each fsync covers every append made before it started.
 fn flush_loop(mut guard: LoopGuard) {
-    let core = guard.core.clone();
     loop {
+        let core = &guard.core;
         let callbacks = {
             let mut flushes = lock(&core.flushes);
             if flushes.waiting.is_empty() {
@@ -293,7 +293,7 @@ fn flush_loop(mut guard: LoopGuard) {
             }
             std::mem::take(&mut flushes.waiting)
         };
-        let result = flush_both(&core);
+        let result = flush_both(core);
         for callback in callbacks {
             let result = match &result {
                 Ok(()) => Ok(()),
