@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use strata_record::{Timestamp, TopicName};
-use strata_storage::Durability;
+use strata_storage::{Durability, SyncGroup};
 
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
@@ -67,6 +67,9 @@ pub struct Topics {
     root: PathBuf,
     trash: PathBuf,
     durability: Durability,
+    /// On a single node with fsync on every append: the node-wide group commit every
+    /// partition's log joins, so partitions written at the same time share `syncfs` calls.
+    sync_group: Option<Arc<SyncGroup>>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Names of topics being created right now.
     creating: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -102,11 +105,16 @@ fn open_partitions(
     dir: &Path,
     meta: &TopicMeta,
     durability: Durability,
+    sync_group: Option<&Arc<SyncGroup>>,
 ) -> Result<Vec<Arc<Partition>>> {
     (0..meta.partitions)
         .map(|p| {
             let config = meta.config.log_config(durability);
-            Partition::open(name.clone(), p, &dir.join(p.to_string()), config).map(Arc::new)
+            let partition = Partition::open(name.clone(), p, &dir.join(p.to_string()), config)?;
+            if let Some(group) = sync_group {
+                partition.log().join_sync_group(group.clone());
+            }
+            Ok(Arc::new(partition))
         })
         .collect()
 }
@@ -126,6 +134,10 @@ impl Topics {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
+        let sync_group = match durability {
+            Durability::EveryAppend => SyncGroup::open(&root)?.map(Arc::new),
+            _ => None,
+        };
         let mut topics = BTreeMap::new();
         let entries =
             fs::read_dir(&root).map_err(BrokerError::io(format!("listing {}", root.display())))?;
@@ -142,7 +154,7 @@ impl Topics {
                 source: e.into(),
             })?;
             let name = TopicName::new(&meta.name)?;
-            let partitions = open_partitions(&name, &dir, &meta, durability)?;
+            let partitions = open_partitions(&name, &dir, &meta, durability, sync_group.as_ref())?;
             topics.insert(
                 meta.name.clone(),
                 Arc::new(Topic { name, meta: RwLock::new(meta), partitions }),
@@ -153,6 +165,7 @@ impl Topics {
             root,
             trash,
             durability,
+            sync_group,
             topics: RwLock::new(topics),
             creating: Default::default(),
         })
@@ -224,7 +237,8 @@ impl Topics {
             config,
             created_ms: Timestamp::now().0,
         };
-        let opened = open_partitions(&topic_name, &dir, &meta, self.durability);
+        let opened =
+            open_partitions(&topic_name, &dir, &meta, self.durability, self.sync_group.as_ref());
         let opened = opened.and_then(|p| write_meta(&dir, &meta).map(|()| p));
         let partitions = match opened {
             Ok(p) => p,
@@ -297,6 +311,8 @@ impl Topics {
             root,
             trash,
             durability,
+            // Replicated logs are made durable by their Raft groups.
+            sync_group: None,
             topics: RwLock::new(BTreeMap::new()),
             creating: Default::default(),
         })

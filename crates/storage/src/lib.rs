@@ -20,8 +20,10 @@ mod observe;
 mod read;
 mod recovery;
 mod segment;
+mod sync_group;
 
 pub use config::{Durability, LogConfig, MAX_BATCH_BYTES, MAX_SEGMENT_BYTES};
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, Log, RetentionOutcome};
 pub use observe::set_fsync_observer;
+pub use sync_group::SyncGroup;

@@ -19,6 +19,7 @@ use crate::recovery::{self, CLEAN_SHUTDOWN_FILE, remove_segment_files};
 use crate::segment::{
     ActiveSegment, LOG_SUFFIX, ScanMode, SealedSegment, SegmentRef, segment_file,
 };
+use crate::sync_group::{Round, SyncGroup};
 
 const LOCK_FILE: &str = ".lock";
 
@@ -56,6 +57,8 @@ pub struct Log {
     durable_end: AtomicU64,
     /// Set once, by the first failed write or fsync; from then on writes are refused.
     failure: OnceLock<String>,
+    /// The node-wide group commit this log's fsyncs go through, if it joined one.
+    sync_group: OnceLock<Arc<SyncGroup>>,
     /// Held (flock) for the log's life; released when the file is closed.
     _lock: File,
 }
@@ -139,12 +142,20 @@ impl Log {
             sync: Mutex::new(Instant::now()),
             durable_end: AtomicU64::new(end.0),
             failure: OnceLock::new(),
+            sync_group: OnceLock::new(),
             _lock: lock,
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Makes this log's fsyncs (with [`Durability::EveryAppend`]) go through `group`, shared
+    /// with the other logs waiting at the same time. Returns false, and changes nothing, if
+    /// the log is on another filesystem than the group's or already joined one.
+    pub fn join_sync_group(&self, group: Arc<SyncGroup>) -> bool {
+        group.covers(&self.dir) && self.sync_group.set(group).is_ok()
     }
 
     /// The configuration in force.
@@ -351,6 +362,27 @@ impl Log {
         if self.durable_end.load(Ordering::Acquire) >= target.0 {
             return Ok(());
         }
+        if let Some(group) = self.sync_group.get() {
+            self.ensure_writable()?;
+            // Everything below `end` is written: a round that starts after this covers it.
+            let end = self.end_offset();
+            match group.sync(self as *const Log as usize, || self.sync_alone(target)) {
+                Round::Synced => {
+                    self.ensure_writable()?;
+                    self.durable_end.fetch_max(end.0, Ordering::AcqRel);
+                    return Ok(());
+                }
+                Round::Alone(result) => return result,
+                // The log's own fsync decides whether its data is safe.
+                Round::Unsynced => {}
+            }
+        }
+        self.sync_alone(target)
+    }
+
+    /// Makes every offset below `target` durable with this log's own fsync, shared with
+    /// concurrent callers.
+    fn sync_alone(&self, target: Offset) -> Result<()> {
         let mut last_sync = self.sync_guard();
         if self.durable_end.load(Ordering::Acquire) >= target.0 {
             return Ok(()); // someone else's fsync covered us while we waited
