@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_client::proto::broker_client::BrokerClient;
-use strata_client::proto::{FetchRequest, ProduceRequest};
+use strata_client::proto::{FetchRequest, PartitionBatches, ProduceManyRequest, ProduceRequest};
 use strata_client::{
     Admin, Client, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig, Record,
     ResetSpec, ResetTarget, TopicSpec,
@@ -82,6 +82,80 @@ async fn malformed_batches_are_rejected_precisely_and_change_nothing() {
 
     let ok = broker.produce(produce(vec![good])).await.unwrap().into_inner();
     assert_eq!(ok.batches[0].base_offset, 0, "the rejected requests stored nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_produces_to_many_partitions_each_answered_on_its_own() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "many", 3).await;
+    let mut broker = raw(&server).await;
+    let batch = |value: &str| {
+        let mut builder = BatchBuilder::new();
+        builder.push(Timestamp(1), None, Some(value.as_bytes()), &[]);
+        builder.build(Offset(0))
+    };
+    let entry = |topic: &str, partition: u32, batches: Vec<Bytes>| PartitionBatches {
+        topic: topic.into(),
+        partition,
+        batches,
+    };
+    let answer = broker
+        .produce_many(ProduceManyRequest {
+            acks: 0,
+            partitions: vec![
+                entry("many", 0, vec![batch("a"), batch("b")]),
+                entry("many", 9, vec![batch("no such partition")]),
+                entry("many", 2, vec![Bytes::from_static(b"not a batch")]),
+                entry("many", 1, vec![batch("c")]),
+                entry("many", 0, vec![batch("named twice")]),
+                entry("nope", 0, vec![batch("no such topic")]),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let outcome: Vec<(u32, Code)> =
+        answer.partitions.iter().map(|p| (p.partition, Code::from(p.code))).collect();
+    assert_eq!(
+        outcome,
+        vec![
+            (0, Code::Ok),
+            (9, Code::NotFound),
+            (2, Code::InvalidArgument),
+            (1, Code::Ok),
+            (0, Code::InvalidArgument),
+            (0, Code::NotFound),
+        ],
+        "{answer:?}"
+    );
+    let offsets: Vec<u64> = answer.partitions[0].batches.iter().map(|b| b.base_offset).collect();
+    assert_eq!(offsets, vec![0, 1], "a partition's batches land in request order");
+    assert_eq!(answer.partitions[0].log_end_offset, 2);
+    assert!(answer.partitions[4].message.contains("more than once"), "{answer:?}");
+
+    // What was answered OK is stored; the refused entries stored nothing.
+    let stored = |partition: u32| {
+        let mut broker = broker.clone();
+        async move {
+            let fetched = broker
+                .fetch(FetchRequest {
+                    topic: "many".into(),
+                    partition,
+                    offset: 0,
+                    max_wait_ms: 0,
+                    min_bytes: 0,
+                    max_bytes: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            fetched.high_watermark
+        }
+    };
+    assert_eq!((stored(0).await, stored(1).await, stored(2).await), (2, 1, 0));
+    let empty = broker.produce_many(ProduceManyRequest { acks: 0, partitions: vec![] }).await;
+    assert_eq!(empty.unwrap_err().code(), Code::InvalidArgument);
 }
 
 #[tokio::test(flavor = "multi_thread")]

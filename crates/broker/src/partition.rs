@@ -209,6 +209,7 @@ impl Partition {
         } else {
             match self.validate_off_runtime(batches.clone()).await? {
                 Validated::Appended(infos) => {
+                    self.wait_shared_fsync(infos.last()).await?;
                     self.publish_high_watermark();
                     return Ok(infos);
                 }
@@ -257,14 +258,33 @@ impl Partition {
         batches: Vec<Bytes>,
         headers: Vec<BatchHeader>,
     ) -> Result<Vec<AppendInfo>> {
+        let bytes = batches.iter().map(Bytes::len).sum();
+        if self.writes_inline(bytes) {
+            let mut infos = Vec::with_capacity(batches.len());
+            for (batch, header) in batches.iter().zip(headers) {
+                infos.push(self.log.write_validated(batch, header)?);
+            }
+            self.wait_shared_fsync(infos.last()).await?;
+            self.publish_high_watermark();
+            return Ok(infos);
+        }
         let log = self.log.clone();
         let infos = tokio::task::spawn_blocking(move || {
             write_durably(&log, batches.iter().map(|b| &b[..]).zip(headers))
         })
         .await
         .map_err(|_| BrokerError::ShuttingDown)??;
+        self.wait_shared_fsync(infos.last()).await?;
         self.publish_high_watermark();
         Ok(infos)
+    }
+
+    /// Whether `bytes` of batches are written on the async runtime rather than on the
+    /// blocking pool: small writes to a log whose fsync is the node's sync group (waited for
+    /// without a thread). Such a write only copies into the page cache, in microseconds,
+    /// less than a trip to the blocking pool and back; see `docs/decisions.md`.
+    fn writes_inline(&self, bytes: usize) -> bool {
+        bytes <= INLINE_WRITE_BYTES && self.log.shares_fsyncs()
     }
 
     /// The leader's term, for a replicated partition whose leader has applied every earlier
@@ -406,6 +426,16 @@ impl Partition {
                 let appended = committed.await.map_err(|e| self.not_leader(e))?;
                 Ok(landed(appended, &header))
             }
+            None if self.writes_inline(batch.len()) => {
+                // No await between the write and its record in the sequencer: a written batch
+                // is always known, and its retry answered, even if this request is dropped.
+                let info = self.log.write_validated(&batch, header)?;
+                self.sequencer.written(term, producer, sequence, records, Some(info));
+                drop(sequenced);
+                self.wait_shared_fsync(Some(&info)).await?;
+                self.publish_high_watermark();
+                Ok(info)
+            }
             None => {
                 // One trip to the blocking pool: the write, its record in the sequencer and
                 // the release of the lock, then the fsync outside it. The thread finishes
@@ -416,11 +446,12 @@ impl Partition {
                     let info = partition.log.write_validated(&batch, header)?;
                     partition.sequencer.written(term, producer, sequence, records, Some(info));
                     drop(sequenced);
-                    partition.log.make_durable(&info)?;
+                    fsync_unless_shared(&partition.log, &info)?;
                     Ok::<_, BrokerError>(info)
                 })
                 .await
                 .map_err(|_| BrokerError::ShuttingDown)??;
+                self.wait_shared_fsync(Some(&info)).await?;
                 self.publish_high_watermark();
                 Ok(info)
             }
@@ -430,12 +461,28 @@ impl Partition {
     /// Waits for the log's durability setting to cover a written batch (an fsync shared with
     /// the writes around it), then publishes the high watermark.
     async fn make_durable(&self, info: AppendInfo) -> Result<()> {
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.make_durable(&info))
-            .await
-            .map_err(|_| BrokerError::ShuttingDown)??;
+        if self.log.shares_fsyncs() {
+            self.wait_shared_fsync(Some(&info)).await?;
+        } else {
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.make_durable(&info))
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)??;
+        }
         self.publish_high_watermark();
         Ok(())
+    }
+
+    /// For a log in the node's sync group: waits, without holding a thread, for the round
+    /// that makes `last` (and every batch before it) durable. Otherwise nothing: the log's own
+    /// fsync already ran where the batch was written (`fsync_unless_shared`).
+    async fn wait_shared_fsync(&self, last: Option<&AppendInfo>) -> Result<()> {
+        let Some(last) = last.filter(|_| self.log.shares_fsyncs()) else { return Ok(()) };
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.log.when_durable(last, move |result| {
+            let _ = done.send(result);
+        });
+        Ok(outcome.await.map_err(|_| BrokerError::ShuttingDown)??)
     }
 
     /// A retry of a batch this leader proposed and has not applied yet: answered once the
@@ -478,11 +525,12 @@ impl Partition {
                 let log = self.log.clone();
                 let info = tokio::task::spawn_blocking(move || {
                     let info = log.write_validated(&batch, header)?;
-                    log.make_durable(&info)?;
+                    fsync_unless_shared(&log, &info)?;
                     Ok::<_, BrokerError>(info)
                 })
                 .await
                 .map_err(|_| BrokerError::ShuttingDown)??;
+                self.wait_shared_fsync(Some(&info)).await?;
                 self.publish_high_watermark();
                 Ok(info)
             }
@@ -612,7 +660,8 @@ fn landed(appended: strata_raft::Appended, header: &BatchHeader) -> AppendInfo {
     }
 }
 
-/// Writes validated batches in order, then makes them durable with one fsync (blocking).
+/// Writes validated batches in order, then makes them durable with one fsync (blocking),
+/// unless the log shares its fsyncs: then the caller waits for the sync group's round.
 fn write_durably<'a>(
     log: &Log,
     batches: impl Iterator<Item = (&'a [u8], BatchHeader)>,
@@ -622,10 +671,22 @@ fn write_durably<'a>(
         infos.push(log.write_validated(batch, header)?);
     }
     if let Some(last) = infos.last() {
-        log.make_durable(last)?;
+        fsync_unless_shared(log, last)?;
     }
     Ok(infos)
 }
+
+/// Applies the log's durability setting to a written batch on this (blocking) thread, unless
+/// the log shares its fsyncs through the node's sync group: that wait is async, after.
+fn fsync_unless_shared(log: &Log, info: &AppendInfo) -> Result<()> {
+    if !log.shares_fsyncs() {
+        log.make_durable(info)?;
+    }
+    Ok(())
+}
+
+/// Writes up to this size to a log in the node's sync group are made on the async runtime.
+const INLINE_WRITE_BYTES: usize = 64 * 1024;
 
 /// Requests up to this size, uncompressed, are validated on the async runtime.
 const INLINE_VALIDATION_BYTES: usize = 64 * 1024;

@@ -97,15 +97,24 @@ impl Client {
 
     /// The broker to send requests about `topic`/`partition` to: its leader if known.
     pub(crate) fn broker_for(&self, topic: &str, partition: u32) -> BrokerClient<Channel> {
-        let leader = self
-            .inner
-            .leaders
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(topic.to_owned(), partition))
-            .cloned();
-        let address = leader.unwrap_or_else(|| self.address());
-        BrokerClient::new(self.channel(&address)).max_decoding_message_size(MAX_RESPONSE_BYTES)
+        self.broker_at(&self.leader_address(topic, partition))
+    }
+
+    /// The address of `topic`/`partition`'s leader if known, else of the current broker.
+    pub(crate) fn leader_address(&self, topic: &str, partition: u32) -> String {
+        let leaders = self.inner.leaders.read().unwrap_or_else(|e| e.into_inner());
+        match leaders.get(&(topic.to_owned(), partition)) {
+            Some(leader) => leader.clone(),
+            None => {
+                drop(leaders);
+                self.address()
+            }
+        }
+    }
+
+    /// The broker at `address`.
+    pub(crate) fn broker_at(&self, address: &str) -> BrokerClient<Channel> {
+        BrokerClient::new(self.channel(address)).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     pub(crate) fn admin(&self) -> AdminClient<Channel> {

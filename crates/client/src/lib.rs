@@ -23,6 +23,7 @@ mod admin;
 mod client;
 mod consumer;
 mod error;
+mod produce_request;
 mod producer;
 mod record;
 

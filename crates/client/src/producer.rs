@@ -1,9 +1,10 @@
 //! The producer: per-partition batching with linger and a size limit, partitioning, acks,
 //! retries with backoff, and a future per record.
 //!
-//! One background task owns the batches. Each partition has up to `max_in_flight` requests in
-//! flight (pipelining: the next batch travels and is written while the previous one is being
-//! fsynced). Every batch carries the producer id and the sequence of its first record, and the
+//! One background task owns the batches. Batches that are ready together go to their leader
+//! in one request (one per broker, as in Kafka), so with many partitions the cost of a request
+//! is shared. Each partition has up to `max_in_flight` batches in flight (pipelining: the next
+//! batch travels and is written while the previous one is being fsynced). Every batch carries the producer id and the sequence of its first record, and the
 //! partition's leader writes a producer's batches in sequence order whatever order the
 //! requests arrive in, so batches (and their retries) land in the order the records were sent.
 
@@ -13,13 +14,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use strata_proto::ProduceRequest;
 use strata_record::{BatchBuilder, Compression, Offset, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::produce_request::{Done, Outgoing, PartitionKey, Staged, spawn_request};
 use crate::record::{Delivered, Record};
 use crate::{Client, ClientError, Result};
 
@@ -37,7 +37,7 @@ pub enum Acks {
 }
 
 impl Acks {
-    fn to_proto(self) -> strata_proto::Acks {
+    pub(crate) fn to_proto(self) -> strata_proto::Acks {
         match self {
             Acks::None => strata_proto::Acks::None,
             Acks::Leader => strata_proto::Acks::Leader,
@@ -80,12 +80,13 @@ pub struct ProducerConfig {
     /// sequencing answer to wait for, and one request is in flight. At most 5: the leader
     /// remembers a producer's last five batches for answering retries.
     pub max_in_flight: usize,
-    /// Requests in flight at once over all partitions. Kafka bounds requests per connection
-    /// (each of its requests carries many partitions); Strata sends one partition per request,
-    /// so with many partitions this bound keeps a slow disk's queue at the client, where
-    /// batches keep filling, instead of thousands of requests waiting at the server past
-    /// their timeout.
+    /// Requests in flight at once, over all brokers. Each request carries the batches ready
+    /// for one broker at the time it was sent; the bound keeps a slow disk's queue at the
+    /// client, where batches keep filling, instead of at the server past their timeout.
     pub max_requests_in_flight: usize,
+    /// A request takes no more batches once it holds this many bytes (Kafka's
+    /// `max.request.size`); a single larger batch still goes, alone.
+    pub max_request_bytes: usize,
 }
 
 impl Default for ProducerConfig {
@@ -102,11 +103,12 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             max_in_flight: 5,
             max_requests_in_flight: 64,
+            max_request_bytes: 1024 * 1024,
         }
     }
 }
 
-type Waiter = oneshot::Sender<Result<Delivered>>;
+pub(crate) type Waiter = oneshot::Sender<Result<Delivered>>;
 
 enum Command {
     Send(Record, Waiter),
@@ -229,23 +231,24 @@ fn fresh_producer_id() -> i64 {
     (rand::random::<u64>() >> 1) as i64
 }
 
-type PartitionKey = (String, u32);
-
 struct Accumulator {
     client: Client,
     config: ProducerConfig,
     queues: HashMap<PartitionKey, PartitionQueue>,
     partition_counts: HashMap<String, u32>,
     round_robin: u32,
-    /// Send tasks report here when their request finished, freeing the partition: with the
-    /// batch's number in its queue and whether it failed for good.
-    done_tx: mpsc::UnboundedSender<(PartitionKey, u64, bool)>,
-    done_rx: mpsc::UnboundedReceiver<(PartitionKey, u64, bool)>,
+    /// Request tasks report here when a request finished (freeing its slot) and when each of
+    /// its batches was answered for good.
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Batches sent during the current pass, by leader address: each becomes one request at
+    /// the end of the pass. A broker's first batch takes a request slot, the others share it.
+    staged: HashMap<String, Staged>,
     /// Flushes waiting for every queue to drain.
     flushes: Vec<oneshot::Sender<()>>,
     /// Set by flush and close: every batch is ready now, whatever its linger.
     draining: bool,
-    /// Requests sent and not finished, over all partitions.
+    /// Requests sent and not finished, and those staged in this pass, over all brokers.
     requests_in_flight: usize,
     /// Where the next round of sends starts among the ready partitions, so that under the
     /// `max_requests_in_flight` bound every partition gets its turn.
@@ -272,6 +275,7 @@ impl Accumulator {
             round_robin: 0,
             done_tx,
             done_rx,
+            staged: HashMap::new(),
             flushes: Vec::new(),
             draining: false,
             requests_in_flight: 0,
@@ -298,26 +302,31 @@ impl Accumulator {
                         self.send_ready();
                     }
                 },
-                Some((key, number, failed)) = self.done_rx.recv() => {
-                    let slots_were_full = !self.has_request_slot();
-                    self.requests_in_flight -= 1;
-                    if let Some(queue) = self.queues.get_mut(&key) {
-                        queue.answered(number);
-                        queue.restart_pending |= failed;
-                    }
-                    self.send_ready_for(&key);
-                    if slots_were_full {
-                        self.hand_out_slots();
-                        if self.has_request_slot() {
-                            // Nobody was waiting for the slot. Lingering batches' deadlines
-                            // were not kept while every slot was taken: look at all of them
-                            // once, now that one is free.
-                            self.refresh_deadline();
+                Some(done) = self.done_rx.recv() => match done {
+                    Done::RequestFinished => {
+                        let slots_were_full = !self.has_request_slot();
+                        self.requests_in_flight -= 1;
+                        if slots_were_full {
+                            self.hand_out_slots();
+                            if self.has_request_slot() {
+                                // Nobody was waiting for the slot. Lingering batches'
+                                // deadlines were not kept while every slot was taken: look at
+                                // all of them once, now that one is free.
+                                self.refresh_deadline();
+                            }
                         }
                     }
-                }
+                    Done::Answered { key, number, failed } => {
+                        if let Some(queue) = self.queues.get_mut(&key) {
+                            queue.answered(number);
+                            queue.restart_pending |= failed;
+                        }
+                        self.send_ready_for(&key);
+                    }
+                },
                 _ = sleep_until_or_forever(self.next_deadline) => self.send_ready(),
             }
+            self.dispatch();
             // Only flush and close wait for everything to drain: look only then.
             let waiting = !self.flushes.is_empty() || !open;
             if waiting
@@ -413,7 +422,7 @@ impl Accumulator {
         // which looks at its partition again.
         let now = Instant::now();
         let sendable_now =
-            deadline <= now && self.queues.get(&key).is_some_and(|q| self.can_send(q, now));
+            deadline <= now && self.queues.get(&key).is_some_and(|q| self.can_send(&key, q, now));
         if full || sealed || sendable_now {
             self.send_ready_for(&key);
         }
@@ -428,7 +437,7 @@ impl Accumulator {
     /// becomes ready by its linger.
     fn send_ready_for(&mut self, key: &PartitionKey) {
         let now = Instant::now();
-        while self.queues.get(key).is_some_and(|q| self.can_send(q, now)) {
+        while self.queues.get(key).is_some_and(|q| self.can_send(key, q, now)) {
             self.send_first(key.clone());
         }
         let waiting = self.queues.get(key).and_then(|q| q.batches.front()).map(|b| b.deadline);
@@ -441,7 +450,7 @@ impl Accumulator {
     /// Lists `key` among the partitions waiting for a request slot if only the lack of one
     /// keeps its first batch back.
     fn wait_for_slot_if_ready(&mut self, key: &PartitionKey, now: Instant) {
-        if self.has_request_slot() {
+        if self.has_request_slot() || self.joins_staged(key) {
             return;
         }
         let ready = self.queues.get(key).is_some_and(|q| !q.awaiting_slot && self.is_ready(q, now));
@@ -451,15 +460,32 @@ impl Accumulator {
         }
     }
 
-    /// Gives free request slots to the partitions waiting for one, first come first served.
+    /// Gives free request slots to the partitions waiting for one, first come first served;
+    /// waiting partitions whose leader already has a request staged join it.
     fn hand_out_slots(&mut self) {
-        while self.has_request_slot() {
-            let Some(key) = self.slot_waiters.pop_front() else { return };
-            if let Some(queue) = self.queues.get_mut(&key) {
-                queue.awaiting_slot = false;
-            }
-            self.send_ready_for(&key);
+        if !self.has_request_slot() {
+            return;
         }
+        let waiting = std::mem::take(&mut self.slot_waiters);
+        for key in waiting {
+            if self.has_request_slot() || self.joins_staged(&key) {
+                if let Some(queue) = self.queues.get_mut(&key) {
+                    queue.awaiting_slot = false;
+                }
+                self.send_ready_for(&key);
+            } else {
+                self.slot_waiters.push_back(key);
+            }
+        }
+    }
+
+    /// Whether a batch of `key` may join a request already staged for its leader.
+    fn joins_staged(&self, key: &PartitionKey) -> bool {
+        !self.staged.is_empty()
+            && self
+                .staged
+                .get(&self.client.leader_address(&key.0, key.1))
+                .is_some_and(|s| s.bytes < self.config.max_request_bytes)
     }
 
     /// Requests per partition in flight at once.
@@ -488,7 +514,7 @@ impl Accumulator {
             let mut round = ready.clone();
             while !round.is_empty() {
                 round.retain(|key| {
-                    let sendable = self.queues.get(key).is_some_and(|q| self.can_send(q, now));
+                    let sendable = self.queues.get(key).is_some_and(|q| self.can_send(key, q, now));
                     if sendable {
                         self.send_first(key.clone());
                     }
@@ -517,9 +543,10 @@ impl Accumulator {
         };
     }
 
-    /// Whether `queue`'s first batch is ready and may go now.
-    fn can_send(&self, queue: &PartitionQueue, now: Instant) -> bool {
-        self.has_request_slot() && self.is_ready(queue, now)
+    /// Whether `queue`'s first batch is ready and may go now: in a new request, or in one
+    /// staged for its leader.
+    fn can_send(&self, key: &PartitionKey, queue: &PartitionQueue, now: Instant) -> bool {
+        self.is_ready(queue, now) && (self.has_request_slot() || self.joins_staged(key))
     }
 
     /// Whether `queue`'s first batch is ready and the partition has room in flight (a request
@@ -572,43 +599,33 @@ impl Accumulator {
         };
         let number = queue.sent;
         queue.sent += 1;
-        self.requests_in_flight += 1;
         queue.unretired.push_back((number, false));
-        let client = self.client.clone();
-        let config = self.config.clone();
-        let done = self.done_tx.clone();
-        tokio::spawn(async move {
-            let (topic, partition) = key.clone();
-            let waiters = batch.waiters;
-            let mut failed = false;
-            if config.acks == Acks::None {
-                let request = ProduceRequest {
-                    topic,
-                    partition,
-                    acks: config.acks.to_proto() as i32,
-                    batches: vec![bytes],
-                };
-                // Fire and forget for the caller, but the request still completes before the
-                // partition's next one starts (order) and before flush returns (no loss).
-                for waiter in waiters {
-                    let _ = waiter.send(Ok(Delivered { partition, offset: None }));
-                }
-                if let Err(status) = client.broker_for(&key.0, partition).produce(request).await {
-                    client.partition_failed(&key.0, partition, &status).await;
-                    tracing::warn!(topic = %key.0, partition, error = %status, "acks=none batch was refused");
-                }
-            } else {
-                let result = produce_with_retries(&client, &config, &topic, partition, bytes).await;
-                failed = result.is_err();
-                for (i, waiter) in waiters.into_iter().enumerate() {
-                    let outcome = result
-                        .clone()
-                        .map(|base| Delivered { partition, offset: Some(base.plus(i as u64)) });
-                    let _ = waiter.send(outcome);
-                }
-            }
-            let _ = done.send((key, number, failed));
+        let address = self.client.leader_address(&key.0, key.1);
+        if self.staged.get(&address).is_some_and(|s| s.bytes >= self.config.max_request_bytes) {
+            // Full: it goes now, and this batch starts the broker's next request (`can_send`
+            // saw a free slot for it).
+            let full = self.staged.remove(&address).expect("just looked up");
+            self.send_request(address.clone(), full);
+        }
+        let staged = self.staged.entry(address).or_insert_with(|| {
+            self.requests_in_flight += 1;
+            Staged::default()
         });
+        staged.push(Outgoing { key, number, bytes, waiters: batch.waiters });
+    }
+
+    fn send_request(&self, address: String, staged: Staged) {
+        let (client, config, done) =
+            (self.client.clone(), self.config.clone(), self.done_tx.clone());
+        spawn_request(client, config, address, staged, done);
+    }
+
+    /// Sends each broker's staged batches as one request.
+    fn dispatch(&mut self) {
+        for (address, staged) in self.staged.drain() {
+            let (client, config) = (self.client.clone(), self.config.clone());
+            spawn_request(client, config, address, staged, self.done_tx.clone());
+        }
     }
 }
 
@@ -616,49 +633,5 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-async fn produce_with_retries(
-    client: &Client,
-    config: &ProducerConfig,
-    topic: &str,
-    partition: u32,
-    batch: Bytes,
-) -> Result<Offset> {
-    let mut attempt = 0;
-    loop {
-        let request = ProduceRequest {
-            topic: topic.to_owned(),
-            partition,
-            acks: config.acks.to_proto() as i32,
-            batches: vec![batch.clone()],
-        };
-        let sent = tokio::time::timeout(
-            config.request_timeout,
-            client.broker_for(topic, partition).produce(request),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::unavailable("produce request timed out")));
-        match sent {
-            Ok(response) => {
-                let response = response.into_inner();
-                return response.batches.first().map(|b| Offset(b.base_offset)).ok_or_else(|| {
-                    ClientError::InvalidArgument("produce answer without offsets".into())
-                });
-            }
-            Err(status) => {
-                client.partition_failed(topic, partition, &status).await;
-                let err = ClientError::from(status);
-                if !err.is_retriable() || attempt >= config.retries {
-                    return Err(err);
-                }
-                let backoff = (config.retry_backoff * 2u32.saturating_pow(attempt))
-                    .min(Duration::from_millis(250));
-                tracing::debug!(topic, partition, attempt, error = %err, "retrying produce");
-                tokio::time::sleep(backoff).await;
-                attempt += 1;
-            }
-        }
     }
 }

@@ -19,7 +19,7 @@ use crate::recovery::{self, CLEAN_SHUTDOWN_FILE, remove_segment_files};
 use crate::segment::{
     ActiveSegment, LOG_SUFFIX, ScanMode, SealedSegment, SegmentRef, segment_file,
 };
-use crate::sync_group::{Round, SyncGroup};
+use crate::sync_group::{SyncGroup, Wait};
 
 const LOCK_FILE: &str = ".lock";
 
@@ -151,9 +151,10 @@ impl Log {
         &self.dir
     }
 
-    /// Makes this log's fsyncs (with [`Durability::EveryAppend`]) go through `group`, shared
-    /// with the other logs waiting at the same time. Returns false, and changes nothing, if
-    /// the log is on another filesystem than the group's or already joined one.
+    /// Makes this log's waits through [`Log::when_durable`] (with
+    /// [`Durability::EveryAppend`]) go to `group`, shared with the other logs waiting at the
+    /// same time. Returns false, and changes nothing, if the log is on another filesystem than
+    /// the group's or already joined one.
     pub fn join_sync_group(&self, group: Arc<SyncGroup>) -> bool {
         group.covers(&self.dir) && self.sync_group.set(group).is_ok()
     }
@@ -270,6 +271,41 @@ impl Log {
         self.write_header(batch, header, false)
     }
 
+    /// Whether [`Log::when_durable`] hands waits to a [`SyncGroup`] (and returns at once)
+    /// rather than fsyncing on the caller's thread.
+    pub fn shares_fsyncs(&self) -> bool {
+        self.config().durability == Durability::EveryAppend && self.sync_group.get().is_some()
+    }
+
+    /// Like [`Log::make_durable`], but reports through `done`. In a [`SyncGroup`] (see
+    /// [`Log::shares_fsyncs`]) this returns at once and `done` is called from the group's
+    /// thread when the batch is on disk; otherwise `done` is called here, after the fsync.
+    pub fn when_durable(
+        self: &Arc<Self>,
+        info: &AppendInfo,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        let target = info.last_offset.plus(1);
+        let group = self.sync_group.get().filter(|_| self.shares_fsyncs());
+        let Some(group) = group else { return done(self.make_durable(info)) };
+        if self.durable_end.load(Ordering::Acquire) >= target.0 {
+            return done(Ok(()));
+        }
+        if let Err(err) = self.ensure_writable() {
+            return done(Err(err));
+        }
+        // Everything below the end is written: a round that starts after this covers it.
+        let end = self.end_offset();
+        group.enqueue(Wait { log: self.clone(), target, end, done: Box::new(done) });
+    }
+
+    /// Records that a `syncfs` which started once the log reached `end` succeeded.
+    pub(crate) fn covered_by_sync(&self, end: Offset) -> Result<()> {
+        self.ensure_writable()?;
+        self.durable_end.fetch_max(end.0, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Applies the log's durability setting to a written batch: with `EveryAppend`, returns
     /// once it is on disk (sharing an fsync with concurrent callers).
     pub fn make_durable(&self, info: &AppendInfo) -> Result<()> {
@@ -357,32 +393,12 @@ impl Log {
         Ok(())
     }
 
-    /// Makes every offset below `target` durable, sharing an fsync with concurrent callers.
-    fn sync_through(&self, target: Offset) -> Result<()> {
+    /// Makes every offset below `target` durable with this log's own fsync, shared with
+    /// concurrent callers.
+    pub(crate) fn sync_through(&self, target: Offset) -> Result<()> {
         if self.durable_end.load(Ordering::Acquire) >= target.0 {
             return Ok(());
         }
-        if let Some(group) = self.sync_group.get() {
-            self.ensure_writable()?;
-            // Everything below `end` is written: a round that starts after this covers it.
-            let end = self.end_offset();
-            match group.sync(self as *const Log as usize, || self.sync_alone(target)) {
-                Round::Synced => {
-                    self.ensure_writable()?;
-                    self.durable_end.fetch_max(end.0, Ordering::AcqRel);
-                    return Ok(());
-                }
-                Round::Alone(result) => return result,
-                // The log's own fsync decides whether its data is safe.
-                Round::Unsynced => {}
-            }
-        }
-        self.sync_alone(target)
-    }
-
-    /// Makes every offset below `target` durable with this log's own fsync, shared with
-    /// concurrent callers.
-    fn sync_alone(&self, target: Offset) -> Result<()> {
         let mut last_sync = self.sync_guard();
         if self.durable_end.load(Ordering::Acquire) >= target.0 {
             return Ok(()); // someone else's fsync covered us while we waited

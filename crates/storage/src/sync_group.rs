@@ -7,72 +7,74 @@
 //! dirty file of the filesystem, with one cache flush, for about the price of a few
 //! `fdatasync`s (see `docs/decisions.md`, "One syncfs for many partitions").
 //!
-//! Logs that [join](crate::Log::join_sync_group) a group wait for their appends in rounds:
-//! whoever finds no round running leads the next one and syncs for everyone who joined it,
-//! while appends that arrive meanwhile gather for the round after (the same group commit a
-//! single log does with its own fsyncs, across logs). A round with one log in it does not call
-//! `syncfs`: that log's own `fdatasync` is cheaper and touches nothing else.
+//! Logs that [join](crate::Log::join_sync_group) a group hand their waits for durability
+//! ([`crate::Log::when_durable`]) to the group's one thread, which works in rounds: it takes
+//! every wait queued so far, makes them durable together and calls each one back, while waits
+//! that arrive meanwhile gather for the next round. Nobody blocks a thread to wait. A round
+//! whose waits are all for one log runs that log's own `fdatasync` instead: it is cheaper and
+//! touches nothing else.
 //!
 //! Error reporting is what makes this safe. Since Linux 5.8, `syncfs` reports any write-back
 //! error of the filesystem that happened since its file descriptor was opened; the group's
-//! descriptor is opened before any member log, so no error can slip past it. A failed round
-//! tells its members to fsync their own files, and the one whose data was lost gets the
-//! error from its own `fdatasync`, as it would have without the group. Older kernels do not
-//! report errors from `syncfs`, so there the group is not used.
+//! descriptor is opened before any member log, so no error can slip past it. After a failed
+//! `syncfs` each log of the round runs its own `fdatasync`, and the one whose data was lost
+//! gets the error from it, as it would have without the group. Older kernels do not report
+//! errors from `syncfs`, so there no group is made.
 
-use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
+use strata_record::Offset;
+
+use crate::Log;
 use crate::error::{IoContext, Result};
 
-/// Rounds whose outcome is remembered for members still waking up from them; a member that
-/// finds its round forgotten fsyncs its own file, which is always correct.
-const OUTCOMES_KEPT: usize = 64;
+/// Called with the outcome of a wait for durability.
+pub(crate) type Callback = Box<dyn FnOnce(Result<()>) + Send>;
 
-/// Shares `syncfs` calls between the logs of one filesystem.
+/// A log's wait for its appends below `target` to be durable. `end` is the log's end when the
+/// wait was queued: everything below it was written, so a round that starts later covers it.
+pub(crate) struct Wait {
+    pub(crate) log: Arc<Log>,
+    pub(crate) target: Offset,
+    pub(crate) end: Offset,
+    pub(crate) done: Callback,
+}
+
+/// Shares `syncfs` calls between the logs of one filesystem. Dropped with its last member
+/// log; its thread then stops.
 #[derive(Debug)]
 pub struct SyncGroup {
-    dir: PathBuf,
+    shared: Arc<Shared>,
     /// The filesystem's device: only logs on it may join.
     device: u64,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
     /// Opened before any member log, so `syncfs` on it reports every write-back error since.
     handle: File,
-    rounds: Mutex<Rounds>,
-    round_finished: Condvar,
+    queue: Mutex<Queue>,
+    queued: Condvar,
 }
 
-#[derive(Debug, Default)]
-struct Rounds {
-    /// The round that logs joining now belong to; it has not started.
-    open: u64,
-    /// Logs in the open round (by address: a log waiting twice counts once).
-    joined: HashSet<usize>,
-    /// A round's leader is syncing.
-    running: bool,
-    /// Recent rounds and whether each synced the filesystem for its members.
-    outcomes: VecDeque<(u64, bool)>,
+#[derive(Default)]
+struct Queue {
+    waits: Vec<Wait>,
+    stopping: bool,
 }
 
-/// How a member's round went.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Round<R> {
-    /// `syncfs` succeeded: what the member wrote before joining is durable.
-    Synced,
-    /// The member was alone in the round, which ran its own fsync: this is its result.
-    Alone(R),
-    /// `syncfs` failed: the member must fsync its own file to learn whether its data is safe.
-    Unsynced,
-}
-
-impl Rounds {
-    fn outcome(&self, round: u64) -> Option<bool> {
-        if self.outcomes.front().is_some_and(|&(oldest, _)| round < oldest) {
-            return Some(false);
-        }
-        self.outcomes.iter().find(|&&(r, _)| r == round).map(|&(_, synced)| synced)
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("waits", &self.waits.len())
+            .field("stopping", &self.stopping)
+            .finish()
     }
 }
 
@@ -88,13 +90,18 @@ impl SyncGroup {
         }
         let handle = File::open(&dir).at(&dir)?;
         let device = handle.metadata().at(&dir)?.dev();
-        Ok(Some(SyncGroup {
-            dir,
-            device,
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
             handle,
-            rounds: Mutex::new(Rounds::default()),
-            round_finished: Condvar::new(),
-        }))
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("strata-syncfs".into())
+            .spawn(move || worker.run())
+            .at(&dir)?;
+        Ok(Some(SyncGroup { shared, device, thread: Some(thread) }))
     }
 
     /// Whether a log in `dir` is on this group's filesystem.
@@ -102,54 +109,68 @@ impl SyncGroup {
         std::fs::metadata(dir).is_ok_and(|m| m.dev() == self.device)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Rounds> {
-        self.rounds.lock().unwrap_or_else(|e| e.into_inner())
+    /// Queues a wait for the next round.
+    pub(crate) fn enqueue(&self, wait: Wait) {
+        self.shared.lock().waits.push(wait);
+        self.shared.queued.notify_one();
+    }
+}
+
+impl Drop for SyncGroup {
+    fn drop(&mut self) {
+        self.shared.lock().stopping = true;
+        self.shared.queued.notify_one();
+        // The group's own thread may drop it, with the last member log it called back; it
+        // stops by itself then.
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a round that starts after this call, on behalf of the log at address
-    /// `member`, and says how it went. Everything the caller wrote before calling is durable
-    /// if the round [`Round::Synced`]. A round that holds this log alone runs `alone` (the
-    /// log's own fsync) instead of `syncfs`: it is cheaper and touches nothing else, and the
-    /// round still counts as running meanwhile, so other logs' appends gather for the next.
-    pub(crate) fn sync<R>(&self, member: usize, alone: impl FnOnce() -> R) -> Round<R> {
-        let mut rounds = self.lock();
-        let round = rounds.open;
-        rounds.joined.insert(member);
+    /// The group's thread: one round per turn, until the group is dropped (its members hold
+    /// it, so by then no wait is queued).
+    fn run(&self) {
         loop {
-            if let Some(synced) = rounds.outcome(round) {
-                return if synced { Round::Synced } else { Round::Unsynced };
-            }
-            if !rounds.running && rounds.open == round {
-                return self.lead(rounds, round, alone);
-            }
-            rounds = self.round_finished.wait(rounds).unwrap_or_else(|e| e.into_inner());
+            let waits = {
+                let mut queue = self.lock();
+                while queue.waits.is_empty() && !queue.stopping {
+                    queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
+                }
+                if queue.waits.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut queue.waits)
+            };
+            self.round(waits);
         }
     }
 
-    /// Runs round `round` for everyone who joined it.
-    fn lead<R>(
-        &self,
-        mut rounds: MutexGuard<'_, Rounds>,
-        round: u64,
-        alone: impl FnOnce() -> R,
-    ) -> Round<R> {
-        rounds.running = true;
-        rounds.open += 1;
-        let members = std::mem::take(&mut rounds.joined).len();
-        drop(rounds);
-        let outcome = if members > 1 {
-            if self.syncfs() { Round::Synced } else { Round::Unsynced }
-        } else {
-            Round::Alone(alone())
-        };
-        let mut rounds = self.lock();
-        rounds.running = false;
-        rounds.outcomes.push_back((round, matches!(outcome, Round::Synced)));
-        if rounds.outcomes.len() > OUTCOMES_KEPT {
-            rounds.outcomes.pop_front();
+    /// Makes every wait of the round durable and calls it back.
+    fn round(&self, waits: Vec<Wait>) {
+        let first = Arc::as_ptr(&waits[0].log);
+        let one_log = waits.iter().all(|w| Arc::as_ptr(&w.log) == first);
+        if !one_log && self.syncfs() {
+            for wait in waits {
+                let outcome = wait.log.covered_by_sync(wait.end);
+                (wait.done)(outcome);
+            }
+            return;
         }
-        self.round_finished.notify_all();
-        outcome
+        // One log (its own fsync is cheaper and touches nothing else), or `syncfs` failed:
+        // each log's own fsync tells whether its data is safe. The first wait of a log pays
+        // for the fsync; the others find themselves covered.
+        for wait in waits {
+            let outcome = wait.log.sync_through(wait.target);
+            (wait.done)(outcome);
+        }
     }
 
     fn syncfs(&self) -> bool {
@@ -182,7 +203,6 @@ fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn kernel_versions_compare_by_major_then_minor() {
@@ -192,41 +212,5 @@ mod tests {
         assert!(!kernel_at_least("5.7.19", (5, 8)));
         assert!(!kernel_at_least("4.19.0", (5, 8)));
         assert!(!kernel_at_least("garbage", (5, 8)));
-    }
-
-    #[test]
-    fn a_log_alone_in_its_round_runs_its_own_fsync() {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(group) = SyncGroup::open(dir.path()).unwrap() else { return };
-        assert_eq!(group.sync(1, || "own fsync"), Round::Alone("own fsync"));
-        assert_eq!(group.sync(1, || "again"), Round::Alone("again"));
-    }
-
-    #[test]
-    fn logs_waiting_together_share_one_syncfs() {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(group) = SyncGroup::open(dir.path()).unwrap() else { return };
-        let group = Arc::new(group);
-        // Hold a round open so that everyone below joins the next one together.
-        let mut rounds = group.lock();
-        rounds.running = true;
-        drop(rounds);
-        let waiters: Vec<_> = (0..4)
-            .map(|member| {
-                let group = group.clone();
-                std::thread::spawn(move || group.sync(member, || ()))
-            })
-            .collect();
-        while group.lock().joined.len() < 4 {
-            std::thread::yield_now();
-        }
-        let mut rounds = group.lock();
-        rounds.running = false;
-        drop(rounds);
-        group.round_finished.notify_all();
-        for waiter in waiters {
-            assert_eq!(waiter.join().unwrap(), Round::Synced, "one syncfs served every member");
-        }
-        assert_eq!(group.lock().outcomes.len(), 1, "one round served all four");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use strata_proto::TopicPartitions;
 use strata_proto::broker_server::Broker;
@@ -13,10 +13,11 @@ use strata_proto::{
     BatchOffsets, CommitOffsetsRequest, CommitOffsetsResponse, FetchOffsetsRequest,
     FetchOffsetsResponse, FetchRequest, FetchResponse, GroupHeartbeatRequest,
     GroupHeartbeatResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, OffsetSpec, PartitionOffset, ProduceRequest, ProduceResponse,
+    MetadataResponse, OffsetSpec, PartitionBatches, PartitionOffset, PartitionProduced,
+    ProduceManyRequest, ProduceManyResponse, ProduceRequest, ProduceResponse,
 };
 use strata_record::{Offset, Timestamp};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::{blocking, record_count, respond};
 use crate::error::BrokerError;
@@ -38,6 +39,66 @@ pub struct BrokerService {
 impl BrokerService {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         BrokerService { shared }
+    }
+
+    /// Appends one partition's batches (acks make no difference here: a leader answers after
+    /// its durable append on one node and after the commit on a majority in a cluster).
+    async fn produce_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: Vec<bytes::Bytes>,
+    ) -> Result<ProduceResponse, BrokerError> {
+        if batches.is_empty() {
+            return Err(BrokerError::InvalidArgument(
+                "a produce request needs at least one batch".into(),
+            ));
+        }
+        let log = self.shared.partition(topic, partition)?;
+        let records = record_count(&batches);
+        let bytes: usize = batches.iter().map(|b| b.len()).sum();
+        let infos = log.append(batches).await?;
+        self.shared.metrics.produced(topic, partition, records, bytes as u64);
+        Ok(ProduceResponse {
+            batches: infos
+                .iter()
+                .map(|i| BatchOffsets {
+                    base_offset: i.base_offset.0,
+                    last_offset: i.last_offset.0,
+                })
+                .collect(),
+            log_end_offset: log.log().end_offset().0,
+        })
+    }
+}
+
+/// One partition's answer within a ProduceMany response.
+fn partition_produced(
+    topic: String,
+    partition: u32,
+    outcome: Result<ProduceResponse, BrokerError>,
+) -> PartitionProduced {
+    match outcome {
+        Ok(produced) => PartitionProduced {
+            topic,
+            partition,
+            code: Code::Ok as i32,
+            message: String::new(),
+            batches: produced.batches,
+            log_end_offset: produced.log_end_offset,
+        },
+        Err(err) => {
+            tracing::debug!(topic, partition, error = %err, "partition of a produce request rejected");
+            let status = Status::from(err);
+            PartitionProduced {
+                topic,
+                partition,
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                batches: Vec::new(),
+                log_end_offset: 0,
+            }
+        }
     }
 }
 
@@ -65,29 +126,40 @@ impl Broker for BrokerService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        let ProduceRequest { topic, partition, acks: _, batches } = request.into_inner();
+        respond(&self.shared.metrics, "produce", self.produce_partition(&topic, partition, batches))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(partitions = request.get_ref().partitions.len()))]
+    async fn produce_many(
+        &self,
+        request: Request<ProduceManyRequest>,
+    ) -> Result<Response<ProduceManyResponse>, Status> {
         let request = request.into_inner();
-        respond(&self.shared.metrics, "produce", async {
-            if request.batches.is_empty() {
+        respond(&self.shared.metrics, "produce_many", async {
+            if request.partitions.is_empty() {
                 return Err(BrokerError::InvalidArgument(
-                    "a produce request needs at least one batch".into(),
+                    "a produce request needs at least one partition".into(),
                 ));
             }
-            let partition = self.shared.partition(&request.topic, request.partition)?;
-            let _acks = request.acks(); // one node: leader and all are the same durable append
-            let records = record_count(&request.batches);
-            let bytes: usize = request.batches.iter().map(|b| b.len()).sum();
-            let infos = partition.append(request.batches).await?;
-            self.shared.metrics.produced(&request.topic, request.partition, records, bytes as u64);
-            Ok(ProduceResponse {
-                batches: infos
-                    .iter()
-                    .map(|i| BatchOffsets {
-                        base_offset: i.base_offset.0,
-                        last_offset: i.last_offset.0,
-                    })
-                    .collect(),
-                log_end_offset: partition.log().end_offset().0,
-            })
+            let mut seen = HashSet::with_capacity(request.partitions.len());
+            let appends = request.partitions.into_iter().map(|entry| {
+                let first = seen.insert((entry.topic.clone(), entry.partition));
+                async move {
+                    let PartitionBatches { topic, partition, batches } = entry;
+                    let outcome = if first {
+                        self.produce_partition(&topic, partition, batches).await
+                    } else {
+                        Err(BrokerError::InvalidArgument(format!(
+                            "partition {topic}/{partition} appears more than once in the request"
+                        )))
+                    };
+                    partition_produced(topic, partition, outcome)
+                }
+            });
+            let partitions = futures::future::join_all(appends).await;
+            Ok(ProduceManyResponse { partitions })
         })
         .await
     }
