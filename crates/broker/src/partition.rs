@@ -258,33 +258,39 @@ impl Partition {
         batches: Vec<Bytes>,
         headers: Vec<BatchHeader>,
     ) -> Result<Vec<AppendInfo>> {
-        let bytes = batches.iter().map(Bytes::len).sum();
-        if self.writes_inline(bytes) {
-            let mut infos = Vec::with_capacity(batches.len());
-            for (batch, header) in batches.iter().zip(headers) {
-                infos.push(self.log.write_validated(batch, header)?);
+        let mut infos = Vec::with_capacity(batches.len());
+        for (batch, header) in batches.iter().zip(&headers) {
+            match self.try_write_inline(batch, *header) {
+                Some(written) => infos.push(written?),
+                None => break,
             }
-            self.wait_shared_fsync(infos.last()).await?;
-            self.publish_high_watermark();
-            return Ok(infos);
         }
-        let log = self.log.clone();
-        let infos = tokio::task::spawn_blocking(move || {
-            write_durably(&log, batches.iter().map(|b| &b[..]).zip(headers))
-        })
-        .await
-        .map_err(|_| BrokerError::ShuttingDown)??;
+        if infos.len() < batches.len() {
+            // The rest on the blocking pool, in order.
+            let (log, done) = (self.log.clone(), infos.len());
+            let rest = tokio::task::spawn_blocking(move || {
+                let rest = batches.iter().zip(headers).skip(done);
+                write_durably(&log, rest.map(|(b, h)| (&b[..], h)))
+            })
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)??;
+            infos.extend(rest);
+        }
         self.wait_shared_fsync(infos.last()).await?;
         self.publish_high_watermark();
         Ok(infos)
     }
 
-    /// Whether `bytes` of batches are written on the async runtime rather than on the
-    /// blocking pool: small writes to a log whose fsync is the node's sync group (waited for
-    /// without a thread). Such a write only copies into the page cache, in microseconds,
-    /// less than a trip to the blocking pool and back; see `docs/decisions.md`.
-    fn writes_inline(&self, bytes: usize) -> bool {
-        bytes <= INLINE_WRITE_BYTES && self.log.shares_fsyncs()
+    /// Writes a batch on the async runtime if that is only a copy into the page cache, in
+    /// microseconds, less than a trip to the blocking pool and back: a small batch, to a log
+    /// whose fsync is the node's sync group (waited for without a thread), that neither waits
+    /// for the log's lock nor rolls a segment. `None`: write it on the blocking pool. See
+    /// `docs/decisions.md`, "Small writes on the async runtime".
+    fn try_write_inline(&self, batch: &[u8], header: BatchHeader) -> Option<Result<AppendInfo>> {
+        if batch.len() > INLINE_WRITE_BYTES || !self.log.shares_fsyncs() {
+            return None;
+        }
+        Some(self.log.try_write_validated(batch, header)?.map_err(Into::into))
     }
 
     /// The leader's term, for a replicated partition whose leader has applied every earlier
@@ -426,17 +432,18 @@ impl Partition {
                 let appended = committed.await.map_err(|e| self.not_leader(e))?;
                 Ok(landed(appended, &header))
             }
-            None if self.writes_inline(batch.len()) => {
-                // No await between the write and its record in the sequencer: a written batch
-                // is always known, and its retry answered, even if this request is dropped.
-                let info = self.log.write_validated(&batch, header)?;
-                self.sequencer.written(term, producer, sequence, records, Some(info));
-                drop(sequenced);
-                self.wait_shared_fsync(Some(&info)).await?;
-                self.publish_high_watermark();
-                Ok(info)
-            }
             None => {
+                if let Some(written) = self.try_write_inline(&batch, header) {
+                    // No await between the write and its record in the sequencer: a written
+                    // batch is always known, and its retry answered, even if this request is
+                    // dropped.
+                    let info = written?;
+                    self.sequencer.written(term, producer, sequence, records, Some(info));
+                    drop(sequenced);
+                    self.wait_shared_fsync(Some(&info)).await?;
+                    self.publish_high_watermark();
+                    return Ok(info);
+                }
                 // One trip to the blocking pool: the write, its record in the sequencer and
                 // the release of the lock, then the fsync outside it. The thread finishes
                 // even if this request is dropped (its client gave up), so a written batch is

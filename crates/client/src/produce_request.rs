@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_proto::{PartitionBatches, PartitionProduced, ProduceManyRequest, ProduceRequest};
+use strata_proto::{PartitionBatches, ProduceManyRequest};
 use strata_record::Offset;
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
@@ -35,37 +35,34 @@ pub(crate) enum Done {
 }
 
 /// Batches for one broker gathered during one pass of the accumulator; sent as one request.
+/// It holds at most one batch per partition, as in Kafka: the leader answers a partition's
+/// entry as a whole, so a second batch behind a refused one would be reported failed
+/// although it may be stored, and its fsync would wait for the first one's.
 #[derive(Default)]
 pub(crate) struct Staged {
     pub(crate) bytes: usize,
     batches: Vec<Outgoing>,
+    partitions: HashSet<PartitionKey>,
 }
 
 impl Staged {
     pub(crate) fn push(&mut self, outgoing: Outgoing) {
         self.bytes += outgoing.bytes.len();
+        self.partitions.insert(outgoing.key.clone());
         self.batches.push(outgoing);
     }
 
-    /// The batches by partition, partitions in the order they were staged and each one's
-    /// batches in order: the request names a partition once.
-    fn by_partition(self) -> Vec<(PartitionKey, Vec<Outgoing>)> {
-        let mut entries: Vec<(PartitionKey, Vec<Outgoing>)> = Vec::new();
-        let mut index: HashMap<PartitionKey, usize> = HashMap::new();
-        for outgoing in self.batches {
-            match index.get(&outgoing.key) {
-                Some(&i) => entries[i].1.push(outgoing),
-                None => {
-                    index.insert(outgoing.key.clone(), entries.len());
-                    entries.push((outgoing.key.clone(), vec![outgoing]));
-                }
-            }
-        }
-        entries
+    /// Whether a batch of `key` may join: the request holds none of its partition yet and
+    /// is below `max_bytes`.
+    pub(crate) fn takes(&self, key: &PartitionKey, max_bytes: usize) -> bool {
+        self.bytes < max_bytes && !self.partitions.contains(key)
     }
 }
 
-/// Sends `staged` to the broker at `address` and reports to `done`.
+/// Sends `staged` to the broker at `address` and reports to `done`. Partitions that failed
+/// retriably are retried together, to their leaders as last known, with backoff; the request
+/// keeps its slot until every batch is answered for good, so retries stay within
+/// `max_requests_in_flight`.
 pub(crate) fn spawn_request(
     client: Client,
     config: ProducerConfig,
@@ -74,131 +71,130 @@ pub(crate) fn spawn_request(
     done: mpsc::UnboundedSender<Done>,
 ) {
     tokio::spawn(async move {
-        let entries = staged.by_partition();
-        let request = ProduceManyRequest {
-            acks: config.acks.to_proto() as i32,
-            partitions: entries
-                .iter()
-                .map(|((topic, partition), batches)| PartitionBatches {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    batches: batches.iter().map(|b| b.bytes.clone()).collect(),
-                })
-                .collect(),
-        };
-        let mut entries = entries;
+        let mut batches = staged.batches;
         if config.acks == Acks::None {
             // Fire and forget for the caller, but the request still completes before the
             // partitions' next ones start (order) and before flush returns (no loss).
-            for (key, batches) in &mut entries {
-                for batch in batches.iter_mut() {
-                    for waiter in batch.waiters.drain(..) {
-                        let _ = waiter.send(Ok(Delivered { partition: key.1, offset: None }));
-                    }
+            for batch in &mut batches {
+                for waiter in batch.waiters.drain(..) {
+                    let _ = waiter.send(Ok(Delivered { partition: batch.key.1, offset: None }));
                 }
             }
         }
-        let sent = tokio::time::timeout(
-            config.request_timeout,
-            client.broker_at(&address).produce_many(request),
-        )
-        .await
-        .unwrap_or_else(|_| Err(Status::unavailable("produce request timed out")));
+        let mut targets = vec![(address, batches)];
+        let mut attempt = 0;
+        loop {
+            let mut retry = Vec::new();
+            for (address, batches) in targets {
+                retry.extend(send_once(&client, &config, &address, batches, attempt, &done).await);
+            }
+            if retry.is_empty() {
+                break;
+            }
+            tokio::time::sleep(backoff(&config, attempt)).await;
+            attempt += 1;
+            let mut by_leader: HashMap<String, Vec<Outgoing>> = HashMap::new();
+            for batch in retry {
+                let leader = client.leader_address(&batch.key.0, batch.key.1);
+                by_leader.entry(leader).or_default().push(batch);
+            }
+            targets = by_leader.into_iter().collect();
+        }
         let _ = done.send(Done::RequestFinished);
-        let answers: Vec<Option<PartitionProduced>> = match sent {
-            Ok(response) => {
-                let mut answers = response.into_inner().partitions.into_iter();
-                entries.iter().map(|_| answers.next()).collect()
-            }
-            Err(status) => {
-                // The whole request failed: each topic's leaders are looked up once.
-                let mut refreshed = HashSet::new();
-                for ((topic, partition), _) in &entries {
-                    if refreshed.insert(topic.clone()) {
-                        client.partition_failed(topic, *partition, &status).await;
-                    }
-                }
-                let failures = entries.iter().map(|_| Some(failed_answer(&status))).collect();
-                return settle(&client, &config, entries, failures, &done, false).await;
-            }
-        };
-        settle(&client, &config, entries, answers, &done, true).await;
     });
 }
 
-/// A partition's answer standing for a failure of the whole request.
-fn failed_answer(status: &Status) -> PartitionProduced {
-    PartitionProduced {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
-        ..PartitionProduced::default()
-    }
-}
-
-/// Resolves each partition's waiters from its answer; partitions that failed retriably are
-/// retried alone. `learn` says whether failures still have to be reported to the client's
-/// leader cache (they were, for a failure of the whole request).
-async fn settle(
+/// Sends one request of `batches` (one per partition) to `address` and settles each batch
+/// that is answered for good; returns those to retry.
+async fn send_once(
     client: &Client,
     config: &ProducerConfig,
-    entries: Vec<(PartitionKey, Vec<Outgoing>)>,
-    answers: Vec<Option<PartitionProduced>>,
+    address: &str,
+    batches: Vec<Outgoing>,
+    attempt: u32,
     done: &mpsc::UnboundedSender<Done>,
-    learn: bool,
-) {
-    for ((key, batches), answer) in entries.into_iter().zip(answers) {
-        let answer = answer.unwrap_or_else(|| PartitionProduced {
-            code: Code::Internal as i32,
-            message: "the produce answer has no result for this partition".into(),
-            ..PartitionProduced::default()
-        });
-        if answer.code == Code::Ok as i32 {
-            for (i, batch) in batches.into_iter().enumerate() {
-                let base = answer.batches.get(i).map(|b| Offset(b.base_offset));
+) -> Vec<Outgoing> {
+    let request = ProduceManyRequest {
+        acks: config.acks.to_proto() as i32,
+        partitions: batches
+            .iter()
+            .map(|b| PartitionBatches {
+                topic: b.key.0.clone(),
+                partition: b.key.1,
+                batches: vec![b.bytes.clone()],
+            })
+            .collect(),
+    };
+    let sent = tokio::time::timeout(
+        config.request_timeout,
+        client.broker_at(address).produce_many(request),
+    )
+    .await
+    .unwrap_or_else(|_| Err(Status::unavailable("produce request timed out")));
+    let response = match sent {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            // The whole request failed: each topic's leaders are looked up once.
+            let mut learnt = HashSet::new();
+            let mut retry = Vec::new();
+            for batch in batches {
+                if learnt.insert(batch.key.0.clone()) {
+                    client.partition_failed(&batch.key.0, batch.key.1, &status).await;
+                }
+                retry.extend(failed(config, batch, status.clone(), attempt, done));
+            }
+            return retry;
+        }
+    };
+    let mut answers = response.partitions.into_iter();
+    let mut retry = Vec::new();
+    for batch in batches {
+        let status = match answers.next() {
+            Some(answer) if answer.code == Code::Ok as i32 => {
+                let base = answer.batches.first().map(|b| Offset(b.base_offset));
                 let outcome = base.ok_or_else(|| {
                     ClientError::InvalidArgument("produce answer without offsets".into())
                 });
-                let failed = outcome.is_err();
-                resolve(batch.waiters, key.1, outcome);
-                let _ =
-                    done.send(Done::Answered { key: key.clone(), number: batch.number, failed });
+                settle(batch, outcome, done);
+                continue;
             }
-            continue;
-        }
-        let status = Status::new(Code::from(answer.code), answer.message);
-        if learn {
-            client.partition_failed(&key.0, key.1, &status).await;
-        }
-        let err = ClientError::from(status);
-        for batch in batches {
-            if config.acks == Acks::None {
-                tracing::warn!(topic = %key.0, partition = key.1, error = %err, "acks=none batch was refused");
-                let _ = done.send(Done::Answered {
-                    key: key.clone(),
-                    number: batch.number,
-                    failed: false,
-                });
-            } else if err.is_retriable() && config.retries > 0 {
-                let (client, config, done, key) =
-                    (client.clone(), config.clone(), done.clone(), key.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(backoff(&config, 0)).await;
-                    let outcome =
-                        produce_with_retries(&client, &config, &key.0, key.1, batch.bytes, 1).await;
-                    let failed = outcome.is_err();
-                    resolve(batch.waiters, key.1, outcome);
-                    let _ = done.send(Done::Answered { key, number: batch.number, failed });
-                });
-            } else {
-                resolve(batch.waiters, key.1, Err(err.clone()));
-                let _ = done.send(Done::Answered {
-                    key: key.clone(),
-                    number: batch.number,
-                    failed: true,
-                });
-            }
-        }
+            Some(answer) => Status::new(Code::from(answer.code), answer.message),
+            None => Status::internal("the produce answer lacks this partition"),
+        };
+        client.partition_failed(&batch.key.0, batch.key.1, &status).await;
+        retry.extend(failed(config, batch, status, attempt, done));
     }
+    retry
+}
+
+/// A batch refused with `status` on attempt `attempt`: returned to be retried, or settled as
+/// failed (an `acks=none` batch is only logged: its records were answered when sent).
+fn failed(
+    config: &ProducerConfig,
+    batch: Outgoing,
+    status: Status,
+    attempt: u32,
+    done: &mpsc::UnboundedSender<Done>,
+) -> Option<Outgoing> {
+    let err = ClientError::from(status);
+    if config.acks == Acks::None {
+        tracing::warn!(topic = %batch.key.0, partition = batch.key.1, error = %err, "acks=none batch was refused");
+        let _ = done.send(Done::Answered { key: batch.key, number: batch.number, failed: false });
+        return None;
+    }
+    if err.is_retriable() && attempt < config.retries {
+        tracing::debug!(topic = %batch.key.0, partition = batch.key.1, attempt, error = %err, "retrying produce");
+        return Some(batch);
+    }
+    settle(batch, Err(err), done);
+    None
+}
+
+/// Answers a batch's records and tells the accumulator.
+fn settle(batch: Outgoing, outcome: Result<Offset>, done: &mpsc::UnboundedSender<Done>) {
+    let failed = outcome.is_err();
+    resolve(batch.waiters, batch.key.1, outcome);
+    let _ = done.send(Done::Answered { key: batch.key, number: batch.number, failed });
 }
 
 /// Answers each record's future: record `i` of a batch stored at `base` got offset `base + i`.
@@ -214,48 +210,4 @@ fn resolve(waiters: Vec<Waiter>, partition: u32, outcome: Result<Offset>) {
 /// second (a failover is noticed within that of the new leader's election).
 fn backoff(config: &ProducerConfig, attempt: u32) -> Duration {
     (config.retry_backoff * 2u32.saturating_pow(attempt)).min(Duration::from_millis(250))
-}
-
-/// Sends one partition's batch alone, retrying retriable failures, from attempt `attempt`
-/// (0: the first send).
-async fn produce_with_retries(
-    client: &Client,
-    config: &ProducerConfig,
-    topic: &str,
-    partition: u32,
-    batch: Bytes,
-    mut attempt: u32,
-) -> Result<Offset> {
-    loop {
-        let request = ProduceRequest {
-            topic: topic.to_owned(),
-            partition,
-            acks: config.acks.to_proto() as i32,
-            batches: vec![batch.clone()],
-        };
-        let sent = tokio::time::timeout(
-            config.request_timeout,
-            client.broker_for(topic, partition).produce(request),
-        )
-        .await
-        .unwrap_or_else(|_| Err(Status::unavailable("produce request timed out")));
-        match sent {
-            Ok(response) => {
-                let response = response.into_inner();
-                return response.batches.first().map(|b| Offset(b.base_offset)).ok_or_else(|| {
-                    ClientError::InvalidArgument("produce answer without offsets".into())
-                });
-            }
-            Err(status) => {
-                client.partition_failed(topic, partition, &status).await;
-                let err = ClientError::from(status);
-                if !err.is_retriable() || attempt >= config.retries {
-                    return Err(err);
-                }
-                tracing::debug!(topic, partition, attempt, error = %err, "retrying produce");
-                tokio::time::sleep(backoff(config, attempt)).await;
-                attempt += 1;
-            }
-        }
-    }
 }

@@ -60,7 +60,9 @@ pub enum Partitioner {
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     pub acks: Acks,
-    /// How long a batch waits for more records before it is sent.
+    /// How long a batch waits for more records before it is sent. With a linger, a batch
+    /// that is not full also waits while its partition has batches in flight (see
+    /// `docs/decisions.md`, "A lingering batch waits for its partition's answers").
     pub linger: Duration,
     /// A batch is sent once it holds this many bytes.
     pub batch_bytes: usize,
@@ -75,14 +77,15 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// Codec for each batch's records: `None`, `Lz4` or `Zstd`.
     pub compression: Compression,
-    /// Requests per partition in flight at once (Kafka's
+    /// Batches per partition in flight at once, each in its own request (Kafka's
     /// `max.in.flight.requests.per.connection`, 5 there too). With `Acks::None` there is no
-    /// sequencing answer to wait for, and one request is in flight. At most 5: the leader
+    /// sequencing answer to wait for, and one batch is in flight. At most 5: the leader
     /// remembers a producer's last five batches for answering retries.
     pub max_in_flight: usize,
-    /// Requests in flight at once, over all brokers. Each request carries the batches ready
-    /// for one broker at the time it was sent; the bound keeps a slow disk's queue at the
-    /// client, where batches keep filling, instead of at the server past their timeout.
+    /// Requests in flight at once, over all brokers, their retries included. Each request
+    /// carries the batches ready for one broker at the time it was sent, one per partition;
+    /// the bound keeps a slow disk's queue at the client, where batches keep filling, instead
+    /// of at the server past their timeout.
     pub max_requests_in_flight: usize,
     /// A request takes no more batches once it holds this many bytes (Kafka's
     /// `max.request.size`); a single larger batch still goes, alone.
@@ -440,7 +443,10 @@ impl Accumulator {
         while self.queues.get(key).is_some_and(|q| self.can_send(key, q, now)) {
             self.send_first(key.clone());
         }
-        let waiting = self.queues.get(key).and_then(|q| q.batches.front()).map(|b| b.deadline);
+        let waiting = (self.queues.get(key))
+            .filter(|q| self.may_send_partial(q))
+            .and_then(|q| q.batches.front())
+            .map(|b| b.deadline);
         if let Some(deadline) = waiting {
             self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
         }
@@ -485,7 +491,7 @@ impl Accumulator {
             && self
                 .staged
                 .get(&self.client.leader_address(&key.0, key.1))
-                .is_some_and(|s| s.bytes < self.config.max_request_bytes)
+                .is_some_and(|s| s.takes(key, self.config.max_request_bytes))
     }
 
     /// Requests per partition in flight at once.
@@ -535,7 +541,7 @@ impl Accumulator {
         self.next_deadline = if self.has_request_slot() {
             self.queues
                 .values()
-                .filter(|q| self.has_room(q))
+                .filter(|q| self.has_room(q) && self.may_send_partial(q))
                 .filter_map(|q| q.batches.front().map(|b| b.deadline))
                 .min()
         } else {
@@ -556,9 +562,19 @@ impl Accumulator {
             && queue.batches.front().is_some_and(|b| {
                 self.draining
                     || queue.batches.len() > 1
-                    || b.deadline <= now
                     || b.builder.size() >= self.config.batch_bytes
+                    || (b.deadline <= now && self.may_send_partial(queue))
             })
+    }
+
+    /// Whether a batch that is not full may go once its linger is over. With a linger, not
+    /// while the partition has batches in flight: the batch keeps filling until they are
+    /// answered, so a partition written slowly (one of many) sends one bigger batch per disk
+    /// round instead of a stream of small ones, each an fsync's worth of work at the leader.
+    /// Full batches still pipeline up to `max_in_flight`; with no linger (latency first)
+    /// nothing waits.
+    fn may_send_partial(&self, queue: &PartitionQueue) -> bool {
+        self.config.linger.is_zero() || queue.unretired.is_empty()
     }
 
     /// Whether `queue` may have another request in flight: below the limit, or, after a
@@ -601,9 +617,10 @@ impl Accumulator {
         queue.sent += 1;
         queue.unretired.push_back((number, false));
         let address = self.client.leader_address(&key.0, key.1);
-        if self.staged.get(&address).is_some_and(|s| s.bytes >= self.config.max_request_bytes) {
-            // Full: it goes now, and this batch starts the broker's next request (`can_send`
-            // saw a free slot for it).
+        if self.staged.get(&address).is_some_and(|s| !s.takes(&key, self.config.max_request_bytes))
+        {
+            // Full, or holding a batch of this partition already: it goes now, and this batch
+            // starts the broker's next request (`can_send` saw a free slot for it).
             let full = self.staged.remove(&address).expect("just looked up");
             self.send_request(address.clone(), full);
         }

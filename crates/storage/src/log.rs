@@ -154,7 +154,9 @@ impl Log {
     /// Makes this log's waits through [`Log::when_durable`] (with
     /// [`Durability::EveryAppend`]) go to `group`, shared with the other logs waiting at the
     /// same time. Returns false, and changes nothing, if the log is on another filesystem than
-    /// the group's or already joined one.
+    /// the group's or already joined one. Only for logs whose suffix is never truncated (a
+    /// single node's partitions): a round does not see a truncation between a wait and its
+    /// `syncfs`.
     pub fn join_sync_group(&self, group: Arc<SyncGroup>) -> bool {
         group.covers(&self.dir) && self.sync_group.set(group).is_ok()
     }
@@ -341,8 +343,41 @@ impl Log {
         keep_offset: bool,
     ) -> Result<AppendInfo> {
         self.check_appendable(batch.len())?;
+        self.write_in(&mut self.write_state(), batch, header, keep_offset)
+    }
+
+    /// [`Log::write_validated`] if it can be done without waiting: `None` when the log is
+    /// busy (another write, a roll, retention) or the batch would roll the segment (an fsync
+    /// and new files). Lets a caller on an async runtime write in place when that is only a
+    /// copy into the page cache, and go to a blocking thread otherwise.
+    pub fn try_write_validated(
+        &self,
+        batch: &[u8],
+        header: strata_record::BatchHeader,
+    ) -> Option<Result<AppendInfo>> {
+        if let Err(err) = self.check_appendable(batch.len()) {
+            return Some(Err(err));
+        }
+        let mut state = match self.state.try_write() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        if self.needs_roll(&state.active, batch.len(), header.offset_count()) {
+            return None;
+        }
+        Some(self.write_in(&mut state, batch, header, false))
+    }
+
+    /// Writes a batch at the end of the log, rolling the segment first if it is due.
+    fn write_in(
+        &self,
+        state: &mut State,
+        batch: &[u8],
+        header: strata_record::BatchHeader,
+        keep_offset: bool,
+    ) -> Result<AppendInfo> {
         let info = {
-            let mut state = self.write_state();
             let end = state.end();
             let base = if keep_offset { header.base_offset() } else { end };
             if base != end {
@@ -356,7 +391,7 @@ impl Log {
                 });
             }
             if self.needs_roll(&state.active, batch.len(), header.offset_count()) {
-                self.roll(&mut state)?;
+                self.roll(state)?;
             }
             state.active.append(base, &header, batch).map_err(|e| self.fail(e))?;
             AppendInfo {

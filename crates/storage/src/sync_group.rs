@@ -16,14 +16,17 @@
 //!
 //! Error reporting is what makes this safe. Since Linux 5.8, `syncfs` reports any write-back
 //! error of the filesystem that happened since its file descriptor was opened; the group's
-//! descriptor is opened before any member log, so no error can slip past it. After a failed
-//! `syncfs` each log of the round runs its own `fdatasync`, and the one whose data was lost
-//! gets the error from it, as it would have without the group. Older kernels do not report
-//! errors from `syncfs`, so there no group is made.
+//! descriptor is opened before any member log, so no error can slip past it. But it reports
+//! each error once, and the log whose data was lost may not be in the round that hears of it:
+//! so after a failed `syncfs` the group stops using `syncfs` for good, and every log fsyncs
+//! its own file from then on, which reports the error to the log that lost data, as it would
+//! have without the group. Where `syncfs` does not report errors (Linux before 5.8) or the
+//! filesystem is not one known to pass them up (ext4, XFS, Btrfs), no group is made.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -59,6 +62,8 @@ struct Shared {
     dir: PathBuf,
     /// Opened before any member log, so `syncfs` on it reports every write-back error since.
     handle: File,
+    /// Set by the first failed `syncfs`: from then on each log fsyncs its own file.
+    broken: AtomicBool,
     queue: Mutex<Queue>,
     queued: Condvar,
 }
@@ -89,10 +94,16 @@ impl SyncGroup {
             return Ok(None);
         }
         let handle = File::open(&dir).at(&dir)?;
+        let filesystem = rustix::fs::fstatfs(&handle).map_err(std::io::Error::from).at(&dir)?;
+        if !KNOWN_FILESYSTEMS.contains(&(filesystem.f_type as i64)) {
+            tracing::info!(dir = %dir.display(), "not ext4, XFS or Btrfs: each log fsyncs alone");
+            return Ok(None);
+        }
         let device = handle.metadata().at(&dir)?.dev();
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             handle,
+            broken: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
         });
@@ -157,15 +168,15 @@ impl Shared {
     fn round(&self, waits: Vec<Wait>) {
         let first = Arc::as_ptr(&waits[0].log);
         let one_log = waits.iter().all(|w| Arc::as_ptr(&w.log) == first);
-        if !one_log && self.syncfs() {
+        if !one_log && !self.broken.load(Ordering::Relaxed) && self.syncfs() {
             for wait in waits {
                 let outcome = wait.log.covered_by_sync(wait.end);
                 (wait.done)(outcome);
             }
             return;
         }
-        // One log (its own fsync is cheaper and touches nothing else), or `syncfs` failed:
-        // each log's own fsync tells whether its data is safe. The first wait of a log pays
+        // One log (its own fsync is cheaper and touches nothing else), or `syncfs` failed
+        // (now or before): each log's own fsync tells whether its data is safe. The first wait of a log pays
         // for the fsync; the others find themselves covered.
         for wait in waits {
             let outcome = wait.log.sync_through(wait.target);
@@ -177,12 +188,17 @@ impl Shared {
         match crate::observe::timed_fsync(|| rustix::fs::syncfs(&self.handle)) {
             Ok(()) => true,
             Err(err) => {
-                tracing::warn!(dir = %self.dir.display(), error = %err, "syncfs failed; each log fsyncs its own file");
+                self.broken.store(true, Ordering::Relaxed);
+                tracing::error!(dir = %self.dir.display(), error = %err, "syncfs failed; from now on each log fsyncs its own file");
                 false
             }
         }
     }
 }
+
+/// Filesystems whose write-back errors reach `syncfs` (`statfs` magic numbers): ext4, XFS,
+/// Btrfs. Others (overlayfs, network filesystems, tmpfs) are left to per-file fsyncs.
+const KNOWN_FILESYSTEMS: [i64; 3] = [0xEF53, 0x5846_5342, 0x9123_683E];
 
 /// Whether the running kernel is Linux 5.8 or later, where `syncfs` returns write-back errors.
 fn syncfs_reports_errors() -> bool {
