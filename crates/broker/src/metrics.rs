@@ -198,6 +198,13 @@ impl Metrics {
         }
     }
 
+    /// Counts an error of one part of a request (a partition of a ProduceMany) whose request
+    /// as a whole succeeded.
+    pub fn request_part_failed(&self, rpc: &str, code: tonic::Code) {
+        let labels = ErrorLabels { rpc: rpc.to_owned(), code: format!("{code:?}") };
+        self.request_errors.get_or_create(&labels).inc();
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }

@@ -169,18 +169,22 @@ impl Shared {
         let first = Arc::as_ptr(&waits[0].log);
         let one_log = waits.iter().all(|w| Arc::as_ptr(&w.log) == first);
         if !one_log && !self.broken.load(Ordering::Relaxed) && self.syncfs() {
-            for wait in waits {
-                let outcome = wait.log.covered_by_sync(wait.end);
-                (wait.done)(outcome);
+            for Wait { log, end, done, .. } in waits {
+                let outcome = log.covered_by_sync(end);
+                // The log is let go before its waiter hears: a waiter that closes the log next
+                // must find it unshared.
+                drop(log);
+                done(outcome);
             }
             return;
         }
         // One log (its own fsync is cheaper and touches nothing else), or `syncfs` failed
         // (now or before): each log's own fsync tells whether its data is safe. The first wait of a log pays
         // for the fsync; the others find themselves covered.
-        for wait in waits {
-            let outcome = wait.log.sync_through(wait.target);
-            (wait.done)(outcome);
+        for Wait { log, target, done, .. } in waits {
+            let outcome = log.sync_through(target);
+            drop(log);
+            done(outcome);
         }
     }
 

@@ -155,6 +155,9 @@ impl Broker for BrokerService {
                             "partition {topic}/{partition} appears more than once in the request"
                         )))
                     };
+                    if let Err(err) = &outcome {
+                        self.shared.metrics.request_part_failed("produce_many", err.code());
+                    }
                     partition_produced(topic, partition, outcome)
                 }
             });
