@@ -64,12 +64,13 @@ impl Staged {
 /// keeps its slot until every batch is answered for good, so retries stay within
 /// `max_requests_in_flight`.
 pub(crate) fn spawn_request(
-    client: Client,
-    config: ProducerConfig,
+    client: &Client,
+    config: &ProducerConfig,
     address: String,
     staged: Staged,
-    done: mpsc::UnboundedSender<Done>,
+    done: &mpsc::UnboundedSender<Done>,
 ) {
+    let (client, config, done) = (client.clone(), config.clone(), done.clone());
     tokio::spawn(async move {
         let mut batches = staged.batches;
         if config.acks == Acks::None {

@@ -4,9 +4,10 @@
 //! One background task owns the batches. Batches that are ready together go to their leader
 //! in one request (one per broker, as in Kafka), so with many partitions the cost of a request
 //! is shared. Each partition has up to `max_in_flight` batches in flight (pipelining: the next
-//! batch travels and is written while the previous one is being fsynced). Every batch carries the producer id and the sequence of its first record, and the
-//! partition's leader writes a producer's batches in sequence order whatever order the
-//! requests arrive in, so batches (and their retries) land in the order the records were sent.
+//! batch travels and is written while the previous one is being fsynced). Every batch carries
+//! the producer id and the sequence of its first record, and the partition's leader writes a
+//! producer's batches in sequence order whatever order the requests arrive in, so batches (and
+//! their retries) land in the order the records were sent.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -622,7 +623,7 @@ impl Accumulator {
             // Full, or holding a batch of this partition already: it goes now, and this batch
             // starts the broker's next request (`can_send` saw a free slot for it).
             let full = self.staged.remove(&address).expect("just looked up");
-            self.send_request(address.clone(), full);
+            spawn_request(&self.client, &self.config, address.clone(), full, &self.done_tx);
         }
         let staged = self.staged.entry(address).or_insert_with(|| {
             self.requests_in_flight += 1;
@@ -631,17 +632,10 @@ impl Accumulator {
         staged.push(Outgoing { key, number, bytes, waiters: batch.waiters });
     }
 
-    fn send_request(&self, address: String, staged: Staged) {
-        let (client, config, done) =
-            (self.client.clone(), self.config.clone(), self.done_tx.clone());
-        spawn_request(client, config, address, staged, done);
-    }
-
     /// Sends each broker's staged batches as one request.
     fn dispatch(&mut self) {
         for (address, staged) in self.staged.drain() {
-            let (client, config) = (self.client.clone(), self.config.clone());
-            spawn_request(client, config, address, staged, self.done_tx.clone());
+            spawn_request(&self.client, &self.config, address, staged, &self.done_tx);
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ pub struct Log {
     failure: OnceLock<String>,
     /// The node-wide group commit this log's fsyncs go through, if it joined one.
     sync_group: OnceLock<Arc<SyncGroup>>,
+    /// Whether the configuration in force fsyncs every append: read on every append through
+    /// [`Log::shares_fsyncs`], so kept here rather than looked up in `config`.
+    every_append: AtomicBool,
     /// Held (flock) for the log's life; released when the file is closed.
     _lock: File,
 }
@@ -130,6 +133,7 @@ impl Log {
         // Bytes a crashed process wrote may still sit in the page cache only.
         recovered.active.sync_handle().sync_data().at(&recovered.active.core.log_path)?;
         let end = recovered.active.core.next;
+        let every_append = config.durability == Durability::EveryAppend;
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
             dir,
@@ -143,6 +147,7 @@ impl Log {
             durable_end: AtomicU64::new(end.0),
             failure: OnceLock::new(),
             sync_group: OnceLock::new(),
+            every_append: AtomicBool::new(every_append),
             _lock: lock,
         })
     }
@@ -171,7 +176,9 @@ impl Log {
     /// size.
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
+        let every_append = config.durability == Durability::EveryAppend;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        self.every_append.store(every_append, Ordering::Release);
         Ok(())
     }
 
@@ -276,7 +283,12 @@ impl Log {
     /// Whether [`Log::when_durable`] hands waits to a [`SyncGroup`] (and returns at once)
     /// rather than fsyncing on the caller's thread.
     pub fn shares_fsyncs(&self) -> bool {
-        self.config().durability == Durability::EveryAppend && self.sync_group.get().is_some()
+        self.shared_sync_group().is_some()
+    }
+
+    /// The group this log's waits go to: the one it joined, while it fsyncs every append.
+    fn shared_sync_group(&self) -> Option<&Arc<SyncGroup>> {
+        self.sync_group.get().filter(|_| self.every_append.load(Ordering::Acquire))
     }
 
     /// Like [`Log::make_durable`], but reports through `done`. In a [`SyncGroup`] (see
@@ -288,8 +300,7 @@ impl Log {
         done: impl FnOnce(Result<()>) + Send + 'static,
     ) {
         let target = info.last_offset.plus(1);
-        let group = self.sync_group.get().filter(|_| self.shares_fsyncs());
-        let Some(group) = group else { return done(self.make_durable(info)) };
+        let Some(group) = self.shared_sync_group() else { return done(self.make_durable(info)) };
         if self.durable_end.load(Ordering::Acquire) >= target.0 {
             return done(Ok(()));
         }
