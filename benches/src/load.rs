@@ -75,6 +75,11 @@ pub(crate) struct ProduceArgs {
     /// Produce requests per partition in flight at once (pipelining; 1: one at a time).
     #[arg(long, default_value_t = 5)]
     max_in_flight: usize,
+    /// Give records keys, this many distinct ones in turn, so that they spread over the
+    /// partitions by key hash (0: no keys; keyless records fill one partition's batch at a
+    /// time, as Kafka's sticky partitioner does).
+    #[arg(long, default_value_t = 0)]
+    keys: u64,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -213,6 +218,8 @@ struct Share {
     window: usize,
     /// Put the send time in a header `t` (for end-to-end latency).
     stamp: bool,
+    /// Distinct keys the records take in turn (0: no keys).
+    keys: u64,
 }
 
 /// Sends a share of records and returns the latency of each send to its acknowledgement.
@@ -221,7 +228,7 @@ async fn produce_share(
     config: ProducerConfig,
     share: Share,
 ) -> anyhow::Result<Histogram<u64>> {
-    let Share { topic, payload, count, rate, window, stamp } = share;
+    let Share { topic, payload, count, rate, window, stamp, keys } = share;
     let producer = Producer::new(client, config);
     // Acknowledgements are awaited by a task of their own, in send order (the order they
     // complete in, per partition), so each latency is taken when its record is acknowledged.
@@ -241,6 +248,9 @@ async fn produce_share(
             sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
         }
         let mut record = Record::new(&topic).value(payload.clone());
+        if keys > 0 {
+            record = record.key(format!("key-{}", i % keys));
+        }
         if stamp {
             record = record.header("t", Bytes::copy_from_slice(&now_nanos().to_be_bytes()));
         }
@@ -285,7 +295,7 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
         ..ProducerConfig::default()
     };
     line(format!(
-        "produce: {} records of {} bytes to {} ({} partitions), {} producers, acks={:?}, {} in flight per partition, rate={}",
+        "produce: {} records of {} bytes to {} ({} partitions), {} producers, acks={:?}, {} in flight per partition, rate={}, keys={}",
         common.records,
         common.record_size,
         common.topic,
@@ -293,7 +303,8 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
         args.producers,
         args.acks,
         args.max_in_flight,
-        if args.rate == 0 { "unlimited".into() } else { args.rate.to_string() }
+        if args.rate == 0 { "unlimited".into() } else { args.rate.to_string() },
+        if args.keys == 0 { "none".into() } else { args.keys.to_string() }
     ));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -312,6 +323,7 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
                 rate,
                 window: args.window,
                 stamp: false,
+                keys: args.keys,
             },
         )));
     }
@@ -325,7 +337,7 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
         elapsed: started.elapsed(),
         latency_us: Some(latency),
     };
-    summary.print("sent", common.format, json!({"acks": format!("{:?}", args.acks).to_lowercase(), "producers": args.producers, "max_in_flight": args.max_in_flight, "partitions": common.partitions, "record_size": common.record_size}));
+    summary.print("sent", common.format, json!({"acks": format!("{:?}", args.acks).to_lowercase(), "producers": args.producers, "max_in_flight": args.max_in_flight, "partitions": common.partitions, "record_size": common.record_size, "keys": args.keys}));
     drop(cluster);
     Ok(())
 }
@@ -355,6 +367,7 @@ pub(crate) async fn consume(args: &ConsumeArgs) -> anyhow::Result<()> {
                 rate: 0.0,
                 window: 20_000,
                 stamp: false,
+                keys: 0,
             },
         )
         .await?;
@@ -443,7 +456,7 @@ pub(crate) async fn end_to_end(args: &EndToEndArgs) -> anyhow::Result<()> {
         produce_share(
             producer_client,
             config,
-            Share { topic, payload, count: records, rate, window: 100_000, stamp: true },
+            Share { topic, payload, count: records, rate, window: 100_000, stamp: true, keys: 0 },
         )
         .await
     });

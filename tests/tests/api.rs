@@ -632,3 +632,42 @@ async fn lingering_batches_go_out_when_every_request_slot_was_taken() {
     }
     producer.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyless_records_fill_one_partition_batch_at_a_time() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "sticky", 4).await;
+    // A 4 KiB batch holds three 1,000-byte records: a fourth would open a second batch.
+    let config = ProducerConfig {
+        batch_bytes: 4096,
+        linger: Duration::from_secs(1),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config);
+    let mut deliveries = Vec::new();
+    for i in 0..24u32 {
+        let record = Record::new("sticky").value(vec![i as u8; 1000]);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    let mut partitions = Vec::new();
+    for d in deliveries {
+        partitions.push(d.await.unwrap().partition);
+    }
+    producer.close().await.unwrap();
+    // Runs of three (one full batch each), partitions taken in turn from a random first one.
+    let first = partitions[0];
+    let expected: Vec<u32> = (0..24).map(|i| (first + i / 3) % 4).collect();
+    assert_eq!(partitions, expected);
+
+    // Keyed records still go by key, and an explicit partition wins.
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let keyed = producer.send(Record::new("sticky").key("k").value("v")).await.unwrap();
+    let keyed_again = producer.send(Record::new("sticky").key("k").value("w")).await.unwrap();
+    let explicit = producer.send(Record::new("sticky").partition(3).value("x")).await.unwrap();
+    let (keyed, keyed_again) = (keyed.await.unwrap(), keyed_again.await.unwrap());
+    assert_eq!(keyed.partition, crc32c::crc32c(b"k") % 4);
+    assert_eq!(keyed_again.partition, keyed.partition);
+    assert_eq!(explicit.await.unwrap().partition, 3);
+    producer.close().await.unwrap();
+}

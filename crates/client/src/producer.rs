@@ -51,10 +51,12 @@ impl Acks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Partitioner {
     /// CRC-32C of the key modulo the partition count, so one key always lands in one partition
-    /// (and keeps its order); records without a key go round robin.
+    /// (and keeps its order). Records without a key stick to one partition until `batch_bytes`
+    /// of them went there, then move to the next (Kafka's uniform sticky partitioner): full
+    /// batches instead of one record per partition per batch when there are many partitions.
     #[default]
     KeyHash,
-    /// Round robin, whatever the key.
+    /// Record by record round robin, whatever the key.
     RoundRobin,
 }
 
@@ -241,6 +243,11 @@ struct Accumulator {
     queues: HashMap<PartitionKey, PartitionQueue>,
     partition_counts: HashMap<String, u32>,
     round_robin: u32,
+    /// Per topic, the partition keyless records go to until its open batch is full
+    /// (`Partitioner::KeyHash`); then they move to the next partition. Each partition gets
+    /// whole batches, in turn, so an equal share; each producer starts at a random partition so
+    /// that producers do not all fill the same one.
+    sticky: HashMap<String, u32>,
     /// Request tasks report here when a request finished (freeing its slot) and when each of
     /// its batches was answered for good.
     done_tx: mpsc::UnboundedSender<Done>,
@@ -277,6 +284,7 @@ impl Accumulator {
             queues: HashMap::new(),
             partition_counts: HashMap::new(),
             round_robin: 0,
+            sticky: HashMap::new(),
             done_tx,
             done_rx,
             staged: HashMap::new(),
@@ -374,7 +382,13 @@ impl Accumulator {
         }
         match (&record.key, self.config.partitioner) {
             (Some(key), Partitioner::KeyHash) => Ok(crc32c::crc32c(key) % count),
-            _ => {
+            (None, Partitioner::KeyHash) => {
+                let sticky = (self.sticky.entry(record.topic.clone()))
+                    .or_insert_with(|| rand::random::<u32>() % count);
+                // The topic may have fewer partitions than when this one was picked.
+                Ok(*sticky % count)
+            }
+            (_, Partitioner::RoundRobin) => {
                 self.round_robin = self.round_robin.wrapping_add(1);
                 Ok(self.round_robin % count)
             }
@@ -417,10 +431,20 @@ impl Accumulator {
         }
         let queue = self.queues.get_mut(&key).expect("the queue was just used");
         let batch = queue.batches.back_mut().expect("a batch is open");
+        let before = batch.builder.size();
         batch.builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
+        let size = batch.builder.size() - before;
         batch.waiters.push(waiter);
         let (full, deadline) = (batch.builder.size() >= limit, batch.deadline);
+        let next_opens_batch = batch.builder.size() + size > limit;
         let sealed = queue.batches.len() > 1;
+        if next_opens_batch && self.is_sticky(&record) {
+            // The next record like this one would open a new batch: the next partition gets it.
+            let count = self.partition_counts.get(&record.topic).copied().unwrap_or(1);
+            if let Some(sticky) = self.sticky.get_mut(&record.topic) {
+                *sticky = (partition + 1) % count;
+            }
+        }
         // A batch due now (no linger) goes at once if it may: left to the linger timer it would
         // wait for the timer's next millisecond tick. One that may not waits for an answer,
         // which looks at its partition again.
@@ -430,6 +454,13 @@ impl Accumulator {
         if full || sealed || sendable_now {
             self.send_ready_for(&key);
         }
+    }
+
+    /// Whether `record` went to its topic's sticky partition (it has no key or partition).
+    fn is_sticky(&self, record: &Record) -> bool {
+        record.partition.is_none()
+            && record.key.is_none()
+            && self.config.partitioner == Partitioner::KeyHash
     }
 
     /// Whether another request may start (the `max_requests_in_flight` bound).
