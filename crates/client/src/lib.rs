@@ -2,8 +2,8 @@
 //!
 //! - [`Client`]: a connection to a cluster, shared by everything else (cheap to clone).
 //! - [`Producer`]: batches records per partition (linger, batch size), picks partitions (key
-//!   hash, round robin or explicit), retries retriable failures with backoff, and resolves a
-//!   future per record with its offset.
+//!   hash; keyless records fill one partition's batch at a time; round robin or explicit),
+//!   retries retriable failures with backoff, and resolves a future per record with its offset.
 //! - [`Consumer`]: reads assigned partitions or joins a consumer group (server-side
 //!   assignment), with seek, pause/resume, auto or manual commit, and a bounded prefetch.
 //! - [`Admin`]: topics, groups and offset resets, as the `strata` CLI uses them.
