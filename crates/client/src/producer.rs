@@ -9,12 +9,13 @@
 //! producer's batches in sequence order whatever order the requests arrive in, so batches (and
 //! their retries) land in the order the records were sent.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use strata_record::{BatchBuilder, Compression, Offset, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -204,6 +205,10 @@ struct PartitionQueue {
     /// of order, and fail too).
     producer_id: i64,
     next_sequence: i32,
+    /// Bytes of the last batch sent. The next batch gets room for as much at once: a partition
+    /// streaming full batches then never regrows its buffer (each doubling copied all the
+    /// records so far, a second copy of every byte with 1 MiB batches).
+    last_batch_bytes: usize,
 }
 
 impl Default for PartitionQueue {
@@ -216,6 +221,7 @@ impl Default for PartitionQueue {
             restart_pending: false,
             producer_id: fresh_producer_id(),
             next_sequence: 0,
+            last_batch_bytes: 0,
         }
     }
 }
@@ -382,12 +388,15 @@ impl Accumulator {
         }
         match (&record.key, self.config.partitioner) {
             (Some(key), Partitioner::KeyHash) => Ok(crc32c::crc32c(key) % count),
-            (None, Partitioner::KeyHash) => {
-                let sticky = (self.sticky.entry(record.topic.clone()))
-                    .or_insert_with(|| rand::random::<u32>() % count);
+            (None, Partitioner::KeyHash) => match self.sticky.get(&record.topic) {
                 // The topic may have fewer partitions than when this one was picked.
-                Ok(*sticky % count)
-            }
+                Some(&sticky) => Ok(sticky % count),
+                None => {
+                    let first = rand::random::<u32>() % count;
+                    self.sticky.insert(record.topic.clone(), first);
+                    Ok(first)
+                }
+            },
             (_, Partitioner::RoundRobin) => {
                 self.round_robin = self.round_robin.wrapping_add(1);
                 Ok(self.round_robin % count)
@@ -403,25 +412,27 @@ impl Accumulator {
                 return;
             }
         };
-        let key = (record.topic.clone(), partition);
-        let timestamp = record.timestamp.unwrap_or_else(Timestamp::now);
+        let sticky = self.is_sticky(&record);
+        let Record { topic, key: record_key, value, headers, timestamp, .. } = record;
+        let (record_key, value) = (record_key.as_deref(), value.as_deref());
+        let key = (topic, partition);
+        let now = Instant::now();
+        let timestamp = timestamp.unwrap_or_else(Timestamp::now);
         let headers: Vec<(&str, Option<&[u8]>)> =
-            record.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
         let (linger, limit) = (self.config.linger, self.config.batch_bytes);
-        let queue = self.queues.entry(key.clone()).or_default();
+        if !self.queues.contains_key(&key) {
+            self.queues.insert(key.clone(), PartitionQueue::default());
+        }
+        let queue = self.queues.get_mut(&key).expect("the queue was just made");
         let fits = queue.batches.back().is_some_and(|b| {
-            let size = b.builder.record_size(
-                timestamp,
-                record.key.as_deref(),
-                record.value.as_deref(),
-                &headers,
-            );
+            let size = b.builder.record_size(timestamp, record_key, value, &headers);
             b.builder.size() + size <= limit
         });
         if !fits {
-            let deadline = Instant::now() + linger;
+            let deadline = now + linger;
             queue.batches.push_back(Batch {
-                builder: BatchBuilder::new(),
+                builder: BatchBuilder::with_capacity(queue.last_batch_bytes.min(limit)),
                 waiters: Vec::new(),
                 deadline,
             });
@@ -429,28 +440,26 @@ impl Accumulator {
                 self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
             }
         }
-        let queue = self.queues.get_mut(&key).expect("the queue was just used");
         let batch = queue.batches.back_mut().expect("a batch is open");
         let before = batch.builder.size();
-        batch.builder.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
+        batch.builder.push(timestamp, record_key, value, &headers);
         let size = batch.builder.size() - before;
         batch.waiters.push(waiter);
         let (full, deadline) = (batch.builder.size() >= limit, batch.deadline);
         let next_opens_batch = batch.builder.size() + size > limit;
         let sealed = queue.batches.len() > 1;
-        if next_opens_batch && self.is_sticky(&record) {
-            // The next record like this one would open a new batch: the next partition gets it.
-            let count = self.partition_counts.get(&record.topic).copied().unwrap_or(1);
-            if let Some(sticky) = self.sticky.get_mut(&record.topic) {
-                *sticky = (partition + 1) % count;
-            }
-        }
         // A batch due now (no linger) goes at once if it may: left to the linger timer it would
         // wait for the timer's next millisecond tick. One that may not waits for an answer,
         // which looks at its partition again.
-        let now = Instant::now();
         let sendable_now =
             deadline <= now && self.queues.get(&key).is_some_and(|q| self.can_send(&key, q, now));
+        if next_opens_batch && sticky {
+            // The next record like this one would open a new batch: the next partition gets it.
+            let count = self.partition_counts.get(&key.0).copied().unwrap_or(1);
+            if let Some(sticky) = self.sticky.get_mut(&key.0) {
+                *sticky = (partition + 1) % count;
+            }
+        }
         if full || sealed || sendable_now {
             self.send_ready_for(&key);
         }
@@ -622,6 +631,7 @@ impl Accumulator {
     fn send_first(&mut self, key: PartitionKey) {
         let Some(queue) = self.queues.get_mut(&key) else { return };
         let Some(mut batch) = queue.batches.pop_front() else { return };
+        queue.last_batch_bytes = batch.builder.size();
         if queue.restart_pending {
             queue.producer_id = fresh_producer_id();
             queue.next_sequence = 0;
