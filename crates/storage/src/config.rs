@@ -65,7 +65,8 @@ impl LogConfig {
                 self.segment_bytes
             ));
         }
-        // Index files are preallocated for a full segment: a tiny interval would make them huge.
+        // An active index holds a full segment's entries in memory: a tiny interval would make
+        // it huge.
         if !(64..=self.segment_bytes).contains(&self.index_interval_bytes) {
             return bad(format!(
                 "index_interval_bytes {} not in [64, segment_bytes]",

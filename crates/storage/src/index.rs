@@ -1,19 +1,21 @@
-//! Sparse offset and time indexes of a segment, each a memory-mapped file of fixed-size entries.
+//! Sparse offset and time indexes of a segment, each a file of fixed-size entries: mapped
+//! read-only once the segment is sealed, kept in memory while it is active.
 //!
 //! Offset index entry (8 bytes): `relative base offset u32 BE, file position u32 BE` of a batch.
 //! Time index entry (12 bytes): `max timestamp so far i64 BE, relative last offset u32 BE`:
 //! every record at or before that offset has a timestamp at most that value.
 //!
-//! Both are rebuilt from the log whenever they cannot be trusted, so they are flushed on seal and
-//! close but never fsynced on the append path.
+//! Both are rebuilt from the log whenever they cannot be trusted, so they are written and fsynced
+//! on seal and close, never on the append path.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::Mmap;
 
 use crate::error::{IoContext, Result};
-use crate::mmap::{map_index, map_index_mut};
+use crate::mmap::map_index;
 
 pub(crate) const OFFSET_ENTRY_LEN: usize = 8;
 pub(crate) const TIME_ENTRY_LEN: usize = 12;
@@ -110,86 +112,77 @@ pub(crate) fn time_index_is_sane(entries: &[u8], max_relative: u64) -> bool {
     true
 }
 
-/// The index of the active segment: a preallocated file mapped read-write.
+/// The index of the active segment. Its entries live in memory and reach the file when the
+/// segment is sealed (roll, clean close); after a crash the active segment is scanned and its
+/// indexes rebuilt, so its index files are never trusted before a seal. Entries written
+/// through a shared map of the file were dirty pages of their own: every `syncfs` round of
+/// the node-wide group commit wrote them back, and the next entry on a cleaned page took a
+/// write fault (with 1,000 partitions: rounds several times slower, `docs/benchmarks.md`).
 #[derive(Debug)]
 pub(crate) struct WritableIndex {
     path: PathBuf,
-    // No file handle is kept: the map needs none, and a partition then holds open only its
-    // active log file and its lock (the file is reopened by path to seal the index).
-    map: MmapMut,
-    used: usize,
+    entries: Vec<u8>,
+    /// Most bytes of entries the index may hold (a full index makes the segment roll).
+    capacity: usize,
     entry_len: usize,
 }
 
 impl WritableIndex {
-    /// Opens (creating if needed) the index at `path` for `capacity` entries, keeping the first
-    /// `keep` entries already in the file and discarding the rest.
+    /// Opens the index at `path` for `capacity` entries, keeping the first `keep` entries
+    /// already in the file (which must hold them) and discarding the rest.
     pub(crate) fn open(
         path: &Path,
         entry_len: usize,
         capacity: usize,
         keep: usize,
     ) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .at(path)?;
-        let used = keep * entry_len;
-        let len = (capacity.max(keep) * entry_len) as u64;
-        // Zero what is past the kept entries so a stale tail can never be read as entries.
-        file.set_len(used as u64).at(path)?;
-        file.set_len(len).at(path)?;
-        let map = map_index_mut(&file, len as usize).at(path)?;
-        Ok(WritableIndex { path: path.to_owned(), map, used, entry_len })
+        let file = OpenOptions::new().read(true).write(true).open(path).at(path)?;
+        let mut entries = vec![0; keep * entry_len];
+        file.read_exact_at(&mut entries, 0).at(path)?;
+        // The file keeps only what is in memory: a stale tail could never be read as entries.
+        file.set_len(entries.len() as u64).at(path)?;
+        let capacity = capacity.max(keep) * entry_len;
+        Ok(WritableIndex { path: path.to_owned(), entries, capacity, entry_len })
     }
 
-    /// Writes a new, empty index of `capacity` entries to a temporary file and renames it to
-    /// `path`: whatever map of the previous file exists keeps the old inode.
+    /// Starts a new, empty index: an empty file is written under a temporary name and renamed
+    /// to `path`, so whatever map of a previous file exists keeps the old inode.
     pub(crate) fn create_new(path: &Path, entry_len: usize, capacity: usize) -> Result<Self> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .at(&tmp)?;
-        let len = capacity * entry_len;
-        file.set_len(len as u64).at(&tmp)?;
+        File::create(&tmp).at(&tmp)?;
         std::fs::rename(&tmp, path).at(path)?;
-        let map = map_index_mut(&file, len).at(path)?;
-        Ok(WritableIndex { path: path.to_owned(), map, used: 0, entry_len })
+        Ok(WritableIndex {
+            path: path.to_owned(),
+            entries: Vec::new(),
+            capacity: capacity * entry_len,
+            entry_len,
+        })
     }
 
     pub(crate) fn entries(&self) -> &[u8] {
-        &self.map[..self.used]
+        &self.entries
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.used + self.entry_len > self.map.len()
+        self.entries.len() + self.entry_len > self.capacity
     }
 
     /// Appends an entry; the caller checked `is_full` (a full index makes the segment roll).
     pub(crate) fn push(&mut self, entry: &[u8]) {
         debug_assert_eq!(entry.len(), self.entry_len);
-        self.map[self.used..self.used + self.entry_len].copy_from_slice(entry);
-        self.used += self.entry_len;
+        self.entries.extend_from_slice(entry);
     }
 
-    /// Writes the entries back, trims the file to them, fsyncs, and reopens it read-only.
+    /// Writes the entries to the file, trims it to them, fsyncs, and maps it read-only.
     pub(crate) fn seal(self) -> Result<ReadOnlyIndex> {
-        let WritableIndex { path, map, used, .. } = self;
-        map.flush().at(&path)?;
-        drop(map);
+        let WritableIndex { path, entries, .. } = self;
         let file = OpenOptions::new().read(true).write(true).open(&path).at(&path)?;
-        file.set_len(used as u64).at(&path)?;
+        file.write_all_at(&entries, 0).at(&path)?;
+        file.set_len(entries.len() as u64).at(&path)?;
         file.sync_all().at(&path)?;
-        let map = map_index(&file, used).at(&path)?;
+        let map = map_index(&file, entries.len()).at(&path)?;
         Ok(ReadOnlyIndex { map })
     }
 }

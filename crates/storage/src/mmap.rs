@@ -13,16 +13,18 @@
 //!    a mapped log file: it writes the kept prefix to a new file and renames it over the old
 //!    name, so existing maps keep the old inode, unchanged, until their last `Bytes` drops.
 //!    Recovery cuts a torn tail only before any map of the file escapes the scan.
-//! 3. **Index maps are private to their segment.** Readers borrow index entries only while
-//!    holding the log's lock; an index file is shrunk only after its writable map was dropped,
-//!    and rebuilt indexes are new files renamed into place.
+//! 3. **Index maps are read-only and private to their segment.** Only sealed segments' indexes
+//!    are mapped (the active segment keeps its entries in memory). Readers borrow index entries
+//!    only while holding the log's lock; an index file is written or shrunk only while no map
+//!    of it exists (reopening an active segment drops its read-only maps first), and rebuilt
+//!    indexes are new files renamed into place.
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
 
 use bytes::Bytes;
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{Mmap, MmapOptions};
 
 /// A read-only map of a log file. Reads slice batches out of it as `Bytes` without copying.
 #[derive(Debug, Clone, Default)]
@@ -67,10 +69,4 @@ pub(crate) fn map_index(file: &File, len: usize) -> io::Result<Option<Mmap>> {
     // map before it shrinks or rewrites the file.
     let map = unsafe { MmapOptions::new().len(len).map(file)? };
     Ok(Some(map))
-}
-
-/// Maps an index file of `len` bytes read-write for appending entries.
-pub(crate) fn map_index_mut(file: &File, len: usize) -> io::Result<MmapMut> {
-    // SAFETY: invariants 1 and 3, as for `map_index`; the file has been extended to `len`.
-    unsafe { MmapOptions::new().len(len).map_mut(file) }
 }

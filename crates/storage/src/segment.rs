@@ -286,7 +286,7 @@ impl ActiveSegment {
             0 => i64::MIN,
             n => time_entry(times.entries(), n - 1).0,
         };
-        // The writable maps below reopen these files; the read-only maps go first (mmap.rs).
+        // The files are read and trimmed below; the read-only maps go first (mmap.rs).
         drop((offsets, times));
         let mut segment =
             Self::with_file(dir, base, file, log_path, config, Some((kept_offsets, kept_times)))?;

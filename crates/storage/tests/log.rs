@@ -389,3 +389,34 @@ fn without_a_checkpoint_only_the_last_segments_are_scanned() {
     assert!(matches!(log.read(Offset(0), 1), Err(StorageError::Corrupt { .. })));
     assert_eq!(log.read(Offset(40), usize::MAX).unwrap().len(), 20);
 }
+
+#[test]
+fn the_active_index_reaches_its_files_only_when_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 1 << 20, ..small_config() };
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    for i in 0..20 {
+        log.append(&batch(2, 150, i)).unwrap();
+    }
+    // Entries stay in memory while the segment is active: no dirty index pages for a
+    // filesystem-wide sync to write back.
+    let index = segment_files(dir.path(), "index").pop().unwrap();
+    let time_index = segment_files(dir.path(), "timeindex").pop().unwrap();
+    assert_eq!(fs::metadata(&index).unwrap().len(), 0);
+    assert_eq!(fs::metadata(&time_index).unwrap().len(), 0);
+    assert_eq!(log.offset_for_time(Timestamp(12)).unwrap(), Some(Offset(23)));
+    log.close().unwrap();
+    // A clean close writes them out whole; the next open trusts them and appends after them.
+    let entries = fs::metadata(&index).unwrap().len();
+    assert!(entries > 0 && entries % 8 == 0, "{entries} bytes of offset index");
+    assert!(fs::metadata(&time_index).unwrap().len() > 0);
+    let log = Log::open(dir.path(), config).unwrap();
+    assert_eq!(log.end_offset(), Offset(40));
+    log.append(&batch(2, 150, 20)).unwrap();
+    assert_eq!(fs::metadata(&index).unwrap().len(), entries, "new entries stay in memory");
+    assert_eq!(log.offset_for_time(Timestamp(12)).unwrap(), Some(Offset(23)));
+    assert_eq!(log.offset_for_time(Timestamp(21)).unwrap(), Some(Offset(41)));
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!(log.read(Offset(40), 1).unwrap().len(), 1);
+}
