@@ -638,7 +638,7 @@ async fn keyless_records_fill_one_partition_batch_at_a_time() {
     let server = Server::start();
     let client = Client::connect(&[server.brokers()]).await.unwrap();
     create_topic(&client, "sticky", 4).await;
-    // A 4 KiB batch holds three 1,000-byte records: a fourth would open a second batch.
+    // A 4 KiB batch holds three 1,200-byte records: a fourth would open a second batch.
     let config = ProducerConfig {
         batch_bytes: 4096,
         linger: Duration::from_secs(1),
@@ -647,7 +647,7 @@ async fn keyless_records_fill_one_partition_batch_at_a_time() {
     let producer = Producer::new(client.clone(), config);
     let mut deliveries = Vec::new();
     for i in 0..24u32 {
-        let record = Record::new("sticky").value(vec![i as u8; 1000]);
+        let record = Record::new("sticky").value(vec![i as u8; 1200]);
         deliveries.push(producer.send(record).await.unwrap());
     }
     let mut partitions = Vec::new();
@@ -659,6 +659,19 @@ async fn keyless_records_fill_one_partition_batch_at_a_time() {
     let first = partitions[0];
     let expected: Vec<u32> = (0..24).map(|i| (first + i / 3) % 4).collect();
     assert_eq!(partitions, expected);
+
+    // A batch that leaves before it is full (here: linger 0, one record at a time) moves the
+    // sticky partition on too, so a slow producer still spreads its records.
+    let config = ProducerConfig { linger: Duration::ZERO, ..ProducerConfig::default() };
+    let producer = Producer::new(client.clone(), config);
+    let mut slow = Vec::new();
+    for i in 0..8u32 {
+        let record = Record::new("sticky").value(format!("slow-{i}"));
+        slow.push(producer.send(record).await.unwrap().await.unwrap().partition);
+    }
+    producer.close().await.unwrap();
+    let expected: Vec<u32> = (0..8).map(|i| (slow[0] + i) % 4).collect();
+    assert_eq!(slow, expected, "one record per batch, partitions in turn");
 
     // Keyed records still go by key, and an explicit partition wins.
     let producer = Producer::new(client.clone(), ProducerConfig::default());

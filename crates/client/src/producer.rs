@@ -52,9 +52,9 @@ impl Acks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Partitioner {
     /// CRC-32C of the key modulo the partition count, so one key always lands in one partition
-    /// (and keeps its order). Records without a key stick to one partition until `batch_bytes`
-    /// of them went there, then move to the next (Kafka's uniform sticky partitioner): full
-    /// batches instead of one record per partition per batch when there are many partitions.
+    /// (and keeps its order). Records without a key stick to one partition until its batch is
+    /// full or sent, then move to the next (Kafka's sticky partitioner): whole batches instead
+    /// of one record per partition per batch when there are many partitions.
     #[default]
     KeyHash,
     /// Record by record round robin, whatever the key.
@@ -249,10 +249,10 @@ struct Accumulator {
     queues: HashMap<PartitionKey, PartitionQueue>,
     partition_counts: HashMap<String, u32>,
     round_robin: u32,
-    /// Per topic, the partition keyless records go to until its open batch is full
-    /// (`Partitioner::KeyHash`); then they move to the next partition. Each partition gets
-    /// whole batches, in turn, so an equal share; each producer starts at a random partition so
-    /// that producers do not all fill the same one.
+    /// Per topic, the partition keyless records go to until its open batch is full or sent
+    /// (`Partitioner::KeyHash`); then they move to the next partition. Partitions get batches
+    /// in turn; each producer starts at a random partition so that producers do not all fill
+    /// the same one.
     sticky: HashMap<String, u32>,
     /// Request tasks report here when a request finished (freeing its slot) and when each of
     /// its batches was answered for good.
@@ -631,7 +631,16 @@ impl Accumulator {
     fn send_first(&mut self, key: PartitionKey) {
         let Some(queue) = self.queues.get_mut(&key) else { return };
         let Some(mut batch) = queue.batches.pop_front() else { return };
-        queue.last_batch_bytes = batch.builder.size();
+        queue.last_batch_bytes = batch.builder.size() - strata_record::BATCH_HEADER_LEN;
+        if queue.batches.is_empty()
+            && let Some(sticky) = self.sticky.get_mut(&key.0)
+            && *sticky == key.1
+        {
+            // The sticky partition's open batch left before it filled (linger, flush, linger
+            // 0): keyless records move on, or a slow producer would feed one partition forever.
+            let count = self.partition_counts.get(&key.0).copied().unwrap_or(1);
+            *sticky = (key.1 + 1) % count;
+        }
         if queue.restart_pending {
             queue.producer_id = fresh_producer_id();
             queue.next_sequence = 0;
