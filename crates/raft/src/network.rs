@@ -19,17 +19,19 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{Raft, RaftTypeConfig};
+use openraft::{EntryPayload, Raft, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strata_proto::internal::raft_client::RaftClient;
 use strata_proto::internal::raft_server::{Raft as RaftService, RaftServer};
-use strata_proto::internal::{RaftReply, RaftRequest};
+use strata_proto::internal::{RaftBatchesRequest, RaftReply, RaftRequest};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::controller::{MetaCommand, MetaResult};
-use crate::types::{CONTROLLER_GROUP, ControllerTc, GroupId, Node, NodeId, PartitionTc};
+use crate::types::{
+    CONTROLLER_GROUP, ControllerTc, DetachBytes, GroupId, Node, NodeId, PartitionTc,
+};
 
 /// Largest replication message: a 64 MiB batch plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
@@ -113,11 +115,54 @@ where
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Call {
     Append,
+    /// AppendEntries whose normal entries' batches were taken out, in entry order.
+    AppendBatches(Vec<Bytes>),
     Vote,
     Snapshot,
+}
+
+/// Takes the batch out of every normal entry, in order (see [`DetachBytes`]).
+fn detach_batches<C>(entries: &mut [openraft::Entry<C>]) -> Vec<Bytes>
+where
+    C: RaftTypeConfig,
+    C::D: DetachBytes,
+{
+    let mut batches = Vec::new();
+    for entry in entries {
+        if let EntryPayload::Normal(data) = &mut entry.payload
+            && let Some(batch) = data.detach()
+        {
+            batches.push(batch);
+        }
+    }
+    batches
+}
+
+/// Puts each batch back into its normal entry; every entry must get one and every batch must
+/// find one.
+fn attach_batches<C>(entries: &mut [openraft::Entry<C>], batches: Vec<Bytes>) -> Result<(), Status>
+where
+    C: RaftTypeConfig,
+    C::D: DetachBytes,
+{
+    let mut batches = batches.into_iter();
+    for entry in entries {
+        if let EntryPayload::Normal(data) = &mut entry.payload {
+            let batch = batches.next().ok_or_else(|| {
+                Status::invalid_argument("AppendBatches has fewer batches than normal entries")
+            })?;
+            data.attach(batch);
+        }
+    }
+    match batches.next() {
+        Some(_) => {
+            Err(Status::invalid_argument("AppendBatches has more batches than normal entries"))
+        }
+        None => Ok(()),
+    }
 }
 
 impl<C> GroupClient<C>
@@ -140,12 +185,21 @@ where
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
         };
         let payload = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = Request::new(RaftRequest { group_id: self.group, payload });
-        request.set_timeout(option.hard_ttl());
+        let group_id = self.group;
+        let request = |payload| {
+            let mut request = Request::new(RaftRequest { group_id, payload });
+            request.set_timeout(option.hard_ttl());
+            request
+        };
         let reply = match kind {
-            Call::Append => client.append_entries(request).await,
-            Call::Vote => client.vote(request).await,
-            Call::Snapshot => client.install_snapshot(request).await,
+            Call::Append => client.append_entries(request(payload)).await,
+            Call::AppendBatches(batches) => {
+                let mut request = Request::new(RaftBatchesRequest { group_id, payload, batches });
+                request.set_timeout(option.hard_ttl());
+                client.append_batches(request).await
+            }
+            Call::Vote => client.vote(request(payload)).await,
+            Call::Snapshot => client.install_snapshot(request(payload)).await,
         };
         let reply = reply.map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
         let result: Result<Resp, RaftError<NodeId, E>> =
@@ -157,16 +211,19 @@ where
 
 impl<C> RaftNetwork<C> for GroupClient<C>
 where
-    C: RaftTypeConfig<NodeId = NodeId, Node = Node>,
+    C: RaftTypeConfig<NodeId = NodeId, Node = Node, Entry = openraft::Entry<C>>,
+    C::D: DetachBytes,
     AppendEntriesRequest<C>: Serialize,
     InstallSnapshotRequest<C>: Serialize,
 {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<C>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(Call::Append, &rpc, &option).await
+        let batches = detach_batches(&mut rpc.entries);
+        let kind = if batches.is_empty() { Call::Append } else { Call::AppendBatches(batches) };
+        self.call(kind, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -299,6 +356,23 @@ impl RaftService for RouterService {
         }
     }
 
+    async fn append_batches(
+        &self,
+        request: Request<RaftBatchesRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let RaftBatchesRequest { group_id, payload, batches } = request.into_inner();
+        match self.0.group(group_id)? {
+            GroupHandle::Partition(raft) => {
+                let mut rpc: AppendEntriesRequest<PartitionTc> = decode(&payload)?;
+                attach_batches(&mut rpc.entries, batches)?;
+                reply(&raft.append_entries(rpc).await)
+            }
+            GroupHandle::Controller(_) => {
+                Err(Status::invalid_argument("the controller's entries carry no batches"))
+            }
+        }
+    }
+
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let request = request.into_inner();
         let rpc: VoteRequest<NodeId> = decode(&request.payload)?;
@@ -349,5 +423,49 @@ impl RaftService for RouterService {
             Ok(response) => reply::<MetaResult>(&response.data),
             Err(e) => Err(Status::unavailable(format!("not the controller leader: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, LogId};
+
+    use super::*;
+    use crate::types::Batch;
+
+    fn entry(index: u64, payload: EntryPayload<PartitionTc>) -> Entry<PartitionTc> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload }
+    }
+
+    fn normal(bytes: &'static [u8]) -> EntryPayload<PartitionTc> {
+        EntryPayload::Normal(Batch(Bytes::from_static(bytes)))
+    }
+
+    #[test]
+    fn batches_travel_beside_the_payload_and_come_back_in_order() {
+        let mut entries = vec![
+            entry(1, EntryPayload::Blank),
+            entry(2, normal(b"first-batch")),
+            entry(3, normal(b"second-batch")),
+        ];
+        let original = format!("{entries:?}");
+        let batches = detach_batches(&mut entries);
+        assert_eq!(batches, [&b"first-batch"[..], &b"second-batch"[..]]);
+        // What postcard encodes no longer holds the batches.
+        let wire = postcard::to_stdvec(&entries).unwrap();
+        assert!(!wire.windows(5).any(|w| w == b"batch"), "{wire:?}");
+        let mut decoded: Vec<Entry<PartitionTc>> = postcard::from_bytes(&wire).unwrap();
+        attach_batches(&mut decoded, batches.clone()).unwrap();
+        assert_eq!(format!("{decoded:?}"), original);
+
+        // Every normal entry needs a batch and every batch an entry.
+        let mut short: Vec<Entry<PartitionTc>> = postcard::from_bytes(&wire).unwrap();
+        let err = attach_batches(&mut short, batches[..1].to_vec()).unwrap_err();
+        assert!(err.message().contains("fewer"), "{err:?}");
+        let mut long: Vec<Entry<PartitionTc>> = postcard::from_bytes(&wire).unwrap();
+        let mut extra = batches.clone();
+        extra.push(Bytes::from_static(b"stray"));
+        let err = attach_batches(&mut long, extra).unwrap_err();
+        assert!(err.message().contains("more"), "{err:?}");
     }
 }

@@ -49,6 +49,32 @@ openraft::declare_raft_types!(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch(pub Bytes);
 
+/// How an entry's payload crosses the network. A partition entry's record batch travels
+/// beside the postcard-encoded request, as its own protobuf bytes field: postcard would copy
+/// it into the request at the leader and out of it at the follower.
+pub trait DetachBytes {
+    /// Takes the payload's batch out, leaving an empty one; `None` if it carries none.
+    fn detach(&mut self) -> Option<Bytes>;
+    /// Puts back what `detach` took.
+    fn attach(&mut self, bytes: Bytes);
+}
+
+impl DetachBytes for Batch {
+    fn detach(&mut self) -> Option<Bytes> {
+        Some(std::mem::take(&mut self.0))
+    }
+    fn attach(&mut self, bytes: Bytes) {
+        self.0 = bytes;
+    }
+}
+
+impl DetachBytes for MetaCommand {
+    fn detach(&mut self) -> Option<Bytes> {
+        None
+    }
+    fn attach(&mut self, _bytes: Bytes) {}
+}
+
 /// Where an applied batch landed: its offsets, dense and gap-free whatever Raft indexes it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Appended {
