@@ -428,6 +428,8 @@ impl RaftService for RouterService {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use openraft::{CommittedLeaderId, Entry, LogId};
 
     use super::*;
@@ -443,10 +445,12 @@ mod tests {
 
     #[test]
     fn batches_travel_beside_the_payload_and_come_back_in_order() {
+        let membership = openraft::Membership::new(vec![BTreeSet::from([1, 2, 3])], None);
         let mut entries = vec![
             entry(1, EntryPayload::Blank),
             entry(2, normal(b"first-batch")),
-            entry(3, normal(b"second-batch")),
+            entry(3, EntryPayload::Membership(membership)),
+            entry(4, normal(b"second-batch")),
         ];
         let original = format!("{entries:?}");
         let batches = detach_batches(&mut entries);
