@@ -190,7 +190,22 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::
                     (8 * 1024 * 1024).to_string(),
                 )]),
             };
-            admin.create_topic(spec).await.map(|_| ()).context("creating the benchmark topic")
+            let created = admin.create_topic(spec).await.map(|_| ());
+            // A cluster may take longer than the server's wait to elect leaders for many
+            // partitions (1,000 at RF 3): the topic exists, its leaders come a little later.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                let led = admin.describe_topic(topic).await.is_ok_and(|d| {
+                    d.partitions.len() as u32 == partitions
+                        && d.partitions.iter().all(|p| p.leader != 0)
+                });
+                if led {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            created.context("creating the benchmark topic")?;
+            bail!("topic {topic}: not every partition had a leader within 60 s")
         }
     }
 }
