@@ -2,7 +2,8 @@
 //!
 //! Per-group Raft heartbeats cost a core at 1,000 idle partitions, so partition groups send
 //! them only once a second and never start elections on their own timers. Instead each node
-//! pings every peer every 100 ms over the shared channel; when a peer has not answered for
+//! pings every peer every 100 ms, over a connection of its own (replication traffic queued on
+//! the shared channel would delay the pings of a busy peer); when a peer has not answered for
 //! [`DEAD_AFTER`], this node stands for election (after a per-group random delay, so the
 //! followers of a group rarely split the vote) in every group whose leader is that peer, that
 //! has no leader, or whose leader left the group (a replica move). When a peer answers again,

@@ -140,7 +140,9 @@ impl RaftNode {
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(crate::liveness::run(
             id,
-            peers.clone(),
+            // A connection of its own per peer: a ping queued behind replication traffic on
+            // the shared one could miss its deadline and make a busy peer look dead.
+            Peers::new(),
             router.clone(),
             controller_sm.clone(),
             stop.clone(),
