@@ -195,14 +195,17 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::
             // partitions (1,000 at RF 3): the topic exists, its leaders come a little later.
             let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
-                let led = admin.describe_topic(topic).await.is_ok_and(|d| {
-                    d.partitions.len() as u32 == partitions
-                        && d.partitions.iter().all(|p| p.leader != 0)
-                });
-                if led {
-                    return Ok(());
+                match admin.describe_topic(topic).await {
+                    Ok(d)
+                        if d.partitions.len() as u32 == partitions
+                            && d.partitions.iter().all(|p| p.leader != 0) =>
+                    {
+                        return Ok(());
+                    }
+                    // Refused outright (the topic is not there): nothing to wait for.
+                    Err(_) if created.is_err() => break,
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             created.context("creating the benchmark topic")?;
             bail!("topic {topic}: not every partition had a leader within 60 s")
