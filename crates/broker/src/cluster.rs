@@ -438,13 +438,18 @@ impl Cluster {
         self.node.propose(command, ADMIN_TIMEOUT).await.map_err(replication)?.map_err(meta_error)
     }
 
-    /// Waits, bounded, until `done` holds for this node's topics.
-    async fn wait_for(&self, what: &str, done: impl Fn(&Topics) -> bool) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    /// Waits, at most `limit`, until `done` holds for this node's topics.
+    async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Topics) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
         while !done(&self.topics) {
             if tokio::time::Instant::now() >= deadline {
                 return Err(BrokerError::Replication(format!(
-                    "the change was accepted but {what} did not happen within {ADMIN_TIMEOUT:?}"
+                    "the change was accepted but {what} did not happen within {limit:?}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -499,8 +504,10 @@ impl Cluster {
             created_ms: Timestamp::now().0,
         })
         .await?;
-        // Every partition has a leader that the cluster knows of, here or on its replicas.
-        self.wait_for("its partitions to elect leaders", |t| {
+        // Every partition has a leader that the cluster knows of, here or on its replicas. Each
+        // group holds its own election: 1,000 of them at RF 3 took 4-15 s on 2 cores.
+        let limit = ADMIN_TIMEOUT + Duration::from_millis(20) * partitions;
+        self.wait_for("its partitions to elect leaders", limit, |t| {
             let metadata = self.metadata();
             t.get(name).is_ok_and(|topic| {
                 let Some(assignment) = metadata.topics.get(name) else { return false };
@@ -518,7 +525,7 @@ impl Cluster {
 
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.propose(MetaCommand::DeleteTopic { name: name.to_owned() }).await?;
-        self.wait_for("removing it", |t| t.get(name).is_err()).await
+        self.wait_for("removing it", ADMIN_TIMEOUT, |t| t.get(name).is_err()).await
     }
 
     pub async fn alter_topic(
@@ -534,7 +541,7 @@ impl Cluster {
             config: config.to_map().into_iter().collect(),
         })
         .await?;
-        self.wait_for("applying it", |t| {
+        self.wait_for("applying it", ADMIN_TIMEOUT, |t| {
             t.get(name).is_ok_and(|topic| topic.meta().config == wanted)
         })
         .await?;
