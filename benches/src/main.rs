@@ -10,10 +10,8 @@ mod storage;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// mimalloc keeps freed memory for reuse. With glibc's malloc every large request buffer (a
-/// 1 MiB produce request, a fetch answer) was fresh `mmap`ed memory, faulted in, zeroed and
-/// unmapped again: about a fifth of the broker's CPU when producing 1 MiB batches. `main` turns
-/// transparent huge pages off (see there).
+/// The same allocator, without transparent huge pages, as `strata` (see `crates/cli/src/main.rs`):
+/// the client side of a benchmark pays what the broker's side pays.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -44,9 +42,6 @@ enum Mode {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // mimalloc asks for transparent huge pages for its arenas. The first touch of one zeroes
-    // 2 MiB (and may compact memory first): 3-node end-to-end p99 went from 9 to 20-80 ms.
-    // Small pages keep the tail flat; losing the flag only costs that tail.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     match cli.mode {
         Mode::Storage(args) => storage::run(&args),

@@ -455,13 +455,25 @@ impl Accumulator {
             deadline <= now && self.queues.get(&key).is_some_and(|q| self.can_send(&key, q, now));
         if next_opens_batch && sticky {
             // The next record like this one would open a new batch: the next partition gets it.
-            let count = self.partition_counts.get(&key.0).copied().unwrap_or(1);
-            if let Some(sticky) = self.sticky.get_mut(&key.0) {
-                *sticky = (partition + 1) % count;
-            }
+            Self::move_sticky_on(&mut self.sticky, &self.partition_counts, &key);
         }
         if full || sealed || sendable_now {
             self.send_ready_for(&key);
+        }
+    }
+
+    /// Sends the topic's keyless records on to the next partition, if `key` is the one they go
+    /// to now. (Takes the two maps, not `self`, so a caller may hold a queue meanwhile.)
+    fn move_sticky_on(
+        sticky: &mut HashMap<String, u32>,
+        partition_counts: &HashMap<String, u32>,
+        key: &PartitionKey,
+    ) {
+        let count = partition_counts.get(&key.0).copied().unwrap_or(1);
+        if let Some(sticky) = sticky.get_mut(&key.0)
+            && *sticky % count == key.1
+        {
+            *sticky = (key.1 + 1) % count;
         }
     }
 
@@ -632,14 +644,11 @@ impl Accumulator {
         let Some(queue) = self.queues.get_mut(&key) else { return };
         let Some(mut batch) = queue.batches.pop_front() else { return };
         queue.last_batch_bytes = batch.builder.size() - strata_record::BATCH_HEADER_LEN;
-        if queue.batches.is_empty()
-            && let Some(sticky) = self.sticky.get_mut(&key.0)
-            && *sticky == key.1
-        {
-            // The sticky partition's open batch left before it filled (linger, flush, linger
-            // 0): keyless records move on, or a slow producer would feed one partition forever.
-            let count = self.partition_counts.get(&key.0).copied().unwrap_or(1);
-            *sticky = (key.1 + 1) % count;
+        if queue.batches.is_empty() {
+            // The open batch left, perhaps before it filled (linger, flush, linger 0): if it
+            // was the sticky partition's, keyless records move on, or a slow producer would
+            // feed one partition forever.
+            Self::move_sticky_on(&mut self.sticky, &self.partition_counts, &key);
         }
         if queue.restart_pending {
             queue.producer_id = fresh_producer_id();

@@ -185,21 +185,21 @@ where
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
         };
         let payload = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let group_id = self.group;
-        let request = |payload| {
-            let mut request = Request::new(RaftRequest { group_id, payload });
+        fn timed<T>(message: T, option: &RPCOption) -> Request<T> {
+            let mut request = Request::new(message);
             request.set_timeout(option.hard_ttl());
             request
-        };
+        }
+        let group_id = self.group;
+        let plain = |payload| timed(RaftRequest { group_id, payload }, option);
         let reply = match kind {
-            Call::Append => client.append_entries(request(payload)).await,
+            Call::Append => client.append_entries(plain(payload)).await,
             Call::AppendBatches(batches) => {
-                let mut request = Request::new(RaftBatchesRequest { group_id, payload, batches });
-                request.set_timeout(option.hard_ttl());
-                client.append_batches(request).await
+                let request = RaftBatchesRequest { group_id, payload, batches };
+                client.append_batches(timed(request, option)).await
             }
-            Call::Vote => client.vote(request(payload)).await,
-            Call::Snapshot => client.install_snapshot(request(payload)).await,
+            Call::Vote => client.vote(plain(payload)).await,
+            Call::Snapshot => client.install_snapshot(plain(payload)).await,
         };
         let reply = reply.map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
         let result: Result<Resp, RaftError<NodeId, E>> =

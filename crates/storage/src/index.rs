@@ -128,21 +128,16 @@ pub(crate) struct WritableIndex {
 }
 
 impl WritableIndex {
-    /// Opens the index at `path` for `capacity` entries, keeping the first `keep` entries
-    /// already in the file (which must hold them) and discarding the rest.
-    pub(crate) fn open(
+    /// The index whose file at `path` holds `entries` (read by the caller), with room for
+    /// `capacity` entries.
+    pub(crate) fn with_entries(
         path: &Path,
         entry_len: usize,
         capacity: usize,
-        keep: usize,
-    ) -> Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(path).at(path)?;
-        let mut entries = vec![0; keep * entry_len];
-        file.read_exact_at(&mut entries, 0).at(path)?;
-        // The file keeps only what is in memory: a stale tail could never be read as entries.
-        file.set_len(entries.len() as u64).at(path)?;
-        let capacity = capacity.max(keep) * entry_len;
-        Ok(WritableIndex { path: path.to_owned(), entries, capacity, entry_len })
+        entries: Vec<u8>,
+    ) -> Self {
+        let capacity = (capacity * entry_len).max(entries.len());
+        WritableIndex { path: path.to_owned(), entries, capacity, entry_len }
     }
 
     /// Starts a new, empty index: an empty file is written under a temporary name and renamed

@@ -153,16 +153,16 @@ impl ActiveSegment {
         Self::with_file(dir, base, file, log_path, config, None)
     }
 
-    /// `keep_entries`: (offset, time) index entries to keep from the existing files, or `None`
-    /// to write both indexes as new files (renamed into place, so maps of the old ones stay
-    /// valid).
+    /// `keep_entries`: the (offset, time) index entries the existing files hold, kept, or
+    /// `None` to write both indexes as new files (renamed into place, so maps of the old ones
+    /// stay valid).
     fn with_file(
         dir: &Path,
         base: Offset,
         mut file: File,
         log_path: PathBuf,
         config: &LogConfig,
-        keep_entries: Option<(usize, usize)>,
+        keep_entries: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Self> {
         let size = file.seek(SeekFrom::End(0)).at(&log_path)?;
         // Room for every entry the bytes already there can need, even if the configuration
@@ -174,8 +174,8 @@ impl ActiveSegment {
         let times_path = segment_file(dir, base, TIME_INDEX_SUFFIX);
         let (offset_index, time_index) = match keep_entries {
             Some((offsets, times)) => (
-                WritableIndex::open(&offsets_path, OFFSET_ENTRY_LEN, capacity, offsets)?,
-                WritableIndex::open(&times_path, TIME_ENTRY_LEN, capacity + 1, times)?,
+                WritableIndex::with_entries(&offsets_path, OFFSET_ENTRY_LEN, capacity, offsets),
+                WritableIndex::with_entries(&times_path, TIME_ENTRY_LEN, capacity + 1, times),
             ),
             None => (
                 WritableIndex::create_new(&offsets_path, OFFSET_ENTRY_LEN, capacity)?,
@@ -286,10 +286,10 @@ impl ActiveSegment {
             0 => i64::MIN,
             n => time_entry(times.entries(), n - 1).0,
         };
-        // The files are read and trimmed below; the read-only maps go first (mmap.rs).
+        // The entries are kept in memory; the read-only maps go (mmap.rs).
+        let kept = (offsets.entries().to_vec(), times.entries().to_vec());
         drop((offsets, times));
-        let mut segment =
-            Self::with_file(dir, base, file, log_path, config, Some((kept_offsets, kept_times)))?;
+        let mut segment = Self::with_file(dir, base, file, log_path, config, Some(kept))?;
         let data = segment.core.data.view(file_len)?;
         while position < file_len {
             match check_batch_at(&data[position as usize..], next, ScanMode::HeadersOnly) {
