@@ -352,6 +352,7 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(8 * 1024 * 1024)
         .initial_connection_window_size(32 * 1024 * 1024)
+        .max_frame_size(strata_proto::SERVER_MAX_FRAME_BYTES)
         .add_service(broker)
         .add_service(admin)
         .add_optional_service(raft_service)

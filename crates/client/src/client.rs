@@ -240,6 +240,7 @@ fn endpoint(address: &str) -> Result<Endpoint> {
                 .tcp_nodelay(true)
                 .initial_stream_window_size(8 * 1024 * 1024)
                 .initial_connection_window_size(32 * 1024 * 1024)
+                .max_frame_size(strata_proto::CLIENT_MAX_FRAME_BYTES)
                 .http2_keep_alive_interval(Duration::from_secs(30))
         })
         .map_err(|e| {

@@ -60,6 +60,7 @@ impl Peers {
             .keep_alive_timeout(std::time::Duration::from_secs(5))
             .initial_stream_window_size(8 * 1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024)
+            .max_frame_size(strata_proto::CLIENT_MAX_FRAME_BYTES)
             .connect_lazy();
         let client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
