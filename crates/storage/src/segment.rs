@@ -76,6 +76,10 @@ pub(crate) struct SegmentCore {
     /// One past the last offset in the segment (`base` when empty).
     pub(crate) next: Offset,
     pub(crate) size: u64,
+    /// Where the bytes this process appended start. Every batch was CRC-checked on its way in
+    /// (`Log::append*`), so a read checks again only the batches before this position: the
+    /// bytes that were already on disk when the segment was opened.
+    pub(crate) checked_from: u64,
     /// Largest batch max timestamp, `i64::MIN` when empty.
     pub(crate) max_timestamp: i64,
     pub(crate) log_path: Arc<Path>,
@@ -188,6 +192,7 @@ impl ActiveSegment {
                 base,
                 next: base,
                 size,
+                checked_from: size,
                 max_timestamp: i64::MIN,
                 data: MappedLog::new(file.clone(), log_path.clone(), GROWTH_HEADROOM),
                 log_path: log_path.into(),
@@ -247,8 +252,10 @@ impl ActiveSegment {
             segment.writer.sync_all().at(path)?;
             (&*segment.writer).seek(SeekFrom::Start(position)).at(path)?;
         }
-        if mode == ScanMode::HeadersOnly {
-            segment.core.size = file_len;
+        match mode {
+            // The scan checked the CRC of every batch it kept.
+            ScanMode::VerifyAndTruncate => segment.core.checked_from = 0,
+            ScanMode::HeadersOnly => segment.core.size = file_len,
         }
         Ok((segment, ScanOutcome { valid_len: position, file_len, stop_reason }))
     }
@@ -487,6 +494,7 @@ impl SealedSegment {
                         base,
                         next,
                         size,
+                        checked_from: size,
                         max_timestamp,
                         data: MappedLog::new(file, log_path.clone(), 0),
                         log_path: log_path.into(),

@@ -267,6 +267,44 @@ fn a_clean_shutdown_skips_the_scan_and_corruption_is_still_never_served() {
     assert_eq!(log.end_offset(), Offset(18));
 }
 
+/// A read re-checks the CRC only of bytes that were on disk when the log opened; batches this
+/// process appended were checked on their way in. Damage to those after the append reaches the
+/// reader unchanged, where the consumer's own CRC check reports it (as with Kafka's brokers).
+#[test]
+fn reads_recheck_only_the_bytes_that_were_on_disk_at_open() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sizes = Vec::new();
+    {
+        let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        for i in 0..3 {
+            sizes.push(batch(2, 100, i).len() as u64);
+            log.append(&batch(2, 100, i)).unwrap();
+        }
+        log.close().unwrap();
+    }
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    for i in 3..6 {
+        log.append(&batch(2, 100, i)).unwrap();
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(segment_files(dir.path(), "log").pop().unwrap())
+        .unwrap();
+    // A value byte near the end of batch 1 (from disk) and of batch 4 (appended since).
+    let end_of = |n: usize| sizes[0] * n as u64;
+    file.write_at(&[0xAA], end_of(2) - 5).unwrap();
+    file.write_at(&[0xAA], end_of(5) - 5).unwrap();
+    assert!(matches!(log.read(Offset(2), 1), Err(StorageError::Corrupt { .. })));
+    let appended = log.read(Offset(8), 1).unwrap();
+    assert_eq!(base_of(&appended[0]), Offset(8));
+    assert!(RecordBatch::new(&appended[0]).is_err(), "served as stored, for the consumer to catch");
+    // Reopened after a crash, the same bytes are from disk again and are checked.
+    drop(log);
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.end_offset(), Offset(2), "the crash scan cuts at the first damage");
+}
+
 #[test]
 fn damaged_or_missing_indexes_are_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
