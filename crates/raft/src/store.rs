@@ -51,6 +51,9 @@ struct Core {
     /// past the last entry restarts the log.
     installed: Mutex<Option<(LogId<NodeId>, u64)>>,
     flushes: Mutex<Flushes>,
+    /// The `committed` file, kept open: rewritten in place on every commit (see
+    /// [`CommittedFile`]).
+    committed: Mutex<CommittedFile>,
 }
 
 /// Appends waiting for their fsync. A flush loop runs on tokio's blocking pool only while some
@@ -134,6 +137,7 @@ impl<C: SegmentTc> SegmentStore<C> {
             purged: Mutex::new(purged),
             installed: Mutex::new(None),
             flushes: Mutex::new(Flushes::default()),
+            committed: Mutex::new(CommittedFile::new(raft_dir.join("committed"))),
         });
         Ok(SegmentStore { core, _tc: PhantomData })
     }
@@ -304,17 +308,64 @@ fn flush_loop(mut guard: LoopGuard) {
     }
 }
 
-/// Fsyncs the segment log and the entry table at the same time. The order between the two
-/// does not matter for safety: nothing is acknowledged before both are done, and recovery
-/// drops table entries whose data did not reach the disk (`EntryTable::cut_to_log_end`).
+/// Fsyncs the segment log, then the entry table. The order does not matter for safety:
+/// nothing is acknowledged before both are done, and recovery drops table entries whose data
+/// did not reach the disk (`EntryTable::cut_to_log_end`). One after the other on this thread:
+/// a thread started per flush to run them side by side cost a thread's creation and exit on
+/// every flush and measured no faster.
 fn flush_both(core: &Core) -> io::Result<()> {
     let table = lock(&core.table).sync_handle()?;
-    std::thread::scope(|scope| {
-        let table_sync = scope.spawn(move || table.sync_data());
-        let log = core.log.flush().map_err(io_err);
-        let table = table_sync.join().unwrap_or_else(|_| Err(io_err("table fsync panicked")));
-        log.and(table)
-    })
+    core.log.flush().map_err(io_err)?;
+    table.sync_data()
+}
+
+/// The last committed log id, in one fixed-size frame `[crc32c u32 LE][len u8][postcard]`
+/// rewritten in place at offset 0. openraft saves it on every commit; a temporary file renamed
+/// over the last one (a new inode, a directory update and an unlink per commit) was an eighth
+/// of a 3-node cluster's CPU at 500 records/s, on the Raft core's own task. A torn or foreign
+/// frame reads as `None`, which costs only re-applying from the last snapshot at start.
+#[derive(Debug)]
+struct CommittedFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+const COMMITTED_FRAME: usize = 64;
+
+impl CommittedFile {
+    fn new(path: PathBuf) -> Self {
+        CommittedFile { path, file: None }
+    }
+
+    fn save(&mut self, committed: &Option<LogId<NodeId>>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut frame = [0u8; COMMITTED_FRAME];
+        let len = postcard::to_slice(committed, &mut frame[5..]).map_err(io_err)?.len();
+        frame[4] = len as u8;
+        let crc = crc32c::crc32c(&frame[4..5 + len]);
+        frame[..4].copy_from_slice(&crc.to_le_bytes());
+        if self.file.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)?;
+            self.file = Some(file);
+        }
+        let file = self.file.as_ref().expect("opened above");
+        file.write_all_at(&frame, 0)
+    }
+
+    fn read(&self) -> Option<LogId<NodeId>> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        let len = usize::from(*bytes.get(4)?);
+        let body = bytes.get(4..5 + len)?;
+        if crc32c::crc32c(body).to_le_bytes()[..] != bytes[..4] {
+            return None;
+        }
+        postcard::from_bytes(&body[1..]).ok().flatten()
+    }
 }
 
 fn range_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
@@ -397,18 +448,12 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         // Only speeds up re-applying at start (openraft re-applies up to it): a lost or stale
-        // file costs nothing but time, so it is written without waiting for an fsync.
-        let path = self.core.dir.join("committed");
-        let bytes = postcard::to_stdvec(&committed).map_err(|e| sto(io_err(e)))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)).map_err(sto)
+        // value costs nothing but time, so it is written in place without an fsync.
+        lock(&self.core.committed).save(&committed).map_err(sto)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        let committed: Option<LogId<NodeId>> = std::fs::read(self.core.dir.join("committed"))
-            .ok()
-            .and_then(|b| postcard::from_bytes(&b).ok())
-            .flatten();
+        let committed = lock(&self.core.committed).read();
         // Never past what the log holds (the file is not fsynced).
         let last = lock(&self.core.table).last().map(|e| e.log_id);
         Ok(committed.filter(|c| Some(*c) <= last))
@@ -492,4 +537,34 @@ fn purge_to(
     *lock(&core.purged) = Some((log_id, offset));
     table.purge_upto(log_id.index)?;
     core.log.delete_before(Offset(offset)).map_err(io_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    #[test]
+    fn the_committed_frame_round_trips_and_damage_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("committed");
+        let mut file = CommittedFile::new(path.clone());
+        assert_eq!(file.read(), None, "no file yet");
+        let id = |index| Some(LogId::new(CommittedLeaderId::new(u64::MAX, 7), index));
+        file.save(&id(u64::MAX)).unwrap();
+        file.save(&id(3)).unwrap();
+        assert_eq!(CommittedFile::new(path.clone()).read(), id(3), "the last save, in place");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), COMMITTED_FRAME as u64);
+        file.save(&None).unwrap();
+        assert_eq!(file.read(), None);
+        file.save(&id(9)).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[6] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(file.read(), None, "a damaged frame costs only re-applying");
+        // The earlier format (bare postcard) is not mistaken for a frame.
+        std::fs::write(&path, postcard::to_stdvec(&id(9)).unwrap()).unwrap();
+        assert_eq!(file.read(), None);
+    }
 }
