@@ -18,7 +18,7 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftTypeConfig, StorageError,
     StorageIOError, Vote,
 };
-use strata_record::Offset;
+use strata_record::{Offset, RecordBatch};
 use strata_storage::Log;
 
 use crate::table::{EntryKind, EntryMeta, EntryTable, read_small_file, write_small_file};
@@ -27,6 +27,10 @@ use crate::types::{LogPayload, Node, NodeId};
 /// Most bytes of entries one read hands to replication (at least one entry): 300 entries of
 /// 1 MiB would otherwise make a 300 MiB message.
 const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Most bytes of entries appended on the Raft core's task rather than the blocking pool (see
+/// `SegmentStore::append_inline`): the single node's inline-write limit.
+const INLINE_APPEND_BYTES: usize = 64 * 1024;
 
 /// What a group's type configuration must be for its log to live in a segment log.
 pub trait SegmentTc:
@@ -232,6 +236,53 @@ impl<C: SegmentTc> SegmentStore<C> {
             entries.push(Entry { log_id: meta.log_id, payload });
         }
         Ok(entries)
+    }
+
+    /// Appends entries on the caller's task (the Raft core's) while that is only a copy into
+    /// the page cache: up to [`INLINE_APPEND_BYTES`] of batches, none of which waits for the
+    /// log's lock or rolls the segment. openraft appends each client write on its own, and
+    /// awaits it before the next, so a trip to the blocking pool per entry held up the group
+    /// (as `docs/decisions.md`, "Small writes on the async runtime", says of single nodes).
+    /// Returns the entries left, from the first that declined, for [`Self::append_now`].
+    fn append_inline(&self, entries: Vec<Entry<C>>) -> io::Result<Vec<Entry<C>>> {
+        let bytes: usize = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(data) => data.to_batch().len(),
+                _ => 0,
+            })
+            .sum();
+        if bytes > INLINE_APPEND_BYTES {
+            return Ok(entries);
+        }
+        let log = &self.core.log;
+        let mut table = lock(&self.core.table);
+        let mut metas = Vec::with_capacity(entries.len());
+        let mut entries = entries.into_iter();
+        let mut declined = None;
+        for entry in entries.by_ref() {
+            let offset = log.end_offset().0;
+            let kind = match &entry.payload {
+                EntryPayload::Blank => EntryKind::Blank,
+                EntryPayload::Membership(m) => EntryKind::Membership(m.clone()),
+                EntryPayload::Normal(data) => {
+                    let batch = data.to_batch();
+                    let header = *RecordBatch::new(&batch).map_err(io_err)?.header();
+                    let Some(written) = log.try_write_validated(&batch, header) else {
+                        declined = Some(entry);
+                        break;
+                    };
+                    let info = written.map_err(io_err)?;
+                    EntryKind::Data {
+                        records: info.last_offset.0 - info.base_offset.0 + 1,
+                        bytes: batch.len() as u32,
+                    }
+                }
+            };
+            metas.push(EntryMeta { log_id: entry.log_id, offset, kind });
+        }
+        table.append(&metas)?;
+        Ok(declined.into_iter().chain(entries).collect())
     }
 
     fn append_now(&self, entries: Vec<Entry<C>>) -> io::Result<()> {
@@ -469,8 +520,11 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<C>> = entries.into_iter().collect();
-        let store = self.clone();
-        blocking(move || store.append_now(entries)).await.map_err(sto)?;
+        let rest = self.append_inline(entries).map_err(sto)?;
+        if !rest.is_empty() {
+            let store = self.clone();
+            blocking(move || store.append_now(rest)).await.map_err(sto)?;
+        }
         let start_loop = {
             let mut flushes = lock(&self.core.flushes);
             flushes.waiting.push(Box::new(move |result| callback.log_io_completed(result)));
