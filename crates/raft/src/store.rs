@@ -2,7 +2,7 @@
 //! [`Log`] plus the [`EntryTable`], so each entry's bytes are written to disk once.
 //!
 //! Contract kept (openraft storage-v2): the vote is on disk before `save_vote` returns; entries
-//! are readable when `append` returns and on disk (segment and table, fsynced together)
+//! are readable when `append` returns and on disk (segment and table, fsynced in turn)
 //! before the flush callback fires; `truncate` cuts the segment log before the table, so a crash in between
 //! leaves a prefix of the old log, never shifted indexes.
 
@@ -11,7 +11,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -245,44 +245,52 @@ impl<C: SegmentTc> SegmentStore<C> {
     /// (as `docs/decisions.md`, "Small writes on the async runtime", says of single nodes).
     /// Returns the entries left, from the first that declined, for [`Self::append_now`].
     fn append_inline(&self, entries: Vec<Entry<C>>) -> io::Result<Vec<Entry<C>>> {
-        let bytes: usize = entries
+        // Each entry's batch, made once (the controller's entries serialise theirs).
+        let batches: Vec<Option<bytes::Bytes>> = entries
             .iter()
             .map(|e| match &e.payload {
-                EntryPayload::Normal(data) => data.to_batch().len(),
-                _ => 0,
+                EntryPayload::Normal(data) => Some(data.to_batch()),
+                _ => None,
             })
-            .sum();
-        if bytes > INLINE_APPEND_BYTES {
+            .collect();
+        if batches.iter().flatten().map(|b| b.len()).sum::<usize>() > INLINE_APPEND_BYTES {
             return Ok(entries);
         }
+        // Never wait for the table either: a snapshot install holds it through a purge's
+        // fsyncs.
+        let mut table = match self.core.table.try_lock() {
+            Ok(table) => table,
+            Err(TryLockError::WouldBlock) => return Ok(entries),
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        };
         let log = &self.core.log;
-        let mut table = lock(&self.core.table);
         let mut metas = Vec::with_capacity(entries.len());
-        let mut entries = entries.into_iter();
-        let mut declined = None;
-        for entry in entries.by_ref() {
+        let mut failed = None;
+        for (entry, batch) in entries.iter().zip(&batches) {
             let offset = log.end_offset().0;
-            let kind = match &entry.payload {
-                EntryPayload::Blank => EntryKind::Blank,
-                EntryPayload::Membership(m) => EntryKind::Membership(m.clone()),
-                EntryPayload::Normal(data) => {
-                    let batch = data.to_batch();
-                    let header = *RecordBatch::new(&batch).map_err(io_err)?.header();
-                    let Some(written) = log.try_write_validated(&batch, header) else {
-                        declined = Some(entry);
-                        break;
-                    };
-                    let info = written.map_err(io_err)?;
-                    EntryKind::Data {
+            let kind = match (&entry.payload, batch) {
+                (EntryPayload::Normal(_), Some(batch)) => match write_inline(log, batch) {
+                    None => break,
+                    Some(Ok(info)) => EntryKind::Data {
                         records: info.last_offset.0 - info.base_offset.0 + 1,
                         bytes: batch.len() as u32,
+                    },
+                    Some(Err(err)) => {
+                        failed = Some(err);
+                        break;
                     }
-                }
+                },
+                (EntryPayload::Membership(m), _) => EntryKind::Membership(m.clone()),
+                _ => EntryKind::Blank,
             };
             metas.push(EntryMeta { log_id: entry.log_id, offset, kind });
         }
+        // The table names what was written even when a later entry failed.
         table.append(&metas)?;
-        Ok(declined.into_iter().chain(entries).collect())
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        Ok(entries.into_iter().skip(metas.len()).collect())
     }
 
     fn append_now(&self, entries: Vec<Entry<C>>) -> io::Result<()> {
@@ -368,6 +376,16 @@ fn flush_both(core: &Core) -> io::Result<()> {
     let table = lock(&core.table).sync_handle()?;
     core.log.flush().map_err(io_err)?;
     table.sync_data()
+}
+
+/// Writes a batch if the log can take it without waiting ([`Log::try_write_validated`]),
+/// after checking its CRC; `None` if it would wait or roll the segment.
+fn write_inline(log: &Log, batch: &[u8]) -> Option<io::Result<strata_storage::AppendInfo>> {
+    let header = match RecordBatch::new(batch) {
+        Ok(checked) => *checked.header(),
+        Err(err) => return Some(Err(io_err(err))),
+    };
+    log.try_write_validated(batch, header).map(|written| written.map_err(io_err))
 }
 
 /// The last committed log id, in one fixed-size frame `[crc32c u32 LE][len u8][postcard]`

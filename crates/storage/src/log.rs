@@ -501,9 +501,10 @@ impl Log {
 
     /// Whole batches starting with the one that holds `from`, up to `max_bytes` (at least one
     /// batch is returned if any exists, whatever its size). Each batch is a `Bytes` slice of the
-    /// segment map: no copy. Every batch was CRC-checked once: on its way in if this process
-    /// appended it, otherwise here, where a corrupt batch is never returned (an error if it is
-    /// the first, otherwise the read stops before it).
+    /// segment map: no copy. Every batch is CRC-checked by this process before it is served:
+    /// on its way in if it appended it, by the recovery scan if that covered it, otherwise
+    /// here, where a corrupt batch is never returned (an error if it is the first, otherwise
+    /// the read stops before it).
     pub fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
         self.read_until(from, Offset(u64::MAX), max_bytes)
     }

@@ -1,6 +1,6 @@
 //! Reading batches and searching by time across a log's segments. Runs under the log's read
-//! lock; CRCs (of the bytes that were on disk when a segment was opened) are checked by the
-//! caller after the lock is released.
+//! lock; CRCs (of bytes this process has not checked: see `SegmentCore::checked_from`) are
+//! checked by the caller after the lock is released.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -125,8 +125,8 @@ pub(crate) fn collect_batches(
     Ok(out)
 }
 
-/// Checks the CRC of every slice this process did not check when appending it, keeping the
-/// good ones before the first bad one. A bad first batch is an error: corrupt data from disk
+/// Checks the CRC of every slice this process has not checked yet (when appending it or
+/// scanning it at open), keeping the good ones before the first bad one. A bad first batch is an error: corrupt data from disk
 /// is never served.
 pub(crate) fn verify(slices: Vec<BatchSlice>) -> Result<Vec<Bytes>> {
     let mut out = Vec::with_capacity(slices.len());

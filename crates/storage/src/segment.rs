@@ -76,9 +76,10 @@ pub(crate) struct SegmentCore {
     /// One past the last offset in the segment (`base` when empty).
     pub(crate) next: Offset,
     pub(crate) size: u64,
-    /// Where the bytes this process appended start. Every batch was CRC-checked on its way in
-    /// (`Log::append*`), so a read checks again only the batches before this position: the
-    /// bytes that were already on disk when the segment was opened.
+    /// Where the bytes this process has CRC-checked start: every batch it appended was checked
+    /// on its way in (`Log::append*`), and a verifying scan at open checks all it keeps (then
+    /// this is 0). A read checks again only the batches before this position: bytes that were
+    /// on disk when the segment was opened and that no scan checked.
     pub(crate) checked_from: u64,
     /// Largest batch max timestamp, `i64::MIN` when empty.
     pub(crate) max_timestamp: i64,

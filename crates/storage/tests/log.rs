@@ -299,7 +299,7 @@ fn reads_recheck_only_the_bytes_that_were_on_disk_at_open() {
     let appended = log.read(Offset(8), 1).unwrap();
     assert_eq!(base_of(&appended[0]), Offset(8));
     assert!(RecordBatch::new(&appended[0]).is_err(), "served as stored, for the consumer to catch");
-    // Reopened after a crash, the same bytes are from disk again and are checked.
+    // Reopened after a crash, the recovery scan checks the same bytes and cuts at the damage.
     drop(log);
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     assert_eq!(log.end_offset(), Offset(2), "the crash scan cuts at the first damage");
