@@ -2,9 +2,16 @@
 //! [`Log`] plus the [`EntryTable`], so each entry's bytes are written to disk once.
 //!
 //! Contract kept (openraft storage-v2): the vote is on disk before `save_vote` returns; entries
-//! are readable when `append` returns and on disk (segment and table, fsynced in turn)
-//! before the flush callback fires; `truncate` cuts the segment log before the table, so a crash in between
-//! leaves a prefix of the old log, never shifted indexes.
+//! are readable when `append` returns and on disk before the flush callback fires; `truncate`
+//! cuts the segment log before the table, so a crash in between leaves a prefix of the old log,
+//! never shifted indexes.
+//!
+//! A data entry is on disk once its batch is: each batch carries its entry's term in its
+//! leader epoch field, and opening the store rebuilds the table records of batches past the
+//! table's end (index after index, as appended), so the flush fsyncs only the segment. Blank
+//! and membership entries exist only in the table, which is fsynced as they are appended,
+//! before anything after them is written; otherwise the table is fsynced about once a second,
+//! which bounds the rebuild.
 
 use std::fmt::Debug;
 use std::io;
@@ -32,6 +39,10 @@ const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
 /// `SegmentStore::append_inline`): the single node's inline-write limit.
 const INLINE_APPEND_BYTES: usize = 64 * 1024;
 
+/// How often the entry table is fsynced when only data entries were appended: the table
+/// records of data entries are rebuilt from the log at open, so this only bounds that work.
+const TABLE_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a group's type configuration must be for its log to live in a segment log.
 pub trait SegmentTc:
     RaftTypeConfig<NodeId = NodeId, Node = Node, Entry = Entry<Self>, D: LogPayload>
@@ -55,6 +66,8 @@ struct Core {
     /// past the last entry restarts the log.
     installed: Mutex<Option<(LogId<NodeId>, u64)>>,
     flushes: Mutex<Flushes>,
+    /// When the table was last fsynced (see [`TABLE_SYNC_EVERY`]).
+    table_synced: Mutex<std::time::Instant>,
     /// The `committed` file, kept open: rewritten in place on every commit (see
     /// [`CommittedFile`]).
     committed: Mutex<CommittedFile>,
@@ -108,7 +121,8 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 impl<C: SegmentTc> SegmentStore<C> {
     /// Opens the store of a group over `log`, keeping its Raft files in `raft_dir`, and
     /// reconciles the two after a crash: table entries whose data the log lost are dropped,
-    /// data the table never recorded is cut from the log.
+    /// entries for batches past the table's end are rebuilt from their leader epoch (the term),
+    /// and log data that cannot be (no term, or one out of order) is cut from the log.
     pub fn open(raft_dir: &Path, log: Arc<Log>) -> io::Result<SegmentStore<C>> {
         std::fs::create_dir_all(raft_dir)?;
         let mut table = EntryTable::open(&raft_dir.join("entries"))?;
@@ -131,8 +145,20 @@ impl<C: SegmentTc> SegmentStore<C> {
             None => purged.map_or(log.start_offset().0, |(_, o)| o),
         };
         if log_end > table_end {
-            tracing::warn!(dir = %raft_dir.display(), table_end, log_end, "cutting log data no entry names");
-            log.truncate_from(Offset(table_end)).map_err(io_err)?;
+            let last = table.last().map(|e| e.log_id).or(purged.map(|(id, _)| id));
+            let vote_term = read_small_file(&raft_dir.join("vote"))?
+                .and_then(|b| postcard::from_bytes::<Vote<NodeId>>(&b).ok())
+                .map_or(0, |v| v.leader_id().get_term());
+            let metas = rebuild_entries(&log, last, table_end, vote_term)?;
+            let rebuilt_end = metas.last().map_or(table_end, EntryMeta::end_offset);
+            if !metas.is_empty() {
+                table.append(&metas)?;
+                table.sync()?;
+            }
+            if log_end > rebuilt_end {
+                tracing::warn!(dir = %raft_dir.display(), table_end = rebuilt_end, log_end, "cutting log data no entry names");
+                log.truncate_from(Offset(rebuilt_end)).map_err(io_err)?;
+            }
         }
         let core = Arc::new(Core {
             dir: raft_dir.to_owned(),
@@ -141,6 +167,7 @@ impl<C: SegmentTc> SegmentStore<C> {
             purged: Mutex::new(purged),
             installed: Mutex::new(None),
             flushes: Mutex::new(Flushes::default()),
+            table_synced: Mutex::new(std::time::Instant::now()),
             committed: Mutex::new(CommittedFile::new(raft_dir.join("committed"))),
         });
         Ok(SegmentStore { core, _tc: PhantomData })
@@ -245,6 +272,10 @@ impl<C: SegmentTc> SegmentStore<C> {
     /// (as `docs/decisions.md`, "Small writes on the async runtime", says of single nodes).
     /// Returns the entries left, from the first that declined, for [`Self::append_now`].
     fn append_inline(&self, entries: Vec<Entry<C>>) -> io::Result<Vec<Entry<C>>> {
+        // Blank and membership entries fsync the table (see `append_now`).
+        if entries.iter().any(|e| !matches!(e.payload, EntryPayload::Normal(_))) {
+            return Ok(entries);
+        }
         // Each entry's batch, made once (the controller's entries serialise theirs).
         let batches: Vec<Option<bytes::Bytes>> = entries
             .iter()
@@ -269,7 +300,7 @@ impl<C: SegmentTc> SegmentStore<C> {
         for (entry, batch) in entries.iter().zip(&batches) {
             let offset = log.end_offset().0;
             let kind = match (&entry.payload, batch) {
-                (EntryPayload::Normal(_), Some(batch)) => match write_inline(log, batch) {
+                (EntryPayload::Normal(_), Some(batch)) => match write_inline(log, batch, entry) {
                     None => break,
                     Some(Ok(info)) => EntryKind::Data {
                         records: info.last_offset.0 - info.base_offset.0 + 1,
@@ -300,18 +331,30 @@ impl<C: SegmentTc> SegmentStore<C> {
         for entry in entries {
             let offset = log.end_offset().0;
             let kind = match &entry.payload {
-                EntryPayload::Blank => EntryKind::Blank,
-                EntryPayload::Membership(m) => EntryKind::Membership(m.clone()),
                 EntryPayload::Normal(data) => {
                     let batch = data.to_batch();
-                    let info = log.append(&batch).map_err(io_err)?;
-                    EntryKind::Data {
-                        records: info.last_offset.0 - info.base_offset.0 + 1,
-                        bytes: batch.len() as u32,
-                    }
+                    let info =
+                        log.append_in_epoch(&batch, epoch_of(&entry.log_id)?).map_err(io_err)?;
+                    metas.push(EntryMeta {
+                        log_id: entry.log_id,
+                        offset,
+                        kind: EntryKind::Data {
+                            records: info.last_offset.0 - info.base_offset.0 + 1,
+                            bytes: batch.len() as u32,
+                        },
+                    });
+                    continue;
                 }
+                EntryPayload::Blank => EntryKind::Blank,
+                EntryPayload::Membership(m) => EntryKind::Membership(m.clone()),
             };
+            // An entry the log cannot rebuild: on disk before anything after it is written
+            // (the data before it first, so the table never names data the log lacks).
             metas.push(EntryMeta { log_id: entry.log_id, offset, kind });
+            log.flush().map_err(io_err)?;
+            table.append(&metas)?;
+            metas.clear();
+            table.sync()?;
         }
         table.append(&metas)
     }
@@ -364,26 +407,96 @@ fn flush_loop(mut guard: LoopGuard) {
             };
             callback(result);
         }
+        sync_table_if_due(core);
     }
 }
 
-/// Fsyncs the segment log, then the entry table. The order does not matter for safety:
-/// nothing is acknowledged before both are done, and recovery drops table entries whose data
-/// did not reach the disk (`EntryTable::cut_to_log_end`). One after the other on this thread:
-/// a thread started per flush to run them side by side cost a thread's creation and exit on
-/// every flush and measured no faster.
+/// Makes the appended entries durable: their batches (the table's records of data entries are
+/// rebuilt from them at open; see the module's note).
 fn flush_both(core: &Core) -> io::Result<()> {
-    let table = lock(&core.table).sync_handle()?;
-    core.log.flush().map_err(io_err)?;
-    table.sync_data()
+    core.log.flush().map_err(io_err)
+}
+
+/// Fsyncs the entry table if [`TABLE_SYNC_EVERY`] has passed, after a flush's callbacks ran
+/// (off their path). A failure is only logged: the table is rebuilt from the log at open.
+fn sync_table_if_due(core: &Core) {
+    {
+        let mut synced = lock(&core.table_synced);
+        if synced.elapsed() < TABLE_SYNC_EVERY {
+            return;
+        }
+        *synced = std::time::Instant::now();
+    }
+    let result = lock(&core.table).sync_handle().and_then(|table| table.sync_data());
+    if let Err(err) = result {
+        tracing::warn!(dir = %core.dir.display(), error = %err, "entry table fsync failed");
+    }
+}
+
+/// The leader epoch a replica writes into an entry's batch: the entry's term.
+fn epoch_of(log_id: &LogId<NodeId>) -> io::Result<i32> {
+    i32::try_from(log_id.leader_id.term).map_err(|_| {
+        io_err(format!("term {} does not fit a batch's leader epoch", log_id.leader_id.term))
+    })
+}
+
+/// Table records for the batches of `log` from `from` to its end, each the entry after the
+/// one before (`last`), with the term its batch carries. Stops at the first batch whose term
+/// is not a Raft term this replica could hold (below 1 or the previous entry's term, above its
+/// vote's): data written without one, by an earlier build, is not rebuilt but cut.
+fn rebuild_entries(
+    log: &Log,
+    last: Option<LogId<NodeId>>,
+    from: u64,
+    vote_term: u64,
+) -> io::Result<Vec<EntryMeta>> {
+    let Some(mut last) = last else { return Ok(Vec::new()) };
+    let mut metas = Vec::new();
+    let mut offset = from;
+    let end = log.end_offset().0;
+    'scan: while offset < end {
+        let batches = log.read(Offset(offset), 4 * 1024 * 1024).map_err(io_err)?;
+        if batches.is_empty() {
+            break;
+        }
+        for batch in batches {
+            let header = strata_record::BatchHeader::parse(&batch).map_err(io_err)?;
+            let term = u64::try_from(header.partition_leader_epoch).unwrap_or(0);
+            if header.base_offset() != Offset(offset)
+                || term == 0
+                || term < last.leader_id.term
+                || term > vote_term
+            {
+                break 'scan;
+            }
+            last = LogId::new(openraft::CommittedLeaderId::new(term, 0), last.index + 1);
+            let records = header.offset_count();
+            metas.push(EntryMeta {
+                log_id: last,
+                offset,
+                kind: EntryKind::Data { records, bytes: batch.len() as u32 },
+            });
+            offset += records;
+        }
+    }
+    Ok(metas)
 }
 
 /// Writes a batch if the log can take it without waiting ([`Log::try_write_validated`]),
 /// after checking its CRC; `None` if it would wait or roll the segment.
-fn write_inline(log: &Log, batch: &[u8]) -> Option<io::Result<strata_storage::AppendInfo>> {
-    let header = match RecordBatch::new(batch) {
-        Ok(checked) => *checked.header(),
-        Err(err) => return Some(Err(io_err(err))),
+fn write_inline<C: SegmentTc>(
+    log: &Log,
+    batch: &[u8],
+    entry: &Entry<C>,
+) -> Option<io::Result<strata_storage::AppendInfo>> {
+    let header = match (RecordBatch::new(batch), epoch_of(&entry.log_id)) {
+        (Ok(checked), Ok(epoch)) => {
+            let mut header = *checked.header();
+            header.partition_leader_epoch = epoch;
+            header
+        }
+        (Err(err), _) => return Some(Err(io_err(err))),
+        (_, Err(err)) => return Some(Err(err)),
     };
     log.try_write_validated(batch, header).map(|written| written.map_err(io_err))
 }
@@ -614,8 +727,89 @@ fn purge_to(
 #[cfg(test)]
 mod tests {
     use openraft::CommittedLeaderId;
+    use strata_record::{BatchBuilder, Timestamp};
+    use strata_storage::LogConfig;
 
     use super::*;
+    use crate::types::{Batch, PartitionTc};
+
+    fn open(dir: &Path) -> SegmentStore<PartitionTc> {
+        let config = crate::replicated_log_config(LogConfig::default());
+        let log = Log::open(dir.join("log"), config).unwrap();
+        SegmentStore::open(&dir.join("raft"), Arc::new(log)).unwrap()
+    }
+
+    fn id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn data(term: u64, index: u64, records: usize) -> Entry<PartitionTc> {
+        let mut builder = BatchBuilder::new();
+        for i in 0..records {
+            builder.push(Timestamp(i as i64), None, Some(b"value"), &[]);
+        }
+        Entry {
+            log_id: id(term, index),
+            payload: EntryPayload::Normal(Batch(builder.build(Offset(0)))),
+        }
+    }
+
+    fn metas(store: &SegmentStore<PartitionTc>) -> Vec<EntryMeta> {
+        let table = lock(&store.core.table);
+        table.range(0, u64::MAX).cloned().collect()
+    }
+
+    /// The table's records of data entries reach the disk only now and then: after a crash
+    /// they are rebuilt from the batches, whose leader epoch holds each entry's term, up to
+    /// the first batch without a term this replica could hold.
+    #[tokio::test]
+    async fn data_entries_past_the_table_on_disk_are_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.save_vote(&Vote::new(3, 1)).await.unwrap();
+        let blank = Entry { log_id: id(2, 0), payload: EntryPayload::Blank };
+        store.append_now(vec![blank, data(2, 1, 3)]).unwrap();
+        let rest = store.append_inline(vec![data(2, 2, 2), data(3, 3, 1)]).unwrap();
+        assert!(rest.is_empty(), "small entries are written in place");
+        store.append_now(vec![data(3, 4, 4)]).unwrap();
+        store.core.log.flush().unwrap();
+        let before = metas(&store);
+        assert_eq!(before.len(), 5);
+        drop(store);
+        // The crash left only what the blank entry's fsync put on disk: the blank entry.
+        let table = dir.path().join("raft/entries");
+        let mut first = EntryTable::open(&table).unwrap();
+        first.truncate_from(1).unwrap();
+        drop(first);
+        let store = open(dir.path());
+        assert_eq!(metas(&store), before, "rebuilt with terms, offsets and sizes");
+        // A batch without a usable term (as an earlier build wrote them) is cut, with all after.
+        store.core.log.append_in_epoch(&data(3, 5, 1).payload_batch(), -1).unwrap();
+        store.core.log.append_in_epoch(&data(3, 6, 1).payload_batch(), 3).unwrap();
+        store.core.log.flush().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(metas(&store), before);
+        assert_eq!(store.core.log.end_offset(), Offset(10));
+        // Terms above the vote's are not trusted either.
+        store.core.log.append_in_epoch(&data(4, 5, 1).payload_batch(), 4).unwrap();
+        store.core.log.flush().unwrap();
+        drop(store);
+        assert_eq!(open(dir.path()).core.log.end_offset(), Offset(10));
+    }
+
+    trait PayloadBatch {
+        fn payload_batch(&self) -> bytes::Bytes;
+    }
+
+    impl PayloadBatch for Entry<PartitionTc> {
+        fn payload_batch(&self) -> bytes::Bytes {
+            match &self.payload {
+                EntryPayload::Normal(batch) => batch.0.clone(),
+                _ => unreachable!("a data entry"),
+            }
+        }
+    }
 
     #[test]
     fn the_committed_frame_round_trips_and_damage_reads_as_none() {

@@ -4,8 +4,10 @@
 //! entry's term and kind, and blank and membership entries take an index but no record offset.
 //! The table keeps one small record per index, in memory and in `raft/entries`: an append-only
 //! file of frames `[len u32][crc32c u32][postcard EntryMeta]`. Truncation and purges (rare)
-//! rewrite the file (tmp, fsync, rename, fsync dir); appends are fsynced after the segment log,
-//! so the table never names data the log does not durably hold.
+//! rewrite the file (tmp, fsync, rename, fsync dir). Appends are fsynced for blank and
+//! membership entries (after the segment log) and now and then; at open, records naming data
+//! the log lost are dropped and data records past the table's end are rebuilt from the log
+//! (`store.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

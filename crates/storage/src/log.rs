@@ -266,8 +266,21 @@ impl Log {
         Ok(info)
     }
 
+    /// [`Log::append`] with the batch's leader epoch field set to `epoch` on disk: a replica
+    /// records each entry's Raft term there (Kafka's meaning), so entries can be rebuilt from
+    /// the log alone.
+    pub fn append_in_epoch(&self, batch: &[u8], epoch: i32) -> Result<AppendInfo> {
+        self.check_appendable(batch.len())?;
+        let mut header = *RecordBatch::new(batch)?.header();
+        header.partition_leader_epoch = epoch;
+        let info = self.write_header(batch, header, false)?;
+        self.make_durable(&info)?;
+        Ok(info)
+    }
+
     /// The write half of [`Log::append_checked`], for a batch validated earlier
-    /// (`RecordBatch::new`) whose `header` the caller kept: the batch is in the log
+    /// (`RecordBatch::new`) whose `header` the caller kept (its leader epoch is the one written):
+    /// the batch is in the log
     /// (readable, not yet durable) when this returns, and [`Log::make_durable`] finishes the
     /// append. Splitting them lets a caller order its writes under its own lock and wait for
     /// the fsync outside it, so writes that arrive during an fsync share the next one.

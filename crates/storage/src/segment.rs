@@ -350,7 +350,8 @@ impl ActiveSegment {
     }
 
     /// Writes one batch whose header is `header`, with `base` written over its base offset
-    /// field on the way out (no copy of the batch is made).
+    /// field and `header.partition_leader_epoch` over its leader epoch field on the way out
+    /// (no copy of the batch is made; both fields are outside the CRC).
     pub(crate) fn append(
         &mut self,
         base: Offset,
@@ -358,8 +359,11 @@ impl ActiveSegment {
         batch: &[u8],
     ) -> Result<()> {
         let position = self.core.size;
-        let base_field = (base.0 as i64).to_be_bytes();
-        let mut slices = [IoSlice::new(&base_field), IoSlice::new(&batch[8..])];
+        let mut prefix = [0u8; 16];
+        prefix[..8].copy_from_slice(&(base.0 as i64).to_be_bytes());
+        prefix[8..12].copy_from_slice(&batch[8..12]);
+        prefix[12..].copy_from_slice(&header.partition_leader_epoch.to_be_bytes());
+        let mut slices = [IoSlice::new(&prefix), IoSlice::new(&batch[16..])];
         write_all_vectored(&self.writer, &mut slices).at(&self.core.log_path)?;
         let mut header = *header;
         header.base_offset = base.0 as i64;
