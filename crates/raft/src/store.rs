@@ -136,6 +136,15 @@ impl<C: SegmentTc> SegmentStore<C> {
         {
             log.delete_before(Offset(offset)).map_err(io_err)?;
         }
+        // A crash in a purge after its point reached the disk: the table (fsynced only now
+        // and then) may still hold entries up to it, or end before it.
+        if let Some((id, _)) = purged
+            && table.first().is_some_and(|e| e.log_id.index <= id.index)
+        {
+            table.purge_upto(id.index)?;
+        }
+        let replacing = raft_dir.join(REPLACING);
+        let replacing = replacing.exists().then_some(replacing);
         let log_end = log.end_offset().0;
         if table.cut_to_log_end(log_end)? {
             tracing::warn!(dir = %raft_dir.display(), "entry table named data the log lost; cut");
@@ -146,10 +155,18 @@ impl<C: SegmentTc> SegmentStore<C> {
         };
         if log_end > table_end {
             let last = table.last().map(|e| e.log_id).or(purged.map(|(id, _)| id));
-            let vote_term = read_small_file(&raft_dir.join("vote"))?
-                .and_then(|b| postcard::from_bytes::<Vote<NodeId>>(&b).ok())
-                .map_or(0, |v| v.leader_id().get_term());
-            let metas = rebuild_entries(&log, last, table_end, vote_term)?;
+            let vote_term = match read_small_file(&raft_dir.join("vote"))? {
+                Some(b) => {
+                    postcard::from_bytes::<Vote<NodeId>>(&b).map_err(io_err)?.leader_id().get_term()
+                }
+                None => 0,
+            };
+            // While a snapshot replaces the log, its data past the table is the replaced log's,
+            // whose blank and membership entries the table no longer holds: cut, not rebuilt.
+            let metas = match replacing {
+                Some(_) => Vec::new(),
+                None => rebuild_entries(&log, last, table_end, vote_term)?,
+            };
             let rebuilt_end = metas.last().map_or(table_end, EntryMeta::end_offset);
             if !metas.is_empty() {
                 table.append(&metas)?;
@@ -159,6 +176,9 @@ impl<C: SegmentTc> SegmentStore<C> {
                 tracing::warn!(dir = %raft_dir.display(), table_end = rebuilt_end, log_end, "cutting log data no entry names");
                 log.truncate_from(Offset(rebuilt_end)).map_err(io_err)?;
             }
+        }
+        if let Some(marker) = &replacing {
+            remove_durably(marker)?;
         }
         let core = Arc::new(Core {
             dir: raft_dir.to_owned(),
@@ -697,6 +717,11 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
                     // The install this purge goes with has not run: drop the entries, but
                     // leave the purge point on disk and the data to `snapshot_installed`, so
                     // a crash in between restarts with a log that matches the state machine.
+                    // The marker keeps that restart from rebuilding entries from the data; the
+                    // table is made whole on disk first, so that restart cuts only data no
+                    // entry names, as before the marker.
+                    table.sync()?;
+                    write_small_file(&core.dir.join(REPLACING), &[])?;
                     table.purge_upto(log_id.index)?;
                     *lock(&core.purged) = Some((log_id, core.log.end_offset().0));
                     return Ok(());
@@ -717,11 +742,32 @@ fn purge_to(
     log_id: LogId<NodeId>,
     offset: u64,
 ) -> io::Result<()> {
+    // The table whole on disk before the purge point is (see `open`).
+    table.sync()?;
     let bytes = postcard::to_stdvec(&(log_id, offset)).map_err(io_err)?;
     write_small_file(&core.dir.join("purged"), &bytes)?;
     *lock(&core.purged) = Some((log_id, offset));
     table.purge_upto(log_id.index)?;
-    core.log.delete_before(Offset(offset)).map_err(io_err)
+    core.log.delete_before(Offset(offset)).map_err(io_err)?;
+    remove_durably(&core.dir.join(REPLACING))
+}
+
+/// Marks a group whose log a snapshot is replacing (a purge past the log's last entry ran
+/// before the install it goes with): `open` must cut the log's data past the table instead of
+/// rebuilding entries from it. Removed once the purge is done, or by the `open` that cut.
+const REPLACING: &str = "replacing";
+
+/// Removes `path` if present, and makes the removal durable.
+fn remove_durably(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -759,43 +805,110 @@ mod tests {
         table.range(0, u64::MAX).cloned().collect()
     }
 
+    fn blank(term: u64, index: u64) -> Entry<PartitionTc> {
+        Entry { log_id: id(term, index), payload: EntryPayload::Blank }
+    }
+
+    fn table_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join("raft/entries")).unwrap().len()
+    }
+
+    /// A crash loses what the table had not fsynced: keep only its first `len` bytes.
+    fn lose_table_past(dir: &Path, len: u64) {
+        let file = std::fs::OpenOptions::new().write(true).open(dir.join("raft/entries")).unwrap();
+        file.set_len(len).unwrap();
+    }
+
     /// The table's records of data entries reach the disk only now and then: after a crash
     /// they are rebuilt from the batches, whose leader epoch holds each entry's term, up to
-    /// the first batch without a term this replica could hold.
+    /// the first batch without a term this replica could hold. Blank and membership entries,
+    /// which only the table holds, are fsynced as they are appended, so indexes never shift.
     #[tokio::test]
     async fn data_entries_past_the_table_on_disk_are_rebuilt_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
         store.save_vote(&Vote::new(3, 1)).await.unwrap();
-        let blank = Entry { log_id: id(2, 0), payload: EntryPayload::Blank };
-        store.append_now(vec![blank, data(2, 1, 3)]).unwrap();
-        let rest = store.append_inline(vec![data(2, 2, 2), data(3, 3, 1)]).unwrap();
+        store.append_now(vec![blank(1, 0), data(1, 1, 3)]).unwrap();
+        let rest = store.append_inline(vec![data(2, 2, 2)]).unwrap();
         assert!(rest.is_empty(), "small entries are written in place");
-        store.append_now(vec![data(3, 4, 4)]).unwrap();
+        assert_eq!(store.append_inline(vec![blank(2, 3)]).unwrap().len(), 1, "never in place");
+        store.append_now(vec![blank(2, 3)]).unwrap();
+        let synced = table_len(dir.path());
+        store.append_inline(vec![data(2, 4, 1), data(3, 5, 2)]).unwrap();
+        store.append_now(vec![data(3, 6, 4)]).unwrap();
         store.core.log.flush().unwrap();
         let before = metas(&store);
-        assert_eq!(before.len(), 5);
+        assert_eq!(before.len(), 7);
         drop(store);
-        // The crash left only what the blank entry's fsync put on disk: the blank entry.
-        let table = dir.path().join("raft/entries");
-        let mut first = EntryTable::open(&table).unwrap();
-        first.truncate_from(1).unwrap();
-        drop(first);
-        let store = open(dir.path());
-        assert_eq!(metas(&store), before, "rebuilt with terms, offsets and sizes");
-        // A batch without a usable term (as an earlier build wrote them) is cut, with all after.
-        store.core.log.append_in_epoch(&data(3, 5, 1).payload_batch(), -1).unwrap();
-        store.core.log.append_in_epoch(&data(3, 6, 1).payload_batch(), 3).unwrap();
+        lose_table_past(dir.path(), synced);
+        store = open(dir.path());
+        assert_eq!(metas(&store), before, "rebuilt with indexes, terms, offsets and sizes");
+        let end = store.core.log.end_offset();
+        assert_eq!(end, Offset(12));
+        // Batches whose term cannot be right are cut, with all after them: none (as an
+        // earlier build wrote them), one below the previous entry's, one above the vote's.
+        for epoch in [-1, 2, 4] {
+            let synced = table_len(dir.path());
+            store.core.log.append_in_epoch(&data(3, 7, 1).payload_batch(), epoch).unwrap();
+            store.core.log.append_in_epoch(&data(3, 8, 1).payload_batch(), 3).unwrap();
+            store.core.log.flush().unwrap();
+            drop(store);
+            lose_table_past(dir.path(), synced);
+            let reopened = open(dir.path());
+            assert_eq!(metas(&reopened), before, "epoch {epoch}");
+            assert_eq!(reopened.core.log.end_offset(), end, "epoch {epoch}");
+            store = reopened;
+        }
+    }
+
+    /// A crash in a purge after its point reached the disk, with a table on disk that ends
+    /// before it: the open purges the table too and rebuilds from the purge point.
+    #[tokio::test]
+    async fn a_purge_point_past_the_table_on_disk_opens_and_rebuilds_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        store.append_now(vec![blank(1, 0)]).unwrap();
+        let synced = table_len(dir.path());
+        store.append_inline((1..=5).map(|i| data(1, i, 2)).collect()).unwrap();
         store.core.log.flush().unwrap();
+        let stale: Vec<u8> = std::fs::read(dir.path().join("raft/entries")).unwrap();
+        let after = metas(&store)[4..].to_vec();
+        store.purge(id(1, 3)).await.unwrap();
+        assert_eq!(metas(&store), after);
         drop(store);
+        std::fs::write(dir.path().join("raft/entries"), &stale[..synced as usize]).unwrap();
         let store = open(dir.path());
-        assert_eq!(metas(&store), before);
+        assert_eq!(metas(&store), after);
+        assert_eq!(store.core.log.start_offset(), Offset(6));
         assert_eq!(store.core.log.end_offset(), Offset(10));
-        // Terms above the vote's are not trusted either.
-        store.core.log.append_in_epoch(&data(4, 5, 1).payload_batch(), 4).unwrap();
+    }
+
+    /// A purge past the log's last entry that ran before its snapshot's install, then a
+    /// crash: the log's data past the table belongs to the replaced log and is cut, not
+    /// rebuilt into entries (its blank and membership entries are gone from the table).
+    #[tokio::test]
+    async fn a_log_being_replaced_by_a_snapshot_is_cut_not_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        store.append_now(vec![blank(1, 0)]).unwrap();
+        store.append_inline((1..=3).map(|i| data(1, i, 1)).collect()).unwrap();
         store.core.log.flush().unwrap();
+        store.purge(id(2, 10)).await.unwrap();
+        assert!(dir.path().join("raft").join(REPLACING).exists());
         drop(store);
-        assert_eq!(open(dir.path()).core.log.end_offset(), Offset(10));
+        let store = open(dir.path());
+        assert!(metas(&store).is_empty());
+        assert_eq!(store.core.log.end_offset(), Offset(0), "cut, as before the rebuild existed");
+        assert!(!dir.path().join("raft").join(REPLACING).exists(), "the open that cut clears it");
+        // Without a crash the install's purge finishes the job and clears the marker.
+        let mut store = store;
+        store.append_inline(vec![data(2, 1, 1)]).unwrap();
+        store.purge(id(2, 10)).await.unwrap();
+        store.snapshot_installed(id(2, 10), 40).unwrap();
+        assert_eq!(store.core.log.start_offset(), Offset(40));
+        assert!(!dir.path().join("raft").join(REPLACING).exists());
     }
 
     trait PayloadBatch {
