@@ -18,6 +18,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -66,6 +67,8 @@ struct Core {
     /// past the last entry restarts the log.
     installed: Mutex<Option<(LogId<NodeId>, u64)>>,
     flushes: Mutex<Flushes>,
+    /// Whether the [`REPLACING`] marker is on disk.
+    replacing: std::sync::atomic::AtomicBool,
     /// When the table was last fsynced (see [`TABLE_SYNC_EVERY`]).
     table_synced: Mutex<std::time::Instant>,
     /// The `committed` file, kept open: rewritten in place on every commit (see
@@ -187,6 +190,7 @@ impl<C: SegmentTc> SegmentStore<C> {
             purged: Mutex::new(purged),
             installed: Mutex::new(None),
             flushes: Mutex::new(Flushes::default()),
+            replacing: std::sync::atomic::AtomicBool::new(false),
             table_synced: Mutex::new(std::time::Instant::now()),
             committed: Mutex::new(CommittedFile::new(raft_dir.join("committed"))),
         });
@@ -292,8 +296,11 @@ impl<C: SegmentTc> SegmentStore<C> {
     /// (as `docs/decisions.md`, "Small writes on the async runtime", says of single nodes).
     /// Returns the entries left, from the first that declined, for [`Self::append_now`].
     fn append_inline(&self, entries: Vec<Entry<C>>) -> io::Result<Vec<Entry<C>>> {
-        // Blank and membership entries fsync the table (see `append_now`).
-        if entries.iter().any(|e| !matches!(e.payload, EntryPayload::Normal(_))) {
+        // Blank and membership entries fsync the table, and so do the first entries after a
+        // purge past the log (see `append_now`).
+        if self.core.replacing.load(Ordering::Acquire)
+            || entries.iter().any(|e| !matches!(e.payload, EntryPayload::Normal(_)))
+        {
             return Ok(entries);
         }
         // Each entry's batch, made once (the controller's entries serialise theirs).
@@ -376,7 +383,16 @@ impl<C: SegmentTc> SegmentStore<C> {
             metas.clear();
             table.sync()?;
         }
-        table.append(&metas)
+        table.append(&metas)?;
+        // Entries after a purge past the log, before its snapshot's install: once the table
+        // durably names them, a crash no longer leaves only the replaced log's data past the
+        // table, and the marker that would cut it (these entries with it) goes.
+        if self.core.replacing.load(Ordering::Acquire) {
+            table.sync()?;
+            remove_durably(&self.core.dir.join(REPLACING))?;
+            self.core.replacing.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 }
 
@@ -722,6 +738,7 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
                     // entry names, as before the marker.
                     table.sync()?;
                     write_small_file(&core.dir.join(REPLACING), &[])?;
+                    core.replacing.store(true, Ordering::Release);
                     table.purge_upto(log_id.index)?;
                     *lock(&core.purged) = Some((log_id, core.log.end_offset().0));
                     return Ok(());
@@ -749,7 +766,9 @@ fn purge_to(
     *lock(&core.purged) = Some((log_id, offset));
     table.purge_upto(log_id.index)?;
     core.log.delete_before(Offset(offset)).map_err(io_err)?;
-    remove_durably(&core.dir.join(REPLACING))
+    remove_durably(&core.dir.join(REPLACING))?;
+    core.replacing.store(false, Ordering::Release);
+    Ok(())
 }
 
 /// Marks a group whose log a snapshot is replacing (a purge past the log's last entry ran
@@ -902,6 +921,22 @@ mod tests {
         assert!(metas(&store).is_empty());
         assert_eq!(store.core.log.end_offset(), Offset(0), "cut, as before the rebuild existed");
         assert!(!dir.path().join("raft").join(REPLACING).exists(), "the open that cut clears it");
+        // Entries that come after such a purge, before the install, take the marker away as
+        // soon as the table durably names them: a crash then keeps them.
+        let mut store = store;
+        store.append_now(vec![blank(2, 0)]).unwrap();
+        store.append_inline(vec![data(2, 1, 2)]).unwrap();
+        store.purge(id(2, 10)).await.unwrap();
+        assert!(dir.path().join("raft").join(REPLACING).exists());
+        assert_eq!(store.append_inline(vec![data(2, 11, 3)]).unwrap().len(), 1, "not in place");
+        store.append_now(vec![data(2, 11, 3)]).unwrap();
+        assert!(!dir.path().join("raft").join(REPLACING).exists());
+        store.core.log.flush().unwrap();
+        let kept = metas(&store);
+        assert_eq!(kept.len(), 1);
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(metas(&store), kept, "the entry after the purge survives the crash");
         // Without a crash the install's purge finishes the job and clears the marker.
         let mut store = store;
         store.append_inline(vec![data(2, 1, 1)]).unwrap();
