@@ -28,8 +28,23 @@ pub fn strata_bin() -> PathBuf {
     bin
 }
 
+/// A loopback port no server of this test process was given before. The kernel can hand the
+/// same free port to two `bind(0)`s once the first listener is closed, and two tests running
+/// at once then started servers on one port: one failed to bind, and its test talked to the
+/// other test's server until that one stopped (a reset connection).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A `strata server` child process.
