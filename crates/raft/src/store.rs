@@ -29,7 +29,9 @@ use openraft::{
 use strata_record::{Offset, RecordBatch};
 use strata_storage::Log;
 
-use crate::table::{EntryKind, EntryMeta, EntryTable, read_small_file, write_small_file};
+use crate::table::{
+    EntryKind, EntryMeta, EntryTable, read_small_file, sync_parent, write_small_file,
+};
 use crate::types::{LogPayload, Node, NodeId};
 
 /// Most bytes of entries one read hands to replication (at least one entry): 300 entries of
@@ -329,10 +331,7 @@ impl<C: SegmentTc> SegmentStore<C> {
             let kind = match (&entry.payload, batch) {
                 (EntryPayload::Normal(_), Some(batch)) => match write_inline(log, batch, entry) {
                     None => break,
-                    Some(Ok(info)) => EntryKind::Data {
-                        records: info.last_offset.0 - info.base_offset.0 + 1,
-                        bytes: batch.len() as u32,
-                    },
+                    Some(Ok(info)) => data_kind(&info, batch),
                     Some(Err(err)) => {
                         failed = Some(err);
                         break;
@@ -360,28 +359,22 @@ impl<C: SegmentTc> SegmentStore<C> {
             let kind = match &entry.payload {
                 EntryPayload::Normal(data) => {
                     let batch = data.to_batch();
-                    let info =
-                        log.append_in_epoch(&batch, epoch_of(&entry.log_id)?).map_err(io_err)?;
-                    metas.push(EntryMeta {
-                        log_id: entry.log_id,
-                        offset,
-                        kind: EntryKind::Data {
-                            records: info.last_offset.0 - info.base_offset.0 + 1,
-                            bytes: batch.len() as u32,
-                        },
-                    });
-                    continue;
+                    let epoch = epoch_of(&entry.log_id)?;
+                    data_kind(&log.append_in_epoch(&batch, epoch).map_err(io_err)?, &batch)
                 }
                 EntryPayload::Blank => EntryKind::Blank,
                 EntryPayload::Membership(m) => EntryKind::Membership(m.clone()),
             };
-            // An entry the log cannot rebuild: on disk before anything after it is written
-            // (the data before it first, so the table never names data the log lacks).
+            let rebuildable = matches!(kind, EntryKind::Data { .. });
             metas.push(EntryMeta { log_id: entry.log_id, offset, kind });
-            log.flush().map_err(io_err)?;
-            table.append(&metas)?;
-            metas.clear();
-            table.sync()?;
+            if !rebuildable {
+                // An entry the log cannot rebuild: on disk before anything after it is written
+                // (the data before it first, so the table never names data the log lacks).
+                log.flush().map_err(io_err)?;
+                table.append(&metas)?;
+                metas.clear();
+                table.sync()?;
+            }
         }
         table.append(&metas)?;
         // Entries after a purge past the log, before its snapshot's install: once the table
@@ -435,7 +428,7 @@ fn flush_loop(mut guard: LoopGuard) {
             }
             std::mem::take(&mut flushes.waiting)
         };
-        let result = flush_both(core);
+        let result = flush_log(core);
         for callback in callbacks {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -449,7 +442,7 @@ fn flush_loop(mut guard: LoopGuard) {
 
 /// Makes the appended entries durable: their batches (the table's records of data entries are
 /// rebuilt from them at open; see the module's note).
-fn flush_both(core: &Core) -> io::Result<()> {
+fn flush_log(core: &Core) -> io::Result<()> {
     core.log.flush().map_err(io_err)
 }
 
@@ -466,6 +459,14 @@ fn sync_table_if_due(core: &Core) {
     let result = lock(&core.table).sync_handle().and_then(|table| table.sync_data());
     if let Err(err) = result {
         tracing::warn!(dir = %core.dir.display(), error = %err, "entry table fsync failed");
+    }
+}
+
+/// The table's record of a data entry whose `batch` landed as `info` says.
+fn data_kind(info: &strata_storage::AppendInfo, batch: &[u8]) -> EntryKind {
+    EntryKind::Data {
+        records: info.last_offset.0 - info.base_offset.0 + 1,
+        bytes: batch.len() as u32,
     }
 }
 
@@ -491,7 +492,7 @@ fn rebuild_entries(
     let mut offset = from;
     let end = log.end_offset().0;
     'scan: while offset < end {
-        let batches = log.read(Offset(offset), 4 * 1024 * 1024).map_err(io_err)?;
+        let batches = log.read(Offset(offset), MAX_READ_BYTES as usize).map_err(io_err)?;
         if batches.is_empty() {
             break;
         }
@@ -783,10 +784,7 @@ fn remove_durably(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
+    sync_parent(path)
 }
 
 #[cfg(test)]
@@ -802,6 +800,14 @@ mod tests {
         let config = crate::replicated_log_config(LogConfig::default());
         let log = Log::open(dir.join("log"), config).unwrap();
         SegmentStore::open(&dir.join("raft"), Arc::new(log)).unwrap()
+    }
+
+    /// A fresh store whose node voted in `term`.
+    async fn voted(term: u64) -> (tempfile::TempDir, SegmentStore<PartitionTc>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.save_vote(&Vote::new(term, 1)).await.unwrap();
+        (dir, store)
     }
 
     fn id(term: u64, index: u64) -> LogId<NodeId> {
@@ -844,9 +850,7 @@ mod tests {
     /// which only the table holds, are fsynced as they are appended, so indexes never shift.
     #[tokio::test]
     async fn data_entries_past_the_table_on_disk_are_rebuilt_from_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path());
-        store.save_vote(&Vote::new(3, 1)).await.unwrap();
+        let (dir, mut store) = voted(3).await;
         store.append_now(vec![blank(1, 0), data(1, 1, 3)]).unwrap();
         let rest = store.append_inline(vec![data(2, 2, 2)]).unwrap();
         assert!(rest.is_empty(), "small entries are written in place");
@@ -884,9 +888,7 @@ mod tests {
     /// before it: the open purges the table too and rebuilds from the purge point.
     #[tokio::test]
     async fn a_purge_point_past_the_table_on_disk_opens_and_rebuilds_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path());
-        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        let (dir, mut store) = voted(1).await;
         store.append_now(vec![blank(1, 0)]).unwrap();
         let synced = table_len(dir.path());
         store.append_inline((1..=5).map(|i| data(1, i, 2)).collect()).unwrap();
@@ -908,9 +910,7 @@ mod tests {
     /// rebuilt into entries (its blank and membership entries are gone from the table).
     #[tokio::test]
     async fn a_log_being_replaced_by_a_snapshot_is_cut_not_rebuilt() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path());
-        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        let (dir, mut store) = voted(2).await;
         store.append_now(vec![blank(1, 0)]).unwrap();
         store.append_inline((1..=3).map(|i| data(1, i, 1)).collect()).unwrap();
         store.core.log.flush().unwrap();

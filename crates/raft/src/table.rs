@@ -186,9 +186,7 @@ impl EntryTable {
             f.sync_all()?;
         }
         fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        sync_parent(&self.path)?;
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         Ok(())
     }
@@ -226,10 +224,16 @@ pub fn write_small_file(path: &Path, contents: &[u8]) -> io::Result<()> {
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
+    sync_parent(path)?;
     Ok(())
+}
+
+/// Fsyncs the directory holding `path`, so a rename or removal in it is durable.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// Reads a file written by [`write_small_file`]; `None` if absent, an error if corrupt.

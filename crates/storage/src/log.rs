@@ -249,13 +249,13 @@ impl Log {
     /// be on disk (and may be readable until the log is reopened), and every later write is
     /// refused. Reopening recovers to what is really on disk.
     pub fn append(&self, batch: &[u8]) -> Result<AppendInfo> {
-        self.append_batch(batch, false)
+        self.append_batch(batch, false, None)
     }
 
     /// Appends a batch at the base offset it already carries, which must equal the log's end
     /// offset: the replication layer uses this to copy a leader's log exactly.
     pub fn append_at(&self, batch: &[u8]) -> Result<AppendInfo> {
-        self.append_batch(batch, true)
+        self.append_batch(batch, true, None)
     }
 
     /// [`Log::append`] for a batch the caller already checked: a `RecordBatch` can only be made
@@ -270,12 +270,7 @@ impl Log {
     /// records each entry's Raft term there (Kafka's meaning), so entries can be rebuilt from
     /// the log alone.
     pub fn append_in_epoch(&self, batch: &[u8], epoch: i32) -> Result<AppendInfo> {
-        self.check_appendable(batch.len())?;
-        let mut header = *RecordBatch::new(batch)?.header();
-        header.partition_leader_epoch = epoch;
-        let info = self.write_header(batch, header, false)?;
-        self.make_durable(&info)?;
-        Ok(info)
+        self.append_batch(batch, false, Some(epoch))
     }
 
     /// The write half of [`Log::append_checked`], for a batch validated earlier
@@ -342,10 +337,19 @@ impl Log {
         }
     }
 
-    fn append_batch(&self, batch: &[u8], keep_offset: bool) -> Result<AppendInfo> {
+    /// `epoch`: the leader epoch to write over the batch's own, if any.
+    fn append_batch(
+        &self,
+        batch: &[u8],
+        keep_offset: bool,
+        epoch: Option<i32>,
+    ) -> Result<AppendInfo> {
         // Limits before work: an oversized batch is refused before its CRC is computed.
         self.check_appendable(batch.len())?;
-        let header = *RecordBatch::new(batch)?.header();
+        let mut header = *RecordBatch::new(batch)?.header();
+        if let Some(epoch) = epoch {
+            header.partition_leader_epoch = epoch;
+        }
         let info = self.write_header(batch, header, keep_offset)?;
         self.make_durable(&info)?;
         Ok(info)

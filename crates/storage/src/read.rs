@@ -18,7 +18,7 @@ pub(crate) struct BatchSlice {
     pub(crate) bytes: Bytes,
     pub(crate) path: Arc<Path>,
     pub(crate) position: u64,
-    /// Whether this process CRC-checked the batch when it appended it (see
+    /// Whether this process CRC-checked the batch already, appending or scanning it (see
     /// `SegmentCore::checked_from`), so [`verify`] need not again.
     pub(crate) checked: bool,
 }
@@ -126,8 +126,8 @@ pub(crate) fn collect_batches(
 }
 
 /// Checks the CRC of every slice this process has not checked yet (when appending it or
-/// scanning it at open), keeping the good ones before the first bad one. A bad first batch is an error: corrupt data from disk
-/// is never served.
+/// scanning it at open), keeping the good ones before the first bad one. A bad first batch is
+/// an error: corrupt data from disk is never served.
 pub(crate) fn verify(slices: Vec<BatchSlice>) -> Result<Vec<Bytes>> {
     let mut out = Vec::with_capacity(slices.len());
     for slice in slices {
