@@ -179,7 +179,13 @@ impl<C: SegmentTc> SegmentStore<C> {
             }
             if log_end > rebuilt_end {
                 tracing::warn!(dir = %raft_dir.display(), table_end = rebuilt_end, log_end, "cutting log data no entry names");
-                log.truncate_from(Offset(rebuilt_end)).map_err(io_err)?;
+                // With no entry left, the end is the purge point, which a snapshot that
+                // replaced the log may have put inside one of its batches.
+                match table.last() {
+                    Some(_) => log.truncate_from(Offset(rebuilt_end)),
+                    None => log.restart_at(Offset(rebuilt_end)),
+                }
+                .map_err(io_err)?;
             }
         }
         if let Some(marker) = &replacing {
@@ -754,6 +760,11 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
 
 /// Purges the entries up to `log_id` and the log data before `offset` (the offset after it):
 /// the purge point is on disk first, so a crash leaves at most data a restart deletes.
+///
+/// A purge that leaves no entry while the log does not end at `offset` is a snapshot
+/// replacing the log: whatever data it holds from there on is not the leader's (a deposed
+/// leader's records, in batches that need not even break at `offset`), and the log restarts
+/// empty at `offset`.
 fn purge_to(
     core: &Core,
     table: &mut EntryTable,
@@ -762,11 +773,21 @@ fn purge_to(
 ) -> io::Result<()> {
     // The table whole on disk before the purge point is (see `open`).
     table.sync()?;
+    let keeps_entries = table.last().is_some_and(|e| e.log_id.index > log_id.index);
+    let replaces_log = !keeps_entries && core.log.end_offset().0 != offset;
+    if replaces_log {
+        // A crash before the restart is done must not rebuild entries from the old data.
+        write_small_file(&core.dir.join(REPLACING), &[])?;
+    }
     let bytes = postcard::to_stdvec(&(log_id, offset)).map_err(io_err)?;
     write_small_file(&core.dir.join("purged"), &bytes)?;
     *lock(&core.purged) = Some((log_id, offset));
     table.purge_upto(log_id.index)?;
-    core.log.delete_before(Offset(offset)).map_err(io_err)?;
+    if replaces_log {
+        core.log.restart_at(Offset(offset)).map_err(io_err)?;
+    } else {
+        core.log.delete_before(Offset(offset)).map_err(io_err)?;
+    }
     remove_durably(&core.dir.join(REPLACING))?;
     core.replacing.store(false, Ordering::Release);
     Ok(())
@@ -944,6 +965,53 @@ mod tests {
         store.snapshot_installed(id(2, 10), 40).unwrap();
         assert_eq!(store.core.log.start_offset(), Offset(40));
         assert!(!dir.path().join("raft").join(REPLACING).exists());
+    }
+
+    /// A deposed leader's records its successor never had, replaced by a snapshot whose log
+    /// goes on below their end, inside one of their batches: the log restarts empty there,
+    /// whichever of the purge and the install runs first, and after a crash between the
+    /// purge point reaching the disk and the restart.
+    #[tokio::test]
+    async fn a_snapshot_below_the_log_end_restarts_the_log_at_its_end() {
+        let stale = |store: &mut SegmentStore<PartitionTc>| {
+            store.append_now(vec![blank(1, 0)]).unwrap();
+            store.append_inline((1..=3).map(|i| data(1, i, 10)).collect()).unwrap();
+            store.core.log.flush().unwrap();
+            assert_eq!(store.core.log.end_offset(), Offset(30));
+        };
+        let restarted_at_15 = |store: &SegmentStore<PartitionTc>, dir: &Path| {
+            assert!(metas(store).is_empty());
+            let log = &store.core.log;
+            assert_eq!((log.start_offset(), log.end_offset()), (Offset(15), Offset(15)));
+            assert!(!dir.join("raft").join(REPLACING).exists());
+        };
+        // The purge first, then the install.
+        let (dir, mut store) = voted(2).await;
+        stale(&mut store);
+        store.purge(id(2, 5)).await.unwrap();
+        store.snapshot_installed(id(2, 5), 15).unwrap();
+        restarted_at_15(&store, dir.path());
+        store.append_now(vec![data(2, 6, 2)]).unwrap();
+        store.core.log.flush().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(metas(&store)[0].offset, 15);
+        assert_eq!(store.core.log.end_offset(), Offset(17));
+        // The install first, then the purge.
+        let (dir, mut store) = voted(2).await;
+        stale(&mut store);
+        store.snapshot_installed(id(2, 5), 15).unwrap();
+        store.purge(id(2, 5)).await.unwrap();
+        restarted_at_15(&store, dir.path());
+        // A crash with the purge point on disk and the old data still there.
+        let (dir, mut store) = voted(2).await;
+        stale(&mut store);
+        store.purge(id(2, 5)).await.unwrap();
+        drop(store);
+        let point = postcard::to_stdvec(&(id(2, 5), 15u64)).unwrap();
+        write_small_file(&dir.path().join("raft/purged"), &point).unwrap();
+        let store = open(dir.path());
+        restarted_at_15(&store, dir.path());
     }
 
     trait PayloadBatch {

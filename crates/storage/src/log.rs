@@ -614,7 +614,7 @@ impl Log {
 
     /// Makes `offset` the new start of the log: reads below it fail, and sealed segments that
     /// hold only older offsets are deleted. Past the end offset, the log is emptied and
-    /// restarts at `offset` (a replica installing a snapshot).
+    /// restarts at `offset` (see [`Log::restart_at`]).
     pub fn delete_before(&self, offset: Offset) -> Result<()> {
         self.ensure_writable()?;
         let _sync = self.sync_guard();
@@ -623,22 +623,47 @@ impl Log {
             return Ok(());
         }
         if offset > state.end() {
-            let fresh = ActiveSegment::create(&self.dir, offset, &self.config())?;
-            let old: Vec<Offset> = state.segments().iter().map(|s| s.core.base).collect();
-            state.sealed.clear();
-            state.active = fresh;
-            state.log_start = offset;
-            checkpoint::write(&self.dir, state.checkpoint()).map_err(|e| self.fail(e))?;
-            for base in old.into_iter().filter(|&b| b != offset) {
-                remove_segment_files(&self.dir, base)?;
-            }
-            sync_dir(&self.dir)?;
-            self.durable_end.store(offset.0, Ordering::Release);
-            return Ok(());
+            return self.restart_locked(&mut state, offset);
         }
         state.log_start = offset;
         let doomed = state.sealed.iter().take_while(|s| s.core.next <= offset).count();
         self.drop_oldest(&mut state, doomed)?;
+        Ok(())
+    }
+
+    /// Empties the log, whatever it holds, and starts it again at `offset`, which need not be
+    /// a batch boundary nor inside the log: a replica whose records a snapshot replaces
+    /// (Kafka's `truncateFullyAndStartAt`). Files are deleted, never shrunk or overwritten, so
+    /// batches already handed out stay valid.
+    pub fn restart_at(&self, offset: Offset) -> Result<()> {
+        self.ensure_writable()?;
+        let _sync = self.sync_guard();
+        let mut state = self.write_state();
+        self.restart_locked(&mut state, offset)
+    }
+
+    fn restart_locked(&self, state: &mut State, offset: Offset) -> Result<()> {
+        let old: Vec<Offset> = state.segments().iter().map(|s| s.core.base).collect();
+        let restart = || -> Result<ActiveSegment> {
+            // The new start first: a crash part-way opens a log that starts at `offset` or at
+            // its end, whichever is lower, and serves none of the old records below it. The
+            // caller redoes the restart from its own record (the Raft store's purge point).
+            checkpoint::write(&self.dir, Checkpoint { log_start: offset, recovery_point: offset })?;
+            // Newest first, so that what a crash leaves is still a log with no gaps; the
+            // segment named `offset`, if any, is gone before a new file takes its name.
+            for &base in old.iter().rev() {
+                remove_segment_files(&self.dir, base)?;
+            }
+            let fresh = ActiveSegment::create(&self.dir, offset, &self.config())?;
+            sync_dir(&self.dir)?;
+            Ok(fresh)
+        };
+        let fresh = restart().map_err(|e| self.fail(e))?;
+        state.sealed.clear();
+        state.active = fresh;
+        state.log_start = offset;
+        self.durable_end.store(offset.0, Ordering::Release);
+        tracing::info!(dir = %self.dir.display(), at = %offset, "log emptied and restarted");
         Ok(())
     }
 

@@ -187,6 +187,39 @@ fn prefix_deletion_and_reset() {
     assert_eq!((log.start_offset(), log.end_offset()), (Offset(1000), Offset(1001)));
 }
 
+/// A replica whose records a snapshot replaces restarts its log at the snapshot's end, which
+/// can fall inside a batch it holds and below its end: nothing of the old log survives, and
+/// batches handed out before stay intact.
+#[test]
+fn restart_empties_the_log_wherever_the_new_start_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..40 {
+        log.append(&batch(2, 150, i)).unwrap();
+    }
+    let held = log.read(Offset(0), usize::MAX).unwrap();
+    let copies: Vec<Vec<u8>> = held.iter().map(|b| b.to_vec()).collect();
+    log.restart_at(Offset(41)).unwrap(); // inside the batch at 40, below the end (80)
+    assert_eq!(
+        (log.start_offset(), log.end_offset(), log.segment_count()),
+        (Offset(41), Offset(41), 1)
+    );
+    assert!(log.read(Offset(41), usize::MAX).unwrap().is_empty());
+    for (old, copy) in held.iter().zip(&copies) {
+        assert_eq!(&old[..], &copy[..], "a batch read before the restart changed under the reader");
+    }
+    assert_eq!(log.append(&batch(1, 10, 0)).unwrap().base_offset, Offset(41));
+    // At the base of the only segment, and then below the start: the file is replaced.
+    log.restart_at(Offset(41)).unwrap();
+    assert_eq!(log.end_offset(), Offset(41));
+    log.restart_at(Offset(7)).unwrap();
+    assert_eq!(log.append(&batch(3, 10, 0)).unwrap().base_offset, Offset(7));
+    drop(log);
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!((log.start_offset(), log.end_offset()), (Offset(7), Offset(10)));
+    assert_eq!(segment_files(dir.path(), "log").len(), 1);
+}
+
 #[test]
 fn retention_by_size_and_age_drops_whole_sealed_segments() {
     let dir = tempfile::tempdir().unwrap();
