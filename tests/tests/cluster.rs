@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use strata_client::{
-    Admin, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, TopicSpec,
+    Admin, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, TopicSpec, proto,
 };
 use strata_e2e::{Server, eventually};
 
@@ -352,7 +352,36 @@ async fn leadership_moves_on_request_and_rebalances_back() {
     let moved = leaders(client.clone()).await;
     assert_eq!(moved[0].0, target, "partition 0 is led by the node asked for");
     // Writes go on through the new leader.
-    assert_eq!(produce(&client, "moves", 0, 30).await.len(), 30);
+    let mut acked = produce(&client, "moves", 0, 30).await;
+    assert_eq!(acked.len(), 30);
+
+    // Only the leader serves reads: a follower refuses a fetch and an offset lookup, naming
+    // the leader, and a client that knows only that follower reads through the leader.
+    let follower = &servers[*replicas.iter().find(|&&r| r != target).unwrap() as usize - 1];
+    let leader_addr = &servers[target as usize - 1].brokers();
+    let mut raw =
+        proto::broker_client::BrokerClient::connect(format!("http://{}", follower.brokers()))
+            .await
+            .unwrap();
+    let fetch = proto::FetchRequest {
+        topic: "moves".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let refused = raw.fetch(fetch).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(
+        refused.message().contains(&format!("leader is node {target} at {leader_addr}")),
+        "{refused:?}"
+    );
+    let lookup =
+        proto::ListOffsetsRequest { topic: "moves".into(), partition: 0, ..Default::default() };
+    assert_eq!(raw.list_offsets(lookup).await.unwrap_err().code(), tonic::Code::Unavailable);
+    let through_follower = Client::connect(&[follower.brokers()]).await.unwrap();
+    acked.extend(produce(&through_follower, "moves", 30, 30).await);
+    check_served(&acked, &read_all(&through_follower, "moves", 3, 60).await);
 
     strata_e2e::cli(&all, &["cluster", "rebalance-leaders"], "").ok();
     let rebalanced = leaders(client.clone()).await;

@@ -582,8 +582,23 @@ impl Partition {
         Ok(())
     }
 
+    /// In a cluster the partition's leader serves reads (fetches and offset lookups), as in
+    /// Kafka without follower fetching: a follower learns the commit point a round trip after
+    /// the leader, so reading there delays every record by that trip. A follower that knows
+    /// the leader answers `NotLeader` naming it; one that knows none (an election, or no
+    /// majority left) serves what it knows to be committed rather than nothing.
+    pub fn check_serves_reads(&self) -> Result<()> {
+        match &self.replica {
+            Some(replica) if replica.leader().is_some() && !replica.is_leader() => {
+                Err(self.not_leader(ReplicaError::NotLeader { leader: None }))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Long-polling read: returns once at least `min_bytes` of committed batches from `offset`
-    /// are available, or when `max_wait` has passed with whatever there is.
+    /// are available, or when `max_wait` has passed with whatever there is. Only on the leader
+    /// (see [`Partition::check_serves_reads`]).
     pub async fn fetch(
         &self,
         offset: Offset,
@@ -595,6 +610,7 @@ impl Partition {
         let deadline = Instant::now() + max_wait;
         let mut changes = self.high_watermark.subscribe();
         loop {
+            self.check_serves_reads()?;
             changes.borrow_and_update();
             let high_watermark = self.high_watermark();
             self.check_offset(offset, high_watermark)?;

@@ -123,23 +123,29 @@ impl Client {
     }
 
     /// Learns from a failed request about a partition: a not-leader answer names the new
-    /// leader; anything else unavailable drops the cached leader, moves to the next broker
-    /// and refreshes the partition's leaders from metadata.
-    pub(crate) async fn partition_failed(&self, topic: &str, partition: u32, status: &Status) {
+    /// leader (returns true: retry at once); anything else unavailable drops the cached
+    /// leader, moves to the next broker and refreshes the partition's leaders from metadata.
+    pub(crate) async fn partition_failed(
+        &self,
+        topic: &str,
+        partition: u32,
+        status: &Status,
+    ) -> bool {
         if status.code() != Code::Unavailable && status.code() != Code::Unknown {
-            return;
+            return false;
         }
         let key = (topic.to_owned(), partition);
         if let Some(address) = leader_in(status.message()) {
             self.remember(&address);
             self.inner.leaders.write().unwrap_or_else(|e| e.into_inner()).insert(key, address);
-            return;
+            return true;
         }
         self.inner.leaders.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
         if !status.message().contains("not the leader") {
             self.inner.current.fetch_add(1, Ordering::Relaxed);
         }
         let _ = self.metadata(&[topic.to_owned()]).await;
+        false
     }
 
     /// Runs a consumer-group request against the group coordinator (in a cluster, the

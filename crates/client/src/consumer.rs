@@ -209,8 +209,8 @@ impl Consumer {
             spec: spec as i32,
             timestamp_ms,
         };
-        // Asked of the partition's leader (a node without a replica answers with NotLeader
-        // naming it), following leader changes a few times.
+        // Asked of the partition's leader (any other node answers with NotLeader, naming it
+        // when it knows it), following leader changes a few times.
         let mut attempt = 0;
         loop {
             let mut broker = self.client.broker_for(&tp.0, tp.1);
@@ -219,9 +219,10 @@ impl Consumer {
                 Err(status)
                     if status.code() == Code::Unavailable && attempt < LIST_OFFSET_TRIES =>
                 {
-                    self.client.partition_failed(&tp.0, tp.1, &status).await;
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    if !self.client.partition_failed(&tp.0, tp.1, &status).await {
+                        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    }
                 }
                 Err(status) => return Err(status.into()),
             }
@@ -541,9 +542,11 @@ impl Consumer {
             }
             Err(status) if status.code() == Code::Unavailable => {
                 // A leader change or a node down: find the leader and fetch again on the next
-                // poll, after a pause that keeps a dead node from being hammered.
-                self.client.partition_failed(&tp.0, tp.1, &status).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // poll, after a pause that keeps a dead node from being hammered (none when
+                // the answer named the leader).
+                if !self.client.partition_failed(&tp.0, tp.1, &status).await {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Ok(false)
             }
             Err(status) => Err(status.into()),

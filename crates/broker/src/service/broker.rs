@@ -224,7 +224,7 @@ impl Broker for BrokerService {
                         if let Some(header) = last {
                             offset = header.last_offset().plus(1);
                         }
-                                                // A subscriber that stops reading must not hold up shutdown.
+                        // A subscriber that stops reading must not hold up shutdown.
                         tokio::select! {
                             sent = tx.send(Ok(fetch_response(fetched))) => if sent.is_err() { return },
                             _ = shutdown.cancelled() => return,
@@ -256,6 +256,7 @@ impl Broker for BrokerService {
         let request = request.into_inner();
         respond(&self.shared.metrics, "list_offsets", async {
             let partition = self.shared.partition(&request.topic, request.partition)?;
+            partition.check_serves_reads()?;
             let offset = match request.spec() {
                 OffsetSpec::Earliest => partition.log_start(),
                 OffsetSpec::Latest | OffsetSpec::Unspecified => partition.high_watermark(),
