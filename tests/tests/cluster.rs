@@ -370,7 +370,18 @@ async fn leadership_moves_on_request_and_rebalances_back() {
         max_bytes: 1 << 20,
         ..Default::default()
     };
-    let refused = raw.fetch(fetch).await.unwrap_err();
+    // The follower learns the new leader from its first message; until then it serves.
+    let mut refused = None;
+    for _ in 0..50 {
+        match raw.fetch(fetch.clone()).await {
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let refused = refused.expect("the follower refuses the fetch once it knows the leader");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert!(
         refused.message().contains(&format!("leader is node {target} at {leader_addr}")),

@@ -123,8 +123,9 @@ impl Client {
     }
 
     /// Learns from a failed request about a partition: a not-leader answer names the new
-    /// leader (returns true: retry at once); anything else unavailable drops the cached
-    /// leader, moves to the next broker and refreshes the partition's leaders from metadata.
+    /// leader (returns true, to retry at once, if that is not the leader already cached);
+    /// anything else unavailable drops the cached leader, moves to the next broker and
+    /// refreshes the partition's leaders from metadata.
     pub(crate) async fn partition_failed(
         &self,
         topic: &str,
@@ -137,8 +138,9 @@ impl Client {
         let key = (topic.to_owned(), partition);
         if let Some(address) = leader_in(status.message()) {
             self.remember(&address);
-            self.inner.leaders.write().unwrap_or_else(|e| e.into_inner()).insert(key, address);
-            return true;
+            let mut leaders = self.inner.leaders.write().unwrap_or_else(|e| e.into_inner());
+            let previous = leaders.insert(key, address.clone());
+            return previous.as_deref() != Some(address.as_str());
         }
         self.inner.leaders.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
         if !status.message().contains("not the leader") {

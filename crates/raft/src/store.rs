@@ -19,7 +19,7 @@ use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -68,6 +68,10 @@ struct Core {
     /// The last snapshot installed from the leader and the log offset after it: where a purge
     /// past the last entry restarts the log.
     installed: Mutex<Option<(LogId<NodeId>, u64)>>,
+    /// Signalled when `installed` changes, for a purge waiting for its install.
+    install_done: Condvar,
+    /// How long such a purge waits (see [`INSTALL_WAIT`]).
+    install_wait_ms: std::sync::atomic::AtomicU64,
     flushes: Mutex<Flushes>,
     /// Whether the [`REPLACING`] marker is on disk.
     replacing: std::sync::atomic::AtomicBool,
@@ -197,6 +201,8 @@ impl<C: SegmentTc> SegmentStore<C> {
             table: Mutex::new(table),
             purged: Mutex::new(purged),
             installed: Mutex::new(None),
+            install_done: Condvar::new(),
+            install_wait_ms: std::sync::atomic::AtomicU64::new(INSTALL_WAIT.as_millis() as u64),
             flushes: Mutex::new(Flushes::default()),
             replacing: std::sync::atomic::AtomicBool::new(false),
             table_synced: Mutex::new(std::time::Instant::now()),
@@ -209,6 +215,13 @@ impl<C: SegmentTc> SegmentStore<C> {
         &self.core.log
     }
 
+    /// How long a purge past the log's last entry waits for the snapshot install it goes with
+    /// ([`INSTALL_WAIT`] by default); tests that purge by hand, with no install coming,
+    /// shorten it.
+    pub fn set_install_wait(&self, wait: std::time::Duration) {
+        self.core.install_wait_ms.store(wait.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// Tells the store that the state machine installed a snapshot ending at `log_id`, with
     /// the log going on at `next_offset`. openraft runs the purge that follows an install
     /// without waiting for it: a purge past the log that ran first, not knowing where the log
@@ -216,6 +229,7 @@ impl<C: SegmentTc> SegmentStore<C> {
     pub fn snapshot_installed(&self, log_id: LogId<NodeId>, next_offset: u64) -> io::Result<()> {
         let mut table = lock(&self.core.table);
         *lock(&self.core.installed) = Some((log_id, next_offset));
+        self.core.install_done.notify_all();
         if lock(&self.core.purged).is_some_and(|(id, _)| id == log_id) {
             purge_to(&self.core, &mut table, log_id, next_offset)?;
         }
@@ -728,21 +742,34 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let core = self.core.clone();
         blocking(move || {
-            let mut table = lock(&core.table);
             // Past the log's last entry (a snapshot from the leader replaced it), the log goes
-            // on after the installed snapshot; if that install has not run yet, at the log's
-            // end for now, and `snapshot_installed` moves it.
+            // on after the installed snapshot. openraft hands the install to the state machine
+            // and runs this purge without waiting for it: wait here, so that nothing is
+            // appended (the Raft core waits for the purge) before the log restarts where the
+            // snapshot ends. Entries appended at the old log's end would keep offsets the
+            // leader's log does not have.
+            let past_log = {
+                let table = lock(&core.table);
+                let purged = lock(&core.purged).map(|(id, _)| id.index);
+                table.last().is_none_or(|e| e.log_id.index < log_id.index)
+                    && purged.is_none_or(|index| index < log_id.index)
+            };
+            if past_log {
+                wait_for_install(&core, log_id);
+            }
+            let mut table = lock(&core.table);
             let installed = lock(&core.installed).filter(|(id, _)| *id == log_id);
             let offset = match (table.get(log_id.index), installed) {
                 (Some(entry), _) => entry.end_offset(),
                 (None, Some((_, offset))) => offset,
                 (None, None) => {
-                    // The install this purge goes with has not run: drop the entries, but
-                    // leave the purge point on disk and the data to `snapshot_installed`, so
-                    // a crash in between restarts with a log that matches the state machine.
-                    // The marker keeps that restart from rebuilding entries from the data; the
-                    // table is made whole on disk first, so that restart cuts only data no
-                    // entry names, as before the marker.
+                    // The install did not come in time: drop the entries, but leave the
+                    // purge point on disk and the data to `snapshot_installed`, so a crash in
+                    // between restarts with a log that matches the state machine. The marker
+                    // keeps that restart from rebuilding entries from the data; the table is
+                    // made whole on disk first, so that restart cuts only data no entry
+                    // names, as before the marker.
+                    tracing::warn!(dir = %core.dir.display(), %log_id, "purge past the log without its snapshot installed");
                     table.sync()?;
                     write_small_file(&core.dir.join(REPLACING), &[])?;
                     core.replacing.store(true, Ordering::Release);
@@ -756,6 +783,21 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
         .await
         .map_err(sto)
     }
+}
+
+/// How long a purge past the log waits for the snapshot install it goes with. Installs are
+/// small state (see `partition_sm`); this only bounds a failed one.
+const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits, up to the store's install wait ([`INSTALL_WAIT`] unless set), until the snapshot
+/// ending at `log_id` is installed.
+fn wait_for_install(core: &Core, log_id: LogId<NodeId>) {
+    let wait = std::time::Duration::from_millis(core.install_wait_ms.load(Ordering::Relaxed));
+    let installed = lock(&core.installed);
+    let _unused = core
+        .install_done
+        .wait_timeout_while(installed, wait, |i| !i.is_some_and(|(id, _)| id == log_id))
+        .unwrap_or_else(|e| e.into_inner());
 }
 
 /// Purges the entries up to `log_id` and the log data before `offset` (the offset after it):
@@ -820,7 +862,9 @@ mod tests {
     fn open(dir: &Path) -> SegmentStore<PartitionTc> {
         let config = crate::replicated_log_config(LogConfig::default());
         let log = Log::open(dir.join("log"), config).unwrap();
-        SegmentStore::open(&dir.join("raft"), Arc::new(log)).unwrap()
+        let store = SegmentStore::open(&dir.join("raft"), Arc::new(log)).unwrap();
+        store.set_install_wait(std::time::Duration::from_millis(300));
+        store
     }
 
     /// A fresh store whose node voted in `term`.
@@ -969,8 +1013,8 @@ mod tests {
 
     /// A deposed leader's records its successor never had, replaced by a snapshot whose log
     /// goes on below their end, inside one of their batches: the log restarts empty there,
-    /// whichever of the purge and the install runs first, and after a crash between the
-    /// purge point reaching the disk and the restart.
+    /// whether the purge waits for the install, runs out of patience first, or runs after it,
+    /// and after a crash between the purge point reaching the disk and the restart.
     #[tokio::test]
     async fn a_snapshot_below_the_log_end_restarts_the_log_at_its_end() {
         let stale = |store: &mut SegmentStore<PartitionTc>| {
@@ -985,7 +1029,25 @@ mod tests {
             assert_eq!((log.start_offset(), log.end_offset()), (Offset(15), Offset(15)));
             assert!(!dir.join("raft").join(REPLACING).exists());
         };
-        // The purge first, then the install.
+        // The purge first: it waits for the install, so nothing is appended in between.
+        let (dir, mut store) = voted(2).await;
+        stale(&mut store);
+        let installer = store.clone();
+        let installing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let install = std::thread::spawn({
+            let installing = installing.clone();
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                installing.store(true, Ordering::SeqCst);
+                installer.snapshot_installed(id(2, 5), 15).unwrap();
+            }
+        });
+        store.purge(id(2, 5)).await.unwrap();
+        assert!(installing.load(Ordering::SeqCst), "the purge returned before the install");
+        restarted_at_15(&store, dir.path());
+        install.join().unwrap();
+        // An install that does not come in time: the purge drops the entries and leaves the
+        // restart to the install, whenever it comes.
         let (dir, mut store) = voted(2).await;
         stale(&mut store);
         store.purge(id(2, 5)).await.unwrap();

@@ -28,6 +28,8 @@ impl StoreBuilder<PartitionTc, SegmentStore<PartitionTc>, PartitionSm, tempfile:
         .expect("open log");
         let store =
             SegmentStore::open(&dir.path().join("raft"), Arc::new(log)).expect("open store");
+        // The suite purges past the log with no snapshot install to wait for.
+        store.set_install_wait(std::time::Duration::ZERO);
         let (high_watermark, _) = watch::channel(0);
         let sm = PartitionSm::new(store.clone(), Arc::new(high_watermark)).expect("open sm");
         Ok((dir, store, sm))

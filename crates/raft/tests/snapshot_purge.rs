@@ -13,7 +13,10 @@ use strata_storage::{Log, LogConfig};
 fn open(dir: &std::path::Path) -> SegmentStore<PartitionTc> {
     let log = Log::open(dir.join("log"), strata_raft::replicated_log_config(LogConfig::default()))
         .expect("open log");
-    SegmentStore::open(&dir.join("raft"), Arc::new(log)).expect("open store")
+    let store = SegmentStore::open(&dir.join("raft"), Arc::new(log)).expect("open store");
+    // These drive the purge and the install by hand, one after the other.
+    store.set_install_wait(std::time::Duration::ZERO);
+    store
 }
 
 fn log_id(index: u64) -> LogId<NodeId> {

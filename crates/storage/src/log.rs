@@ -649,16 +649,25 @@ impl Log {
             // its end, whichever is lower, and serves none of the old records below it. The
             // caller redoes the restart from its own record (the Raft store's purge point).
             checkpoint::write(&self.dir, Checkpoint { log_start: offset, recovery_point: offset })?;
-            // Newest first, so that what a crash leaves is still a log with no gaps; the
-            // segment named `offset`, if any, is gone before a new file takes its name.
+            // Newest first, each removal durable before the next, so that what a crash leaves
+            // is still a log with no gaps; the segment named `offset`, if any, is gone before
+            // a new file takes its name. (Rare: a snapshot replacing a replica's log.)
             for &base in old.iter().rev() {
                 remove_segment_files(&self.dir, base)?;
+                sync_dir(&self.dir)?;
             }
             let fresh = ActiveSegment::create(&self.dir, offset, &self.config())?;
             sync_dir(&self.dir)?;
             Ok(fresh)
         };
-        let fresh = restart().map_err(|e| self.fail(e))?;
+        let fresh = match restart() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                // Poisoned; and none of the old records is served in the meantime.
+                state.log_start = state.end();
+                return Err(self.fail(e));
+            }
+        };
         state.sealed.clear();
         state.active = fresh;
         state.log_start = offset;
