@@ -55,22 +55,33 @@ impl OffsetSource {
         }
     }
 
-    /// Asks the replicas in turn (leader first); the first answer wins.
+    /// Asks the replicas in turn (leader first), and next any leader a refusal names (only
+    /// the leader answers while one is known); the first answer wins.
     async fn ask(&self, spec: OffsetSpec, timestamp_ms: i64) -> Result<u64> {
         let OffsetSource::Remote { topic, partition, replicas } = self else {
             unreachable!("only remote sources are asked");
         };
         let mut last = format!("no replica of {topic}/{partition} is known");
-        for address in replicas {
+        let mut queue: std::collections::VecDeque<String> = replicas.iter().cloned().collect();
+        let mut tried = std::collections::HashSet::new();
+        while let Some(address) = queue.pop_front() {
+            if !tried.insert(address.clone()) {
+                continue;
+            }
             let request = ListOffsetsRequest {
                 topic: topic.clone(),
                 partition: *partition,
                 spec: spec.into(),
                 timestamp_ms,
             };
-            match tokio::time::timeout(REMOTE_TIMEOUT, list_offsets(address, request)).await {
+            match tokio::time::timeout(REMOTE_TIMEOUT, list_offsets(&address, request)).await {
                 Ok(Ok(offset)) => return Ok(offset),
-                Ok(Err(e)) => last = format!("{address}: {e}"),
+                Ok(Err(e)) => {
+                    if let Some(leader) = strata_proto::leader_named_in(&e) {
+                        queue.push_front(leader);
+                    }
+                    last = format!("{address}: {e}");
+                }
                 Err(_) => last = format!("{address}: no answer within {REMOTE_TIMEOUT:?}"),
             }
         }

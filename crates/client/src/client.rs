@@ -136,7 +136,7 @@ impl Client {
             return false;
         }
         let key = (topic.to_owned(), partition);
-        if let Some(address) = leader_in(status.message()) {
+        if let Some(address) = strata_proto::leader_named_in(status.message()) {
             self.remember(&address);
             let mut leaders = self.inner.leaders.write().unwrap_or_else(|e| e.into_inner());
             let previous = leaders.insert(key, address.clone());
@@ -175,7 +175,7 @@ impl Client {
     /// Moves requests not tied to a partition to the coordinator a refusal names, or to the
     /// next known broker.
     fn coordinator_failed(&self, status: &Status) {
-        match leader_in(status.message()) {
+        match strata_proto::leader_named_in(status.message()) {
             Some(address) => {
                 self.remember(&address);
                 let addresses = self.inner.addresses.read().unwrap_or_else(|e| e.into_inner());
@@ -256,14 +256,6 @@ fn endpoint(address: &str) -> Result<Endpoint> {
         })
 }
 
-/// The leader address in a not-leader message: "...; leader is node 2 at host:port".
-fn leader_in(message: &str) -> Option<String> {
-    let (_, rest) = message.split_once("leader is node ")?;
-    let (_, address) = rest.split_once(" at ")?;
-    let address = address.split_whitespace().next()?.trim_end_matches([';', ',', '.']);
-    (!address.is_empty()).then(|| address.to_owned())
-}
-
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -273,16 +265,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::leader_in;
-
-    #[test]
-    fn finds_the_leader_in_a_not_leader_message() {
-        let msg = "not the leader for t/0; leader is node 2 at 127.0.0.1:10093";
-        assert_eq!(leader_in(msg).as_deref(), Some("127.0.0.1:10093"));
-        assert_eq!(leader_in("not the leader for t/0; no leader is known yet"), None);
-    }
 }

@@ -58,3 +58,24 @@ impl TopicPartitions {
         list.iter().flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.clone(), *p)))
     }
 }
+
+/// The leader's address in a not-leader refusal ("...; leader is node 2 at host:port"), as
+/// brokers word it: clients follow it, and brokers asking each other for offsets too.
+pub fn leader_named_in(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("leader is node ")?;
+    let (_, address) = rest.split_once(" at ")?;
+    let address = address.split_whitespace().next()?.trim_end_matches([';', ',', '.']);
+    (!address.is_empty()).then(|| address.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leader_named_in;
+
+    #[test]
+    fn finds_the_leader_in_a_not_leader_message() {
+        let msg = "not the leader for t/0; leader is node 2 at 127.0.0.1:10093";
+        assert_eq!(leader_named_in(msg).as_deref(), Some("127.0.0.1:10093"));
+        assert_eq!(leader_named_in("not the leader for t/0; no leader is known yet"), None);
+    }
+}
