@@ -24,6 +24,10 @@ pub(crate) struct Target {
     /// `strata server --fsync` for spawned nodes: every, never, interval:DURATION.
     #[arg(long, default_value = "every")]
     pub fsync: String,
+    /// `strata server --worker-threads` for spawned nodes [default: the server's, one per
+    /// core]. `split` gives each of N nodes its share of this machine's cores.
+    #[arg(long)]
+    pub node_threads: Option<String>,
 }
 
 /// Spawned nodes, stopped (SIGKILL, by PID) on drop.
@@ -77,6 +81,15 @@ impl Target {
         let peers: Vec<String> =
             addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
         let bin = strata_bin(&self.strata_bin);
+        let threads = match self.node_threads.as_deref() {
+            None => None,
+            Some("split") => Some(threads_per_node(n)),
+            Some(text) => {
+                Some(text.parse::<usize>().ok().filter(|&t| t > 0).with_context(|| {
+                    format!("--node-threads takes `split` or a number of threads, not {text:?}")
+                })?)
+            }
+        };
         let mut cluster = Cluster {
             brokers: addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
             children: Vec::new(),
@@ -93,6 +106,9 @@ impl Target {
                 .arg(node_dir.join("data"));
             if n > 1 {
                 command.args(["--node-id", &(i + 1).to_string(), "--peers", &peers.join(",")]);
+            }
+            if let Some(threads) = threads {
+                command.args(["--worker-threads", &threads.to_string()]);
             }
             let child = command
                 .env("RUST_LOG", "warn")
@@ -115,4 +131,10 @@ impl Target {
         }
         Ok(cluster)
     }
+}
+
+/// Runtime threads for each of `n` nodes on this machine: its cores split between them.
+fn threads_per_node(n: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / n as usize).max(1)
 }

@@ -98,8 +98,20 @@ fn main() {
     // second per group: keep its replication chatter out of the default server log.
     let server_default = "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
     init_tracing(if matches!(cli.command, Command::Server(_)) { server_default } else { "warn" });
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Server(args) = &cli.command {
+        match server::worker_threads(args) {
+            Ok(Some(threads)) => {
+                builder.worker_threads(threads);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                output::note(&format!("error: {}", one_line(&err)));
+                std::process::exit(1);
+            }
+        }
+    }
+    let runtime = builder.enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(run(cli));
     // Do not wait for idle blocking-pool threads (the runtime keeps them a while by default).
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -49,6 +49,11 @@ pub struct ServerArgs {
     /// snapshot is deleted [default: 5000].
     #[arg(long, env = "STRATA_CONTROLLER_SNAPSHOT_EVERY")]
     controller_snapshot_every: Option<u64>,
+    /// Threads of the async runtime [default: one per core]. Nodes sharing a machine split
+    /// its cores between them (as Redpanda's `--smp`): more threads than cores only add
+    /// wake-ups between them.
+    #[arg(long, env = "STRATA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     /// A TOML file with the same settings (snake_case keys); flags and environment win.
     #[arg(long, env = "STRATA_CONFIG")]
     config: Option<PathBuf>,
@@ -66,6 +71,7 @@ struct FileConfig {
     maintenance_interval: Option<String>,
     metrics_listen: Option<SocketAddr>,
     controller_snapshot_every: Option<u64>,
+    worker_threads: Option<u16>,
 }
 
 fn durability(text: &str) -> anyhow::Result<Durability> {
@@ -79,15 +85,32 @@ fn durability(text: &str) -> anyhow::Result<Durability> {
     })
 }
 
-fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
-    let file: FileConfig = match &args.config {
+fn file_config(args: &ServerArgs) -> anyhow::Result<FileConfig> {
+    Ok(match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => FileConfig::default(),
+    })
+}
+
+/// Threads for the server's runtime (flag, environment, then file); `None`: one per core.
+/// Read before the runtime starts, so apart from the rest of the configuration.
+pub fn worker_threads(args: &ServerArgs) -> anyhow::Result<Option<usize>> {
+    let threads = match args.worker_threads {
+        Some(threads) => Some(threads),
+        None => file_config(args)?.worker_threads,
     };
+    match threads {
+        Some(0) => bail!("worker_threads must be at least 1"),
+        other => Ok(other.map(usize::from)),
+    }
+}
+
+fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
+    let file = file_config(args)?;
     let node_id = args.node_id.or(file.node_id).unwrap_or(1);
     let data_dir =
         args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("strata-data"));

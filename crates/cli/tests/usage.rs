@@ -50,3 +50,16 @@ fn reset_offsets_needs_a_scope_and_a_target() {
     let out = strata(&["group", "reset-offsets", "g", "--all-topics"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_server_needs_at_least_one_worker_thread() {
+    let out = strata(&["server", "--worker-threads", "0"]);
+    assert!(!out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("strata.toml");
+    std::fs::write(&config, "worker_threads = 0\n").unwrap();
+    let out = strata(&["server", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("worker_threads must be at least 1"), "{stderr}");
+}
