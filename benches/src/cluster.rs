@@ -26,7 +26,7 @@ pub(crate) struct Target {
     pub fsync: String,
     /// `strata server --worker-threads` for spawned nodes [default: the server's, one per
     /// core]. `split` gives each of N nodes its share of this machine's cores.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "brokers")]
     pub node_threads: Option<String>,
 }
 

@@ -58,7 +58,19 @@ fn a_server_needs_at_least_one_worker_thread() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("strata.toml");
     std::fs::write(&config, "worker_threads = 0\n").unwrap();
-    let out = strata(&["server", "--config", config.to_str().unwrap()]);
+    // Were the file's value taken, the server would start: its port is taken, so it stops.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let data = dir.path().join("data");
+    let out = strata(&[
+        "server",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("worker_threads must be at least 1"), "{stderr}");

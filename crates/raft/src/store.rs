@@ -1032,6 +1032,9 @@ mod tests {
         // The purge first: it waits for the install, so nothing is appended in between.
         let (dir, mut store) = voted(2).await;
         stale(&mut store);
+        // The wait ends when the install comes; a long one only keeps a busy machine from
+        // ending it first.
+        store.set_install_wait(std::time::Duration::from_secs(10));
         let installer = store.clone();
         let installing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let install = std::thread::spawn({
