@@ -589,7 +589,7 @@ impl Partition {
     /// majority left) serves what it knows to be committed rather than nothing.
     pub fn check_serves_reads(&self) -> Result<()> {
         match &self.replica {
-            Some(replica) if replica.leader().is_some() && !replica.is_leader() => {
+            Some(replica) if replica.led_elsewhere() => {
                 Err(self.not_leader(ReplicaError::NotLeader { leader: None }))
             }
             _ => Ok(()),

@@ -101,14 +101,12 @@ fn main() {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Server(args) = &cli.command {
         match server::worker_threads(args) {
-            Ok(Some(threads)) => {
-                builder.worker_threads(threads);
+            Ok(threads) => {
+                if let Some(threads) = threads {
+                    builder.worker_threads(threads);
+                }
             }
-            Ok(None) => {}
-            Err(err) => {
-                output::note(&format!("error: {}", one_line(&err)));
-                std::process::exit(1);
-            }
+            Err(err) => exit_with(&err),
         }
     }
     let runtime = builder.enable_all().build().expect("tokio runtime");
@@ -116,9 +114,14 @@ fn main() {
     // Do not wait for idle blocking-pool threads (the runtime keeps them a while by default).
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     if let Err(err) = result {
-        output::note(&format!("error: {}", one_line(&err)));
-        std::process::exit(1);
+        exit_with(&err);
     }
+}
+
+/// Reports `err` on one line of stderr and exits 1.
+fn exit_with(err: &anyhow::Error) -> ! {
+    output::note(&format!("error: {}", one_line(err)));
+    std::process::exit(1);
 }
 
 /// The error and its causes on one line.

@@ -428,6 +428,14 @@ impl PartitionReplica {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Whether another replica leads the group as far as this one knows (not this one, and
+    /// not none): one look at the metrics, for checks on the read path.
+    pub fn led_elsewhere(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state != ServerState::Leader && metrics.current_leader.is_some()
+    }
+
     /// A leader that has applied an entry of its own term, so every entry of earlier terms
     /// is applied too: only then is its producer state complete enough to spot a retry.
     pub fn is_ready_leader(&self) -> bool {

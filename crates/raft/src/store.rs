@@ -771,8 +771,7 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
                     // names, as before the marker.
                     tracing::warn!(dir = %core.dir.display(), %log_id, "purge past the log without its snapshot installed");
                     table.sync()?;
-                    write_small_file(&core.dir.join(REPLACING), &[])?;
-                    core.replacing.store(true, Ordering::Release);
+                    mark_replacing(&core)?;
                     table.purge_upto(log_id.index)?;
                     *lock(&core.purged) = Some((log_id, core.log.end_offset().0));
                     return Ok(());
@@ -819,7 +818,7 @@ fn purge_to(
     let replaces_log = !keeps_entries && core.log.end_offset().0 != offset;
     if replaces_log {
         // A crash before the restart is done must not rebuild entries from the old data.
-        write_small_file(&core.dir.join(REPLACING), &[])?;
+        mark_replacing(core)?;
     }
     let bytes = postcard::to_stdvec(&(log_id, offset)).map_err(io_err)?;
     write_small_file(&core.dir.join("purged"), &bytes)?;
@@ -835,10 +834,19 @@ fn purge_to(
     Ok(())
 }
 
-/// Marks a group whose log a snapshot is replacing (a purge past the log's last entry ran
-/// before the install it goes with): `open` must cut the log's data past the table instead of
-/// rebuilding entries from it. Removed once the purge is done, or by the `open` that cut.
+/// Marks a group whose log a snapshot is replacing (from a purge that leaves no entry until
+/// the log restarts at the snapshot's end, or from a purge past the log's last entry that gave
+/// up waiting for its install until that install's purge): `open` must cut the log's data
+/// past the table instead of rebuilding entries from it. Removed once the purge is done, by
+/// the first append the table then durably names, or by the `open` that cut.
 const REPLACING: &str = "replacing";
+
+/// Puts the [`REPLACING`] marker on disk.
+fn mark_replacing(core: &Core) -> io::Result<()> {
+    write_small_file(&core.dir.join(REPLACING), &[])?;
+    core.replacing.store(true, Ordering::Release);
+    Ok(())
+}
 
 /// Removes `path` if present, and makes the removal durable.
 fn remove_durably(path: &Path) -> io::Result<()> {

@@ -274,11 +274,11 @@ impl Log {
     }
 
     /// The write half of [`Log::append_checked`], for a batch validated earlier
-    /// (`RecordBatch::new`) whose `header` the caller kept (its leader epoch is the one written):
-    /// the batch is in the log
-    /// (readable, not yet durable) when this returns, and [`Log::make_durable`] finishes the
-    /// append. Splitting them lets a caller order its writes under its own lock and wait for
-    /// the fsync outside it, so writes that arrive during an fsync share the next one.
+    /// (`RecordBatch::new`) whose `header` the caller kept (its leader epoch is the one
+    /// written): the batch is in the log (readable, not yet durable) when this returns, and
+    /// [`Log::make_durable`] finishes the append. Splitting them lets a caller order its
+    /// writes under its own lock and wait for the fsync outside it, so writes that arrive
+    /// during an fsync share the next one.
     pub fn write_validated(
         &self,
         batch: &[u8],
