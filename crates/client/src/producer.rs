@@ -9,7 +9,8 @@
 //! producer's batches in sequence order whatever order the requests arrive in, so batches (and
 //! their retries) land in the order the records were sent.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -193,6 +194,9 @@ struct PartitionQueue {
     sent: u64,
     /// Listed in `Accumulator::slot_waiters`: ready, but every request slot was taken.
     awaiting_slot: bool,
+    /// The deadline of this queue's live entry in `Accumulator::lingering`, if it has one.
+    /// Entries that do not match it are stale and skipped.
+    scheduled: Option<Instant>,
     /// A batch failed for good: nothing more is sent until every batch in flight is
     /// answered, then the queue starts over with a fresh producer id. Sending under a fresh id
     /// at once could let a new batch land before an older one still being retried.
@@ -218,6 +222,7 @@ impl Default for PartitionQueue {
             unretired: VecDeque::new(),
             sent: 0,
             awaiting_slot: false,
+            scheduled: None,
             restart_pending: false,
             producer_id: fresh_producer_id(),
             next_sequence: 0,
@@ -270,12 +275,12 @@ struct Accumulator {
     /// Where the next round of sends starts among the ready partitions, so that under the
     /// `max_requests_in_flight` bound every partition gets its turn.
     rotation: usize,
-    /// No later than the moment the next waiting batch becomes ready by its linger (`None`:
-    /// none waits, or every request slot is taken and an answer will look again). Kept up to
-    /// date as batches open and partitions are looked at, so that a record or an answer costs
-    /// work for its own partition only, not a scan of every partition (which made 1,000
-    /// partitions client-bound).
-    next_deadline: Option<Instant>,
+    /// First batches that may go once their linger is over, earliest deadline first. Kept up
+    /// to date as batches open and partitions are looked at, so that a record, an answer or a
+    /// linger running out costs work for its own partition only, not a scan of every
+    /// partition (which made 1,000 partitions client-bound). Entries go stale when their batch
+    /// leaves or its partition has no room; `PartitionQueue::scheduled` tells the live ones.
+    lingering: BinaryHeap<Reverse<(Instant, PartitionKey)>>,
     /// Partitions with a ready batch that found every request slot taken, in the order they
     /// found it: each answer hands its slot to the first of them.
     slot_waiters: VecDeque<PartitionKey>,
@@ -298,7 +303,7 @@ impl Accumulator {
             draining: false,
             requests_in_flight: 0,
             rotation: 0,
-            next_deadline: None,
+            lingering: BinaryHeap::new(),
             slot_waiters: VecDeque::new(),
         }
     }
@@ -306,18 +311,21 @@ impl Accumulator {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut open = true;
         loop {
+            // While every request slot is taken, an answer looks again: no timer then.
+            let next_deadline =
+                if self.has_request_slot() { self.next_lingering_deadline() } else { None };
             tokio::select! {
                 command = commands.recv(), if open => match command {
                     Some(Command::Send(record, waiter)) => self.add(record, waiter).await,
                     Some(Command::Flush(done)) => {
                         self.flushes.push(done);
                         self.draining = true;
-                        self.send_ready();
+                        self.send_all_ready();
                     }
                     None => {
                         open = false;
                         self.draining = true;
-                        self.send_ready();
+                        self.send_all_ready();
                     }
                 },
                 Some(done) = self.done_rx.recv() => match done {
@@ -326,12 +334,6 @@ impl Accumulator {
                         self.requests_in_flight -= 1;
                         if slots_were_full {
                             self.hand_out_slots();
-                            if self.has_request_slot() {
-                                // Nobody was waiting for the slot. Lingering batches'
-                                // deadlines were not kept while every slot was taken: look at
-                                // all of them once, now that one is free.
-                                self.refresh_deadline();
-                            }
                         }
                     }
                     Done::Answered { key, number, failed } => {
@@ -342,7 +344,7 @@ impl Accumulator {
                         self.send_ready_for(&key);
                     }
                 },
-                _ = sleep_until_or_forever(self.next_deadline) => self.send_ready(),
+                _ = sleep_until_or_forever(next_deadline) => self.send_lingered(),
             }
             self.dispatch();
             // Only flush and close wait for everything to drain: look only then.
@@ -430,16 +432,13 @@ impl Accumulator {
             b.builder.size() + size <= limit
         });
         if !fits {
-            let deadline = now + linger;
             queue.batches.push_back(Batch {
                 builder: BatchBuilder::with_capacity(queue.last_batch_bytes.min(limit)),
                 waiters: Vec::new(),
-                deadline,
+                deadline: now + linger,
             });
-            if queue.batches.len() == 1 {
-                self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
-            }
         }
+        let opened_first = !fits && queue.batches.len() == 1;
         let batch = queue.batches.back_mut().expect("a batch is open");
         let before = batch.builder.size();
         batch.builder.push(timestamp, record_key, value, &headers);
@@ -456,6 +455,9 @@ impl Accumulator {
         if next_opens_batch && sticky {
             // The next record like this one would open a new batch: the next partition gets it.
             Self::move_sticky_on(&mut self.sticky, &self.partition_counts, &key);
+        }
+        if opened_first {
+            self.schedule(&key);
         }
         if full || sealed || sendable_now {
             self.send_ready_for(&key);
@@ -496,14 +498,63 @@ impl Accumulator {
         while self.queues.get(key).is_some_and(|q| self.can_send(key, q, now)) {
             self.send_first(key.clone());
         }
-        let waiting = (self.queues.get(key))
-            .filter(|q| self.may_send_partial(q))
-            .and_then(|q| q.batches.front())
-            .map(|b| b.deadline);
-        if let Some(deadline) = waiting {
-            self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
-        }
+        self.schedule(key);
         self.wait_for_slot_if_ready(key, now);
+    }
+
+    /// Lists `key`'s first batch in `lingering` if it may go once its linger is over and is
+    /// not listed yet. A partition without room in flight is looked at again when an answer
+    /// comes.
+    fn schedule(&mut self, key: &PartitionKey) {
+        let Some(queue) = self.queues.get(key) else { return };
+        if !self.has_room(queue) || !self.may_send_partial(queue) {
+            return;
+        }
+        let Some(deadline) = queue.batches.front().map(|b| b.deadline) else { return };
+        if queue.scheduled == Some(deadline) {
+            return;
+        }
+        if let Some(queue) = self.queues.get_mut(key) {
+            queue.scheduled = Some(deadline);
+        }
+        self.lingering.push(Reverse((deadline, key.clone())));
+    }
+
+    /// Whether a `lingering` entry still stands for its partition's first batch.
+    fn is_live(&self, deadline: Instant, key: &PartitionKey) -> bool {
+        self.queues.get(key).is_some_and(|q| q.scheduled == Some(deadline))
+    }
+
+    /// The earliest deadline in `lingering`, stale entries dropped on the way.
+    fn next_lingering_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((deadline, key))) = self.lingering.peek() {
+            if self.is_live(*deadline, key) {
+                return Some(*deadline);
+            }
+            self.lingering.pop();
+        }
+        None
+    }
+
+    /// Sends the batches whose linger is over, earliest deadline first.
+    fn send_lingered(&mut self) {
+        self.hand_out_slots();
+        let now = Instant::now();
+        while let Some(Reverse((deadline, _))) = self.lingering.peek() {
+            if *deadline > now {
+                break;
+            }
+            let Some(Reverse((deadline, key))) = self.lingering.pop() else { break };
+            if !self.is_live(deadline, &key) {
+                continue;
+            }
+            let Some(queue) = self.queues.get_mut(&key) else { continue };
+            queue.scheduled = None;
+            // One waiting for a slot is served, in its turn, by `hand_out_slots`.
+            if !queue.awaiting_slot {
+                self.send_ready_for(&key);
+            }
+        }
     }
 
     /// Lists `key` among the partitions waiting for a request slot if only the lack of one
@@ -556,8 +607,8 @@ impl Accumulator {
 
     /// Sends ready batches while there is room in flight, one per partition per round, the
     /// rounds starting at a rotating partition. A batch is ready when sealed behind another,
-    /// full, past its linger, or while flushing.
-    fn send_ready(&mut self) {
+    /// full, past its linger, or while flushing. Looks at every partition: for flush and close.
+    fn send_all_ready(&mut self) {
         let now = Instant::now();
         self.hand_out_slots();
         let mut ready: Vec<PartitionKey> = self
@@ -581,25 +632,10 @@ impl Accumulator {
                 });
             }
             for key in &ready {
+                self.schedule(key);
                 self.wait_for_slot_if_ready(key, now);
             }
         }
-        self.refresh_deadline();
-    }
-
-    /// Recomputes the next moment a batch that may go becomes ready by its linger. Partitions
-    /// at their in-flight limit, or all of them while every request slot is taken, are looked
-    /// at again when an answer comes.
-    fn refresh_deadline(&mut self) {
-        self.next_deadline = if self.has_request_slot() {
-            self.queues
-                .values()
-                .filter(|q| self.has_room(q) && self.may_send_partial(q))
-                .filter_map(|q| q.batches.front().map(|b| b.deadline))
-                .min()
-        } else {
-            None
-        };
     }
 
     /// Whether `queue`'s first batch is ready and may go now: in a new request, or in one
@@ -643,6 +679,8 @@ impl Accumulator {
     fn send_first(&mut self, key: PartitionKey) {
         let Some(queue) = self.queues.get_mut(&key) else { return };
         let Some(mut batch) = queue.batches.pop_front() else { return };
+        // Its `lingering` entry, if any, is stale now; the next batch gets its own.
+        queue.scheduled = None;
         queue.last_batch_bytes = batch.builder.size() - strata_record::BATCH_HEADER_LEN;
         if queue.batches.is_empty() {
             // The open batch left, perhaps before it filled (linger, flush, linger 0): if it
