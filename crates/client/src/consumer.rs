@@ -4,11 +4,6 @@
 //! it), applies the assignment the coordinator sends — committing and dropping revoked
 //! partitions before reporting them gone, resuming new ones from their committed offsets — and
 //! re-reads its offsets when an operator resets them.
-//!
-//! Records arrive on one `Subscribe` stream per partition, opened at the partition's fetch
-//! position and kept while the partition is owned, unpaused and its buffer below
-//! `fetch_max_bytes`: a record reaches the consumer one server message after it is committed,
-//! without a fetch request per answer (see `docs/decisions.md`, "Consumers read over streams").
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -18,7 +13,6 @@ use strata_proto::{
     ListOffsetsRequest, OffsetSpec, PartitionOffset, TopicPartitions,
 };
 use strata_record::{Offset, Timestamp};
-use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::Code;
@@ -110,31 +104,17 @@ pub struct Consumer {
     member: Option<Member>,
     committed: BTreeMap<TopicPartition, Offset>,
     last_commit: Instant,
-    /// Streams running in the background (the prefetch): at most one per partition, open
-    /// while the partition's buffer is below `fetch_max_bytes`. Dropped with the consumer.
-    streams: JoinSet<()>,
-    /// Each partition's open stream: its number (messages of older streams are ignored) and
-    /// how to stop it.
-    in_flight: BTreeMap<TopicPartition, (u64, AbortHandle)>,
-    /// Streams counted so far: the next one's number.
-    opened: u64,
-    /// Every stream's messages, in arrival order. Bounded: a consumer that stops polling
-    /// stops its streams, and the server's flow control the rest.
-    messages_tx: mpsc::Sender<StreamMessage>,
-    messages_rx: mpsc::Receiver<StreamMessage>,
+    /// Fetches running in the background (the prefetch): at most one per partition, each
+    /// bringing at most `fetch_max_bytes`, started while the partition's buffer is below that.
+    fetches: JoinSet<FetchOutcome>,
+    in_flight: BTreeMap<TopicPartition, (Offset, AbortHandle)>,
 }
 
-/// Messages a partition's stream may hold before it waits for the consumer to take them.
-const STREAM_QUEUE: usize = 16;
-
-/// One message of stream number `.1` of a partition: batches, the end of the stream
-/// (`Ok(None)`), or the error that ended it.
-type StreamMessage =
-    (TopicPartition, u64, std::result::Result<Option<FetchResponse>, tonic::Status>);
+type FetchOutcome =
+    (TopicPartition, Offset, std::result::Result<tonic::Response<FetchResponse>, tonic::Status>);
 
 impl Consumer {
     pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
-        let (messages_tx, messages_rx) = mpsc::channel(STREAM_QUEUE);
         Consumer {
             client,
             config,
@@ -144,16 +124,12 @@ impl Consumer {
             member: None,
             committed: BTreeMap::new(),
             last_commit: Instant::now(),
-            streams: JoinSet::new(),
+            fetches: JoinSet::new(),
             in_flight: BTreeMap::new(),
-            opened: 0,
-            messages_tx,
-            messages_rx,
         }
     }
 
-    /// Stops a partition's stream (after a seek, a pause, a full buffer, or when it is no
-    /// longer owned).
+    /// Cancels a partition's background fetch (after a seek or when it is no longer owned).
     fn forget_fetch(&mut self, tp: &TopicPartition) {
         if let Some((_, handle)) = self.in_flight.remove(tp) {
             handle.abort();
@@ -201,11 +177,8 @@ impl Consumer {
         self.partitions.get(&(topic.to_owned(), partition)).map(|s| s.position)
     }
 
-    /// Stops returning a partition's records (and fetching them) until `resume`.
     pub fn pause(&mut self, topic: &str, partition: u32) {
-        let tp = (topic.to_owned(), partition);
-        self.forget_fetch(&tp);
-        self.paused.insert(tp);
+        self.paused.insert((topic.to_owned(), partition));
     }
 
     pub fn resume(&mut self, topic: &str, partition: u32) {
@@ -463,28 +436,26 @@ impl Consumer {
             if let Some(next) = self.member.as_ref().and_then(|m| m.next_heartbeat) {
                 wait = wait.min(next.saturating_duration_since(now));
             }
-            if self.in_flight.is_empty() {
+            if self.fetches.is_empty() {
                 tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
                 continue;
             }
-            // Wait for the first stream message (or the deadline / a heartbeat).
-            if let Ok(Some((tp, stream, message))) =
-                tokio::time::timeout(wait, self.messages_rx.recv()).await
+            // Wait for the first background fetch to answer (or the deadline / a heartbeat).
+            if let Ok(Some(joined)) = tokio::time::timeout(wait, self.fetches.join_next()).await
+                && let Ok((tp, offset, result)) = joined
             {
-                self.take_message(tp, stream, message).await?;
+                self.take_fetch(tp, offset, result).await?;
                 // Take whatever else already arrived.
-                while let Ok((tp, stream, message)) = self.messages_rx.try_recv() {
-                    self.take_message(tp, stream, message).await?;
+                while let Some(Ok((tp, offset, result))) = self.fetches.try_join_next() {
+                    self.take_fetch(tp, offset, result).await?;
                 }
             }
         }
     }
 
-    /// Opens a stream for every owned, unpaused partition that has none running and less
-    /// than one fetch's worth of records buffered.
+    /// Starts a background fetch for every owned, unpaused partition that has none running
+    /// and less than one fetch's worth of records buffered.
     fn start_fetches(&mut self) {
-        // Streams that ended have reported through `messages_rx`; let their tasks go.
-        while self.streams.try_join_next().is_some() {}
         let limit = self.config.fetch_max_bytes as usize;
         let wanted: Vec<(TopicPartition, Offset)> = self
             .partitions
@@ -506,26 +477,10 @@ impl Consumer {
                 min_bytes: 1,
                 max_bytes: self.config.fetch_max_bytes,
             };
-            let (key, tx) = (tp.clone(), self.messages_tx.clone());
-            self.opened += 1;
-            let stream = self.opened;
-            let handle = self.streams.spawn(async move {
-                let mut messages = match broker.subscribe(request).await {
-                    Ok(response) => response.into_inner(),
-                    Err(status) => {
-                        let _ = tx.send((key, stream, Err(status))).await;
-                        return;
-                    }
-                };
-                loop {
-                    let message = messages.message().await;
-                    let last = !matches!(message, Ok(Some(_)));
-                    if tx.send((key.clone(), stream, message)).await.is_err() || last {
-                        return;
-                    }
-                }
-            });
-            self.in_flight.insert(tp, (stream, handle));
+            let key = tp.clone();
+            let handle =
+                self.fetches.spawn(async move { (key, offset, broker.fetch(request).await) });
+            self.in_flight.insert(tp, (offset, handle));
         }
     }
 
@@ -547,27 +502,28 @@ impl Consumer {
         out
     }
 
-    /// Buffers the records of one stream message, or handles the stream's end; true if
-    /// there were records.
-    async fn take_message(
+    /// Buffers the records of one fetch answer; true if there were any.
+    async fn take_fetch(
         &mut self,
         tp: TopicPartition,
-        stream: u64,
-        message: std::result::Result<Option<FetchResponse>, tonic::Status>,
+        offset: Offset,
+        result: std::result::Result<tonic::Response<strata_proto::FetchResponse>, tonic::Status>,
     ) -> Result<bool> {
-        // Only the stream still registered for this partition counts: after a seek, a pause
-        // or a revocation the partition moved on.
-        if self.in_flight.get(&tp).is_none_or(|(registered, _)| *registered != stream) {
-            return Ok(false);
+        // Only the answer to the fetch still registered for this partition counts: after a
+        // seek or a revocation the partition moved on.
+        match self.in_flight.get(&tp) {
+            Some((registered, _)) if *registered == offset => {
+                self.in_flight.remove(&tp);
+            }
+            _ => return Ok(false),
         }
-        let result = match message {
-            Ok(Some(response)) => {
-                let limit = self.config.fetch_max_bytes as usize;
+        match result {
+            Ok(response) => {
+                let response = response.into_inner();
                 let Some(state) = self.partitions.get_mut(&tp) else { return Ok(false) };
                 let mut records = Vec::new();
                 for batch in &response.batches {
-                    // The first batch may start below the position (it holds it).
-                    decode(&tp.0, tp.1, batch, state.fetch_from, &mut records)?;
+                    decode(&tp.0, tp.1, batch, offset, &mut records)?;
                 }
                 if let Some(last) = records.last() {
                     state.fetch_from = last.offset.plus(1);
@@ -575,23 +531,12 @@ impl Consumer {
                 let got = !records.is_empty();
                 state.buffered_bytes += records.iter().map(record_bytes).sum::<usize>();
                 state.buffered.extend(records);
-                if state.buffered_bytes >= limit {
-                    // Enough prefetched: reopened once `poll` has taken some.
-                    self.forget_fetch(&tp);
-                }
-                return Ok(got);
+                Ok(got)
             }
-            Ok(None) => Err(tonic::Status::unavailable("the broker ended the stream")),
-            Err(status) => Err(status),
-        };
-        self.in_flight.remove(&tp);
-        match result {
-            Ok(()) => Ok(false),
             Err(status) if status.code() == Code::OutOfRange => {
                 // Retention passed us, or the log was truncated: start over per policy.
-                let from = self.partitions.get(&tp).map_or(Offset(0), |s| s.fetch_from);
                 let reset = self.list_offset(&tp, self.reset_spec(), 0).await?;
-                tracing::warn!(topic = %tp.0, partition = tp.1, %from, to = %reset, "offset out of range; resetting");
+                tracing::warn!(topic = %tp.0, partition = tp.1, from = %offset, to = %reset, "offset out of range; resetting");
                 self.seek(&tp.0, tp.1, reset)?;
                 Ok(false)
             }

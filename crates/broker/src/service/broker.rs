@@ -28,9 +28,7 @@ use crate::server::Shared;
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 const DEFAULT_FETCH_BYTES: usize = 1024 * 1024;
 const MAX_FETCH_BYTES: usize = 64 * 1024 * 1024;
-/// How long one round of a Subscribe stream waits before looking again, when the request
-/// names no wait. Each round also checks that this node still leads the partition, so a
-/// subscriber of a deposed leader hears of it within a round.
+/// How long one round of a Subscribe stream waits before looking again.
 const SUBSCRIBE_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
@@ -206,17 +204,13 @@ impl Broker for BrokerService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let shutdown = self.shared.shutdown.clone();
         let max_bytes = fetch_bytes(request.max_bytes);
-        let round = match request.max_wait_ms {
-            0 => SUBSCRIBE_POLL,
-            ms => Duration::from_millis(u64::from(ms)).min(MAX_WAIT_CAP),
-        };
         let metrics = self.shared.metrics.clone();
         self.shared.tasks.spawn(async move {
             let mut offset = Offset(request.offset);
             loop {
                 let fetched = tokio::select! {
                     _ = tx.closed() => return,
-                    fetched = partition.fetch(offset, max_bytes, 1, round, &shutdown) => fetched,
+                    fetched = partition.fetch(offset, max_bytes, 1, SUBSCRIBE_POLL, &shutdown) => fetched,
                 };
                 if shutdown.is_cancelled() {
                     return;
