@@ -278,8 +278,9 @@ struct Accumulator {
     /// First batches that may go once their linger is over, earliest deadline first. Kept up
     /// to date as batches open and partitions are looked at, so that a record, an answer or a
     /// linger running out costs work for its own partition only, not a scan of every
-    /// partition (which made 1,000 partitions client-bound). Entries go stale when their batch
-    /// leaves or its partition has no room; `PartitionQueue::scheduled` tells the live ones.
+    /// partition (which made 1,000 partitions client-bound). An entry goes stale when its batch
+    /// leaves; `PartitionQueue::scheduled` tells the live ones. A due entry whose partition
+    /// cannot send is dropped when popped: an answer or a free slot looks at it again.
     lingering: BinaryHeap<Reverse<(Instant, PartitionKey)>>,
     /// Partitions with a ready batch that found every request slot taken, in the order they
     /// found it: each answer hands its slot to the first of them.
@@ -311,9 +312,10 @@ impl Accumulator {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut open = true;
         loop {
-            // While every request slot is taken, an answer looks again: no timer then.
-            let next_deadline =
-                if self.has_request_slot() { self.next_lingering_deadline() } else { None };
+            // Also while every request slot is taken: a batch whose linger ran out then joins
+            // `slot_waiters` in its turn (first come, first served), and stale entries keep
+            // being dropped.
+            let next_deadline = self.next_lingering_deadline();
             tokio::select! {
                 command = commands.recv(), if open => match command {
                     Some(Command::Send(record, waiter)) => self.add(record, waiter).await,
@@ -456,11 +458,11 @@ impl Accumulator {
             // The next record like this one would open a new batch: the next partition gets it.
             Self::move_sticky_on(&mut self.sticky, &self.partition_counts, &key);
         }
-        if opened_first {
-            self.schedule(&key);
-        }
         if full || sealed || sendable_now {
+            // Schedules whatever batch is first afterwards.
             self.send_ready_for(&key);
+        } else if opened_first {
+            self.schedule(&key);
         }
     }
 
