@@ -2,6 +2,8 @@
 //! `kafka-producer-perf-test` / `kafka-consumer-perf-test`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -13,6 +15,7 @@ use strata_client::{
     Acks, Admin, Client, Compression, Consumer, ConsumerConfig, OffsetReset, Producer,
     ProducerConfig, Record, TopicSpec,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Format;
 use crate::cluster::Target;
@@ -68,7 +71,8 @@ pub(crate) struct ProduceArgs {
     /// Records per second over all producers (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// Records in flight per producer before it waits for the oldest acknowledgement.
+    /// Records unacknowledged per producer at once; the producer waits for any one to be
+    /// acknowledged before it sends more.
     #[arg(long, default_value_t = 20_000)]
     window: usize,
     /// Produce requests per partition in flight at once (pipelining; 1: one at a time).
@@ -239,6 +243,13 @@ struct Share {
     keys: u64,
 }
 
+/// What the acknowledgement callbacks of one producer gathered.
+struct Acked {
+    latency: Histogram<u64>,
+    /// The first failure: the run stops sending and reports it.
+    error: Option<strata_client::ClientError>,
+}
+
 /// Sends a share of records and returns the latency of each send to its acknowledgement.
 async fn produce_share(
     client: Client,
@@ -247,18 +258,30 @@ async fn produce_share(
 ) -> anyhow::Result<Histogram<u64>> {
     let Share { topic, payload, count, rate, window, stamp, keys } = share;
     let producer = Producer::new(client, config);
-    // Acknowledgements are awaited by a task of their own, in send order (the order they
-    // complete in, per partition), so each latency is taken when its record is acknowledged.
-    let (acks_tx, mut acks_rx) =
-        tokio::sync::mpsc::channel::<(Instant, strata_client::DeliveryFuture)>(window.max(1));
-    let collector = tokio::spawn(async move {
-        let mut latency = histogram();
-        while let Some((sent, delivery)) = acks_rx.recv().await {
-            delivery.await?;
-            latency.saturating_record(sent.elapsed().as_micros() as u64);
+    // Each record's latency is taken in its own acknowledgement's callback, whatever order
+    // the partitions are answered in, and at most `window` records are unacknowledged at
+    // once (like Kafka's `buffer.memory`: a bound on what waits, not on how far ahead of the
+    // oldest). Awaited in send order, one slow partition held up every later record's
+    // figure and, through the window, the sending.
+    let window = Arc::new(Semaphore::new(window.max(1)));
+    let acked = Arc::new(Mutex::new(Acked { latency: histogram(), error: None }));
+    // Set by the first failure: the sender stops and the failure is reported.
+    let failed = Arc::new(AtomicBool::new(false));
+    let (for_callbacks, failures) = (acked.clone(), failed.clone());
+    let callback = move |sent: Instant, permit: OwnedSemaphorePermit| {
+        let (acked, failed) = (for_callbacks.clone(), failures.clone());
+        move |delivered: strata_client::Result<strata_client::Delivered>| {
+            let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+            match delivered {
+                Ok(_) => acked.latency.saturating_record(sent.elapsed().as_micros() as u64),
+                Err(err) => {
+                    acked.error.get_or_insert(err);
+                    failed.store(true, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
         }
-        Ok::<_, anyhow::Error>(latency)
-    });
+    };
     let record = move |i: u64| {
         let mut record = Record::new(&topic).value(payload.clone());
         if keys > 0 {
@@ -274,6 +297,7 @@ async fn produce_share(
         // milliseconds, so an async pacer at 5,000 records/s sent bursts of 5 records at once
         // every millisecond instead of one every 200 µs.
         let handle = tokio::runtime::Handle::current();
+        let failed = failed.clone();
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             for i in 0..count {
@@ -281,31 +305,35 @@ async fn produce_share(
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
+                let permit = handle.block_on(window.clone().acquire_owned())?;
+                if failed.load(Ordering::Relaxed) {
+                    break; // reported below
+                }
                 let record = record(i);
                 let sent = Instant::now();
-                let delivery = handle.block_on(producer.send(record))?;
-                if acks_tx.blocking_send((sent, delivery)).is_err() {
-                    break; // the collector stopped on an error; it reports it below
-                }
+                handle.block_on(producer.send_with_callback(record, callback(sent, permit)))?;
             }
             Ok::<_, anyhow::Error>(producer)
         })
         .await??
     } else {
         for i in 0..count {
+            let permit = window.clone().acquire_owned().await?;
+            if failed.load(Ordering::Relaxed) {
+                break; // reported below
+            }
             let record = record(i);
             let sent = Instant::now();
-            let delivery = producer.send(record).await?;
-            if acks_tx.send((sent, delivery)).await.is_err() {
-                break; // the collector stopped on an error; it reports it below
-            }
+            producer.send_with_callback(record, callback(sent, permit)).await?;
         }
-        drop(acks_tx);
         producer
     };
-    let latency = collector.await??;
     producer.close().await?;
-    Ok(latency)
+    let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(err) = acked.error.take() {
+        return Err(err.into());
+    }
+    Ok(std::mem::replace(&mut acked.latency, histogram()))
 }
 
 fn progress(started: Instant, done: u64, total: u64, last: &mut Instant) {

@@ -684,3 +684,43 @@ async fn keyless_records_fill_one_partition_batch_at_a_time() {
     assert_eq!(explicit.await.unwrap().partition, 3);
     producer.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_report_where_each_record_landed() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "callbacks", 3).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..300u32 {
+        let record = Record::new("callbacks").partition(i % 3).value(format!("{i}"));
+        let tx = tx.clone();
+        let callback = move |delivered| {
+            let _ = tx.send((i, delivered));
+        };
+        producer.send_with_callback(record, callback).await.unwrap();
+    }
+    // A record that cannot be placed is answered through its callback too.
+    let tx_missing = tx.clone();
+    let missing = Record::new("callbacks").partition(7).value("nowhere");
+    producer
+        .send_with_callback(missing, move |d| drop(tx_missing.send((u32::MAX, d))))
+        .await
+        .unwrap();
+    drop(tx);
+    producer.close().await.unwrap();
+    // Every callback ran by the time close returned, and each record landed in send order:
+    // record i is the (i / 3)-th sent to partition i % 3.
+    let mut answered = BTreeSet::new();
+    while let Ok((i, delivered)) = rx.try_recv() {
+        if i == u32::MAX {
+            assert!(delivered.is_err(), "partition 7 of 3 was accepted: {delivered:?}");
+            continue;
+        }
+        let delivered = delivered.unwrap();
+        assert_eq!(delivered.partition, i % 3);
+        assert_eq!(delivered.offset, Some(Offset(u64::from(i / 3))), "record {i}");
+        assert!(answered.insert(i), "record {i} answered twice");
+    }
+    assert_eq!(answered.len(), 300);
+}

@@ -78,7 +78,7 @@ pub(crate) fn spawn_request(
             // partitions' next ones start (order) and before flush returns (no loss).
             for batch in &mut batches {
                 for waiter in batch.waiters.drain(..) {
-                    let _ = waiter.send(Ok(Delivered { partition: batch.key.1, offset: None }));
+                    waiter.answer(Ok(Delivered { partition: batch.key.1, offset: None }));
                 }
             }
         }
@@ -203,7 +203,7 @@ fn resolve(waiters: Vec<Waiter>, partition: u32, outcome: Result<Offset>) {
     for (i, waiter) in waiters.into_iter().enumerate() {
         let delivered =
             outcome.clone().map(|base| Delivered { partition, offset: Some(base.plus(i as u64)) });
-        let _ = waiter.send(delivered);
+        waiter.answer(delivered);
     }
 }
 

@@ -116,7 +116,24 @@ impl Default for ProducerConfig {
     }
 }
 
-pub(crate) type Waiter = oneshot::Sender<Result<Delivered>>;
+/// Who hears where a record landed: the future `send` returned, or the callback given to
+/// `send_with_callback`.
+pub(crate) enum Waiter {
+    Future(oneshot::Sender<Result<Delivered>>),
+    Callback(Box<dyn FnOnce(Result<Delivered>) + Send>),
+}
+
+impl Waiter {
+    /// Tells the sender of the record (a future nobody awaits any more is fine).
+    pub(crate) fn answer(self, outcome: Result<Delivered>) {
+        match self {
+            Waiter::Future(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Waiter::Callback(callback) => callback(outcome),
+        }
+    }
+}
 
 enum Command {
     Send(Record, Waiter),
@@ -152,8 +169,26 @@ impl Producer {
     /// other share batches, so send many, then await their futures.
     pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Send(record, tx)).await.map_err(|_| ClientError::Closed)?;
+        let command = Command::Send(record, Waiter::Future(tx));
+        self.commands.send(command).await.map_err(|_| ClientError::Closed)?;
         Ok(DeliveryFuture(rx))
+    }
+
+    /// Queues a record and calls `callback` with where it landed once its batch is
+    /// acknowledged, or with why it failed (Kafka's `send(record, callback)`). Nothing is
+    /// left to await per record, so a sender that only counts acknowledgements (a
+    /// benchmark, a pipeline stage) saves a future and a wake-up per record. The callback
+    /// runs on one of the producer's tasks: keep it short, and never block in it. Records
+    /// land in the order they were sent, but with batches pipelined (`max_in_flight` > 1)
+    /// the callbacks of a partition's consecutive batches may run in either order: the
+    /// offsets tell the order, as with the futures `send` returns.
+    pub async fn send_with_callback(
+        &self,
+        record: Record,
+        callback: impl FnOnce(Result<Delivered>) + Send + 'static,
+    ) -> Result<()> {
+        let command = Command::Send(record, Waiter::Callback(Box::new(callback)));
+        self.commands.send(command).await.map_err(|_| ClientError::Closed)
     }
 
     /// Sends every queued record now and waits until all are acknowledged (or failed).
@@ -412,7 +447,7 @@ impl Accumulator {
         let partition = match self.partition_for(&record).await {
             Ok(p) => p,
             Err(err) => {
-                let _ = waiter.send(Err(err));
+                waiter.answer(Err(err));
                 return;
             }
         };
@@ -704,7 +739,7 @@ impl Accumulator {
             Ok(bytes) => bytes,
             Err(err) => {
                 for waiter in batch.waiters {
-                    let _ = waiter.send(Err(err.clone().into()));
+                    waiter.answer(Err(err.clone().into()));
                 }
                 // Its sequences were never sent: the next batch takes them.
                 if self.config.acks != Acks::None {
