@@ -328,11 +328,13 @@ async fn produce_share(
         }
         producer
     };
-    producer.close().await?;
+    let closed = producer.close().await;
     let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+    // A record's own failure says more than the `Closed` that may follow it.
     if let Some(err) = acked.error.take() {
         return Err(err.into());
     }
+    closed?;
     Ok(std::mem::replace(&mut acked.latency, histogram()))
 }
 

@@ -198,7 +198,8 @@ fn settle(batch: Outgoing, outcome: Result<Offset>, done: &mpsc::UnboundedSender
     let _ = done.send(Done::Answered { key: batch.key, number: batch.number, failed });
 }
 
-/// Answers each record's future: record `i` of a batch stored at `base` got offset `base + i`.
+/// Answers each record's future or callback: record `i` of a batch stored at `base` got offset
+/// `base + i`.
 fn resolve(waiters: Vec<Waiter>, partition: u32, outcome: Result<Offset>) {
     for (i, waiter) in waiters.into_iter().enumerate() {
         let delivered =

@@ -1,5 +1,5 @@
 //! The producer: per-partition batching with linger and a size limit, partitioning, acks,
-//! retries with backoff, and a future per record.
+//! retries with backoff, and a future or a callback per record.
 //!
 //! One background task owns the batches. Batches that are ready together go to their leader
 //! in one request (one per broker, as in Kafka), so with many partitions the cost of a request
@@ -117,20 +117,56 @@ impl Default for ProducerConfig {
 }
 
 /// Who hears where a record landed: the future `send` returned, or the callback given to
-/// `send_with_callback`.
-pub(crate) enum Waiter {
+/// `send_with_callback`. Answered exactly once: a waiter dropped unanswered (the producer
+/// stopped) answers `Closed`, as a dropped future's channel does.
+pub(crate) struct Waiter(Option<Answer>);
+
+enum Answer {
     Future(oneshot::Sender<Result<Delivered>>),
     Callback(Box<dyn FnOnce(Result<Delivered>) + Send>),
 }
 
 impl Waiter {
+    fn future(tx: oneshot::Sender<Result<Delivered>>) -> Waiter {
+        Waiter(Some(Answer::Future(tx)))
+    }
+
+    fn callback(callback: impl FnOnce(Result<Delivered>) + Send + 'static) -> Waiter {
+        Waiter(Some(Answer::Callback(Box::new(callback))))
+    }
+
     /// Tells the sender of the record (a future nobody awaits any more is fine).
-    pub(crate) fn answer(self, outcome: Result<Delivered>) {
+    pub(crate) fn answer(mut self, outcome: Result<Delivered>) {
+        if let Some(answer) = self.0.take() {
+            answer.give(outcome);
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(answer) = self.0.take() {
+            answer.give(Err(ClientError::Closed));
+        }
+    }
+}
+
+impl Answer {
+    fn give(self, outcome: Result<Delivered>) {
         match self {
-            Waiter::Future(tx) => {
+            Answer::Future(tx) => {
                 let _ = tx.send(outcome);
             }
-            Waiter::Callback(callback) => callback(outcome),
+            Answer::Callback(callback) => {
+                // A user's callback must not take the producer's task down with it: the rest
+                // of its batch would never be answered, nor would flush return.
+                let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    callback(outcome);
+                }));
+                if called.is_err() {
+                    tracing::error!("a send_with_callback callback panicked");
+                }
+            }
         }
     }
 }
@@ -169,7 +205,7 @@ impl Producer {
     /// other share batches, so send many, then await their futures.
     pub async fn send(&self, record: Record) -> Result<DeliveryFuture> {
         let (tx, rx) = oneshot::channel();
-        let command = Command::Send(record, Waiter::Future(tx));
+        let command = Command::Send(record, Waiter::future(tx));
         self.commands.send(command).await.map_err(|_| ClientError::Closed)?;
         Ok(DeliveryFuture(rx))
     }
@@ -178,7 +214,9 @@ impl Producer {
     /// acknowledged, or with why it failed (Kafka's `send(record, callback)`). Nothing is
     /// left to await per record, so a sender that only counts acknowledgements (a
     /// benchmark, a pipeline stage) saves a future and a wake-up per record. The callback
-    /// runs on one of the producer's tasks: keep it short, and never block in it. Records
+    /// runs on the producer's tasks, possibly several at once for different batches: keep it
+    /// short, and never block in it. A callback that panics is logged and counts as called.
+    /// If the producer is closed, this returns `Closed` and the callback hears it too. Records
     /// land in the order they were sent, but with batches pipelined (`max_in_flight` > 1)
     /// the callbacks of a partition's consecutive batches may run in either order: the
     /// offsets tell the order, as with the futures `send` returns.
@@ -187,7 +225,7 @@ impl Producer {
         record: Record,
         callback: impl FnOnce(Result<Delivered>) + Send + 'static,
     ) -> Result<()> {
-        let command = Command::Send(record, Waiter::Callback(Box::new(callback)));
+        let command = Command::Send(record, Waiter::callback(callback));
         self.commands.send(command).await.map_err(|_| ClientError::Closed)
     }
 
