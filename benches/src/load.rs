@@ -250,6 +250,23 @@ struct Acked {
     error: Option<strata_client::ClientError>,
 }
 
+/// Shared by one producer's sender and its callbacks.
+struct AckTally {
+    gathered: Mutex<Acked>,
+    /// Set with the first failure, so the sender checks without taking the lock.
+    failed: AtomicBool,
+}
+
+impl AckTally {
+    fn gathered(&self) -> std::sync::MutexGuard<'_, Acked> {
+        self.gathered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
 /// Sends a share of records and returns the latency of each send to its acknowledgement.
 async fn produce_share(
     client: Client,
@@ -264,19 +281,20 @@ async fn produce_share(
     // oldest). Awaited in send order, one slow partition held up every later record's
     // figure and, through the window, the sending.
     let window = Arc::new(Semaphore::new(window.max(1)));
-    let acked = Arc::new(Mutex::new(Acked { latency: histogram(), error: None }));
-    // Set by the first failure: the sender stops and the failure is reported.
-    let failed = Arc::new(AtomicBool::new(false));
-    let (for_callbacks, failures) = (acked.clone(), failed.clone());
+    let acks = Arc::new(AckTally {
+        gathered: Mutex::new(Acked { latency: histogram(), error: None }),
+        failed: AtomicBool::new(false),
+    });
+    let for_callbacks = acks.clone();
     let callback = move |sent: Instant, permit: OwnedSemaphorePermit| {
-        let (acked, failed) = (for_callbacks.clone(), failures.clone());
+        let acks = for_callbacks.clone();
         move |delivered: strata_client::Result<strata_client::Delivered>| {
-            let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut gathered = acks.gathered();
             match delivered {
-                Ok(_) => acked.latency.saturating_record(sent.elapsed().as_micros() as u64),
+                Ok(_) => gathered.latency.saturating_record(sent.elapsed().as_micros() as u64),
                 Err(err) => {
-                    acked.error.get_or_insert(err);
-                    failed.store(true, Ordering::Relaxed);
+                    gathered.error.get_or_insert(err);
+                    acks.failed.store(true, Ordering::Relaxed);
                 }
             }
             drop(permit);
@@ -297,7 +315,7 @@ async fn produce_share(
         // milliseconds, so an async pacer at 5,000 records/s sent bursts of 5 records at once
         // every millisecond instead of one every 200 µs.
         let handle = tokio::runtime::Handle::current();
-        let failed = failed.clone();
+        let acks = acks.clone();
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             for i in 0..count {
@@ -306,7 +324,7 @@ async fn produce_share(
                     std::thread::sleep(wait);
                 }
                 let permit = handle.block_on(window.clone().acquire_owned())?;
-                if failed.load(Ordering::Relaxed) {
+                if acks.failed() {
                     break; // reported below
                 }
                 let record = record(i);
@@ -319,7 +337,7 @@ async fn produce_share(
     } else {
         for i in 0..count {
             let permit = window.clone().acquire_owned().await?;
-            if failed.load(Ordering::Relaxed) {
+            if acks.failed() {
                 break; // reported below
             }
             let record = record(i);
@@ -329,13 +347,13 @@ async fn produce_share(
         producer
     };
     let closed = producer.close().await;
-    let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+    let mut gathered = acks.gathered();
     // A record's own failure says more than the `Closed` that may follow it.
-    if let Some(err) = acked.error.take() {
+    if let Some(err) = gathered.error.take() {
         return Err(err.into());
     }
     closed?;
-    Ok(std::mem::replace(&mut acked.latency, histogram()))
+    Ok(std::mem::replace(&mut gathered.latency, histogram()))
 }
 
 fn progress(started: Instant, done: u64, total: u64, last: &mut Instant) {

@@ -615,14 +615,9 @@ impl Accumulator {
     fn send_lingered(&mut self) {
         self.hand_out_slots();
         let now = Instant::now();
-        while let Some(Reverse((deadline, _))) = self.lingering.peek() {
-            if *deadline > now {
-                break;
-            }
-            let Some(Reverse((deadline, key))) = self.lingering.pop() else { break };
-            if !self.is_live(deadline, &key) {
-                continue;
-            }
+        // `next_lingering_deadline` drops stale entries: the one it finds due is live.
+        while self.next_lingering_deadline().is_some_and(|deadline| deadline <= now) {
+            let Some(Reverse((_, key))) = self.lingering.pop() else { break };
             let Some(queue) = self.queues.get_mut(&key) else { continue };
             queue.scheduled = None;
             // One waiting for a slot is served, in its turn, by `hand_out_slots`.
