@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use strata_record::{Timestamp, TopicName};
-use strata_storage::{Durability, SyncGroup};
+use strata_storage::{Durability, SyncGroup, WriteAheadConfig};
 
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
@@ -112,7 +112,7 @@ fn open_partitions(
             let config = meta.config.log_config(durability);
             let partition = Partition::open(name.clone(), p, &dir.join(p.to_string()), config)?;
             if let Some(group) = sync_group {
-                partition.log().join_sync_group(group.clone());
+                partition.log().join_sync_group(group.clone())?;
             }
             Ok(Arc::new(partition))
         })
@@ -135,7 +135,10 @@ impl Topics {
             }
         }
         let sync_group = match durability {
-            Durability::EveryAppend => SyncGroup::open(&root)?.map(Arc::new),
+            Durability::EveryAppend => {
+                SyncGroup::open(&root, Some(WriteAheadConfig::new(data_dir.join("wal"))))?
+                    .map(Arc::new)
+            }
             _ => None,
         };
         let mut topics = BTreeMap::new();
@@ -159,6 +162,9 @@ impl Topics {
                 meta.name.clone(),
                 Arc::new(Topic { name, meta: RwLock::new(meta), partitions }),
             );
+        }
+        if let Some(group) = &sync_group {
+            group.replay_finished();
         }
         tracing::info!(topics = topics.len(), "topics opened");
         Ok(Topics {

@@ -15,15 +15,18 @@ mod config;
 mod error;
 mod index;
 mod log;
+mod log_id;
 mod mmap;
 mod observe;
 mod read;
 mod recovery;
 mod segment;
 mod sync_group;
+mod write_ahead;
 
 pub use config::{Durability, LogConfig, MAX_BATCH_BYTES, MAX_SEGMENT_BYTES};
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, Log, RetentionOutcome};
 pub use observe::set_fsync_observer;
 pub use sync_group::SyncGroup;
+pub use write_ahead::WriteAheadConfig;

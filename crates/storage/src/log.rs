@@ -20,6 +20,7 @@ use crate::segment::{
     ActiveSegment, LOG_SUFFIX, ScanMode, SealedSegment, SegmentRef, segment_file,
 };
 use crate::sync_group::{SyncGroup, Wait};
+use crate::write_ahead::Frame;
 
 const LOCK_FILE: &str = ".lock";
 
@@ -62,8 +63,30 @@ pub struct Log {
     /// Whether the configuration in force fsyncs every append: read on every append through
     /// [`Log::shares_fsyncs`], so kept here rather than looked up in `config`.
     every_append: AtomicBool,
+    /// Names this log in write-ahead frames (`log.id`).
+    id: u64,
+    /// How far the active segment is durable, by fsync or in the write-ahead file: a
+    /// write-ahead round writes the bytes after it. Only the group's thread moves it.
+    logged: Mutex<LoggedMark>,
     /// Held (flock) for the log's life; released when the file is closed.
     _lock: File,
+}
+
+/// A point in the active segment up to which its bytes are durable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoggedMark {
+    /// The active segment's base: a roll (which fsyncs the old one) starts a new segment whose
+    /// bytes are all still to be logged.
+    segment: Offset,
+    position: u64,
+    offset: Offset,
+}
+
+/// The bytes of a log that a write-ahead round is to write.
+#[derive(Debug)]
+pub(crate) struct Unlogged {
+    pub(crate) frame: Frame,
+    pub(crate) mark: LoggedMark,
 }
 
 #[derive(Debug)]
@@ -95,6 +118,15 @@ impl State {
 
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint { log_start: self.log_start, recovery_point: self.active.core.base }
+    }
+
+    /// The end of the active segment, as a mark.
+    fn end_mark(&self) -> LoggedMark {
+        LoggedMark {
+            segment: self.active.core.base,
+            position: self.active.core.size,
+            offset: self.end(),
+        }
     }
 
     fn check_readable(&self, offset: Offset) -> Result<()> {
@@ -132,7 +164,13 @@ impl Log {
         let recovered = recovery::open(&dir, &config)?;
         // Bytes a crashed process wrote may still sit in the page cache only.
         recovered.active.sync_handle().sync_data().at(&recovered.active.core.log_path)?;
+        let id = crate::log_id::load_or_create(&dir)?;
         let end = recovered.active.core.next;
+        let logged = LoggedMark {
+            segment: recovered.active.core.base,
+            position: recovered.active.core.size,
+            offset: end,
+        };
         let every_append = config.durability == Durability::EveryAppend;
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
@@ -148,6 +186,8 @@ impl Log {
             failure: OnceLock::new(),
             sync_group: OnceLock::new(),
             every_append: AtomicBool::new(every_append),
+            id,
+            logged: Mutex::new(logged),
             _lock: lock,
         })
     }
@@ -158,12 +198,119 @@ impl Log {
 
     /// Makes this log's waits through [`Log::when_durable`] (with
     /// [`Durability::EveryAppend`]) go to `group`, shared with the other logs waiting at the
-    /// same time. Returns false, and changes nothing, if the log is on another filesystem than
+    /// same time. First replays what the group's write-ahead file holds for this log and a
+    /// crash kept from its segments (an error names the log if the file holds records past a
+    /// gap). Returns false, and changes nothing, if the log is on another filesystem than
     /// the group's or already joined one. Only for logs whose suffix is never truncated (a
     /// single node's partitions): a round does not see a truncation between a wait and its
-    /// `syncfs`.
-    pub fn join_sync_group(&self, group: Arc<SyncGroup>) -> bool {
-        group.covers(&self.dir) && self.sync_group.set(group).is_ok()
+    /// `syncfs`, and a replay would bring truncated records back.
+    pub fn join_sync_group(&self, group: Arc<SyncGroup>) -> Result<bool> {
+        if !group.covers(&self.dir) || self.sync_group.get().is_some() {
+            return Ok(false);
+        }
+        group.replay_into(self)?;
+        Ok(self.sync_group.set(group).is_ok())
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn logged_guard(&self) -> MutexGuard<'_, LoggedMark> {
+        self.logged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bytes of the active segment that are not yet known durable, for a write-ahead
+    /// round: `None` if there are none. Slices of the segment's map, no copy.
+    pub(crate) fn unlogged(&self) -> Result<Option<Unlogged>> {
+        self.ensure_writable()?;
+        let logged = *self.logged_guard();
+        let state = self.read_state();
+        let end = state.end_mark();
+        let from = if logged.segment == end.segment && logged.position <= end.position {
+            logged
+        } else {
+            // Rolled (the old segment was fsynced) or rewritten: the whole segment.
+            LoggedMark { position: 0, offset: end.segment, ..end }
+        };
+        if from.position == end.position {
+            return Ok(None);
+        }
+        let mapped = state.active.core.data.view(end.position)?;
+        let payload = mapped.slice(from.position as usize..end.position as usize);
+        Ok(Some(Unlogged {
+            frame: Frame { log_id: self.id, base: from.offset, payload },
+            mark: end,
+        }))
+    }
+
+    /// Everything appended so far is durable (a replay just flushed it): the next
+    /// write-ahead round starts at the end.
+    pub(crate) fn logged_to_end(&self) {
+        let end = self.read_state().end_mark();
+        *self.logged_guard() = end;
+    }
+
+    /// A write-ahead round made the bytes up to `mark` durable.
+    pub(crate) fn logged_through(&self, mark: LoggedMark) -> Result<()> {
+        self.ensure_writable()?;
+        *self.logged_guard() = mark;
+        self.durable_end.fetch_max(mark.offset.0, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Appends what a write-ahead frame holds past this log's end: batches that end below it
+    /// are already here, one that starts at it is appended (its CRC checked), and one that
+    /// starts past it means records are missing, which is refused. Returns how many batches
+    /// were appended; the caller flushes them.
+    pub(crate) fn replay_frame(
+        &self,
+        base: Offset,
+        payload: &[u8],
+        source: &Path,
+    ) -> Result<usize> {
+        let mut appended = 0;
+        let mut position = 0usize;
+        while position < payload.len() {
+            let rest = &payload[position..];
+            let header = strata_record::BatchHeader::parse(rest)?;
+            let batch = rest.get(..header.total_len()).ok_or_else(|| StorageError::Corrupt {
+                path: source.to_path_buf(),
+                position: position as u64,
+                reason: format!("write-ahead frame at offset {base} ends inside a batch"),
+            })?;
+            let end = self.end_offset();
+            if header.last_offset() < end {
+                // Already in the segment.
+            } else if header.base_offset() == end {
+                RecordBatch::new(batch)?;
+                self.write_header(batch, header, true)?;
+                appended += 1;
+            } else if header.base_offset() < end {
+                return Err(StorageError::Corrupt {
+                    path: source.to_path_buf(),
+                    position: position as u64,
+                    reason: format!(
+                        "a write-ahead batch at offsets {}..={} does not line up with the end of log {} at {end}",
+                        header.base_offset(),
+                        header.last_offset(),
+                        self.dir.display()
+                    ),
+                });
+            } else {
+                return Err(StorageError::Corrupt {
+                    path: self.dir.clone(),
+                    position: 0,
+                    reason: format!(
+                        "the log ends at offset {end} but the write-ahead file {} holds offsets from {} on: records in between are lost",
+                        source.display(),
+                        header.base_offset()
+                    ),
+                });
+            }
+            position += batch.len();
+        }
+        Ok(appended)
     }
 
     /// The configuration in force.
@@ -475,10 +622,12 @@ impl Log {
         self.ensure_writable()?;
         let (file, end, path) = {
             let state = self.read_state();
-            (state.active.sync_handle(), state.end(), state.active.core.log_path.clone())
+            (state.active.sync_handle(), state.end_mark(), state.active.core.log_path.clone())
         };
         crate::observe::timed_fsync(|| file.sync_data()).at(&path).map_err(|e| self.fail(e))?;
-        self.durable_end.fetch_max(end.0, Ordering::AcqRel);
+        self.durable_end.fetch_max(end.offset.0, Ordering::AcqRel);
+        // A write-ahead round need not write these bytes again.
+        *self.logged_guard() = end;
         *last_sync = Instant::now();
         Ok(())
     }

@@ -448,7 +448,10 @@ pub(crate) fn check_batch_at(
     Ok(header)
 }
 
-fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+pub(crate) fn write_all_vectored(
+    mut file: &File,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         match file.write_vectored(slices) {

@@ -23,6 +23,7 @@
 //! have without the group. Where `syncfs` does not report errors (Linux before 5.8) or the
 //! filesystem is not one known to pass them up (ext4, XFS, Btrfs), no group is made.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use strata_record::Offset;
 
 use crate::Log;
 use crate::error::{IoContext, Result};
+use crate::write_ahead::{Leftovers, WriteAhead, WriteAheadConfig};
 
 /// Called with the outcome of a wait for durability.
 pub(crate) type Callback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -55,6 +57,7 @@ pub struct SyncGroup {
     /// The filesystem's device: only logs on it may join.
     device: u64,
     thread: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug)]
@@ -66,6 +69,27 @@ struct Shared {
     broken: AtomicBool,
     queue: Mutex<Queue>,
     queued: Condvar,
+    /// The write-ahead file, if the group has one and it has not failed. Used by the group's
+    /// thread, and by [`SyncGroup::replay_finished`].
+    write_ahead: Mutex<Option<WriteAhead>>,
+    /// What a crash left in the write-ahead files, until every log replayed its part.
+    leftovers: Mutex<Option<Leftovers>>,
+    checkpoints: Mutex<Checkpoints>,
+    checkpoint_changed: Condvar,
+}
+
+/// Between the group's thread, which asks for checkpoints as write-ahead files fill, and the
+/// checkpoint thread, which runs them (a `syncfs` of many segment files takes a while, and
+/// rounds go on meanwhile).
+#[derive(Debug, Default)]
+struct Checkpoints {
+    /// A checkpoint is wanted that covers the write-ahead files before this one.
+    wanted_below: Option<u64>,
+    /// A checkpoint is running.
+    running: bool,
+    /// The last checkpoint done covered the files before this one.
+    covered_below: Option<u64>,
+    stopping: bool,
 }
 
 #[derive(Default)]
@@ -87,7 +111,14 @@ impl SyncGroup {
     /// A group for the logs on the filesystem holding `dir`, or `None` where `syncfs` does
     /// not report write-back errors (Linux before 5.8), since the group's durability rests on
     /// them. Open it before the logs that will join it.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Option<SyncGroup>> {
+    ///
+    /// With `write_ahead`, rounds that carry many logs go through a write-ahead file in its
+    /// directory (see [`WriteAheadConfig`]), and what a crash left there is replayed into each
+    /// log as it joins; call [`SyncGroup::replay_finished`] once every log has joined.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        write_ahead: Option<WriteAheadConfig>,
+    ) -> Result<Option<SyncGroup>> {
         let dir = dir.as_ref().to_path_buf();
         if !syncfs_reports_errors() {
             tracing::info!("syncfs does not report errors on this kernel: each log fsyncs alone");
@@ -100,19 +131,84 @@ impl SyncGroup {
             return Ok(None);
         }
         let device = handle.metadata().at(&dir)?.dev();
+        let (write_ahead, leftovers) = match write_ahead {
+            Some(config) => {
+                let wal_dir = config.dir.clone();
+                std::fs::create_dir_all(&wal_dir).at(&wal_dir)?;
+                if std::fs::metadata(&wal_dir).at(&wal_dir)?.dev() == device {
+                    let (write_ahead, leftovers) = WriteAhead::open(config)?;
+                    (Some(write_ahead), Some(leftovers))
+                } else {
+                    tracing::info!(dir = %wal_dir.display(), "the write-ahead directory is on another filesystem than the logs: not used");
+                    (None, None)
+                }
+            }
+            None => (None, None),
+        };
+        let has_write_ahead = write_ahead.is_some();
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             handle,
             broken: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
+            write_ahead: Mutex::new(write_ahead),
+            leftovers: Mutex::new(leftovers),
+            checkpoints: Mutex::new(Checkpoints::default()),
+            checkpoint_changed: Condvar::new(),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("strata-syncfs".into())
             .spawn(move || worker.run())
             .at(&dir)?;
-        Ok(Some(SyncGroup { shared, device, thread: Some(thread) }))
+        let checkpointer = if has_write_ahead {
+            let worker = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name("strata-checkpoint".into())
+                .spawn(move || worker.run_checkpoints())
+                .at(&dir)?;
+            Some(thread)
+        } else {
+            None
+        };
+        Ok(Some(SyncGroup { shared, device, thread: Some(thread), checkpointer }))
+    }
+
+    /// Replays into `log`, which is joining, what the write-ahead files a crash left hold
+    /// for it past its end, and makes it durable.
+    pub(crate) fn replay_into(&self, log: &Log) -> Result<()> {
+        let mut leftovers = self.shared.leftovers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(leftovers) = leftovers.as_mut() else { return Ok(()) };
+        let Some(frames) = leftovers.frames.remove(&log.id()) else { return Ok(()) };
+        let mut appended = 0;
+        for frame in &frames {
+            let payload = leftovers.read(frame)?;
+            appended += log.replay_frame(frame.base, &payload, &leftovers.path(frame))?;
+        }
+        if appended > 0 {
+            log.flush()?;
+            tracing::info!(dir = %log.dir().display(), batches = appended, end = %log.end_offset(), "replayed from the write-ahead file");
+        }
+        log.logged_to_end();
+        Ok(())
+    }
+
+    /// Every log that will open has joined: frames nobody claimed (of topics deleted since)
+    /// are dropped, and the files a crash left may be recycled after the next checkpoint.
+    pub fn replay_finished(&self) {
+        let leftovers = self.shared.leftovers.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(leftovers) = leftovers
+            && !leftovers.frames.is_empty()
+        {
+            tracing::info!(
+                logs = leftovers.frames.len(),
+                "write-ahead frames of logs that no longer exist skipped"
+            );
+        }
+        if let Some(write_ahead) = self.shared.write_ahead().as_mut() {
+            write_ahead.release_leftovers();
+        }
     }
 
     /// Whether a log in `dir` is on this group's filesystem.
@@ -131,6 +227,11 @@ impl Drop for SyncGroup {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
         self.shared.queued.notify_one();
+        self.shared.checkpoints().stopping = true;
+        self.shared.checkpoint_changed.notify_all();
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
         // The group's own thread may drop it, with the last member log it called back; it
         // stops by itself then.
         if let Some(thread) = self.thread.take()
@@ -146,6 +247,14 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn write_ahead(&self) -> MutexGuard<'_, Option<WriteAhead>> {
+        self.write_ahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checkpoints(&self) -> MutexGuard<'_, Checkpoints> {
+        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The group's thread: one round per turn, until the group is dropped (its members hold
     /// it, so by then no wait is queued).
     fn run(&self) {
@@ -156,6 +265,8 @@ impl Shared {
                     queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
                 if queue.waits.is_empty() {
+                    drop(queue);
+                    self.finish();
                     return;
                 }
                 std::mem::take(&mut queue.waits)
@@ -164,8 +275,63 @@ impl Shared {
         }
     }
 
+    /// No member log is left: a last `syncfs` makes every segment durable, so the
+    /// write-ahead files are not needed by the next start. Kept if the `syncfs` fails or a
+    /// crash's leftovers were never replayed (some log may still want them).
+    fn finish(&self) {
+        let Some(write_ahead) = self.write_ahead().take() else { return };
+        if !write_ahead.holds_leftovers()
+            && !self.broken.load(Ordering::Relaxed)
+            && self.syncfs()
+            && let Err(err) = write_ahead.remove_all()
+        {
+            tracing::warn!(error = %err, "could not remove the write-ahead files");
+        }
+    }
+
+    /// The checkpoint thread: one `syncfs` per request, each covering the write-ahead files
+    /// that were full when it was asked for.
+    fn run_checkpoints(&self) {
+        loop {
+            let below = {
+                let mut checkpoints = self.checkpoints();
+                while checkpoints.wanted_below.is_none() && !checkpoints.stopping {
+                    checkpoints = self
+                        .checkpoint_changed
+                        .wait(checkpoints)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                match checkpoints.wanted_below.take() {
+                    Some(below) if !checkpoints.stopping => {
+                        checkpoints.running = true;
+                        below
+                    }
+                    _ => return,
+                }
+            };
+            let ok = !self.broken.load(Ordering::Relaxed) && self.syncfs();
+            let mut checkpoints = self.checkpoints();
+            checkpoints.running = false;
+            if ok {
+                checkpoints.covered_below = checkpoints.covered_below.max(Some(below));
+            }
+            drop(checkpoints);
+            self.checkpoint_changed.notify_all();
+        }
+    }
+
     /// Makes every wait of the round durable and calls it back.
     fn round(&self, waits: Vec<Wait>) {
+        if !self.broken.load(Ordering::Relaxed) && self.write_ahead_round(&waits) {
+            for Wait { log, target, done, .. } in waits {
+                // Logged through the round, unless the log failed meanwhile (its own fsync
+                // then reports that) or was rolled past the round (sealing fsynced it).
+                let outcome = log.sync_through(target);
+                drop(log);
+                done(outcome);
+            }
+            return;
+        }
         let first = Arc::as_ptr(&waits[0].log);
         let one_log = waits.iter().all(|w| Arc::as_ptr(&w.log) == first);
         if !one_log && !self.broken.load(Ordering::Relaxed) && self.syncfs() {
@@ -186,6 +352,87 @@ impl Shared {
             drop(log);
             done(outcome);
         }
+    }
+
+    /// Writes the round's logs' unlogged bytes to the write-ahead file, if the group has one
+    /// and the round carries enough logs. False if it did not, and the round is to be made
+    /// durable in place; a write-ahead file that failed is given up for good.
+    fn write_ahead_round(&self, waits: &[Wait]) -> bool {
+        let mut guard = self.write_ahead();
+        let Some(write_ahead) = guard.as_mut() else { return false };
+        let mut seen = HashSet::with_capacity(waits.len());
+        let logs: Vec<&Arc<Log>> =
+            waits.iter().map(|w| &w.log).filter(|log| seen.insert(Arc::as_ptr(log))).collect();
+        if logs.len() < write_ahead.min_logs() {
+            return false;
+        }
+        let mut marks = Vec::with_capacity(logs.len());
+        let mut frames = Vec::with_capacity(logs.len());
+        for log in logs {
+            match log.unlogged() {
+                Ok(Some(unlogged)) => {
+                    marks.push((log, unlogged.mark));
+                    frames.push(unlogged.frame);
+                }
+                Ok(None) => {}
+                // A failed log: the round goes the ordinary way, which reports it.
+                Err(_) => return false,
+            }
+        }
+        if let Err(err) = write_ahead.write_round(&frames) {
+            tracing::error!(error = %err, "write-ahead file failed; rounds are made durable in place from now on");
+            *guard = None;
+            return false;
+        }
+        drop(frames);
+        for (log, mark) in marks {
+            // An error means the log failed; its waits hear it from `sync_through`.
+            let _ = log.logged_through(mark);
+        }
+        if let Err(err) = self.after_write_ahead_round(write_ahead) {
+            tracing::error!(error = %err, "write-ahead file failed; rounds are made durable in place from now on");
+            *guard = None;
+        }
+        true
+    }
+
+    /// Frees the files a finished checkpoint covered; once the file is full, starts the next,
+    /// asks for a checkpoint, and waits for one if too many files are waiting for it.
+    fn after_write_ahead_round(&self, write_ahead: &mut WriteAhead) -> Result<()> {
+        if let Some(below) = self.checkpoints().covered_below {
+            write_ahead.covered_below(below);
+        }
+        if !write_ahead.is_full() {
+            return Ok(());
+        }
+        let next = write_ahead.next_file()?;
+        if write_ahead.waiting() >= write_ahead.files_per_checkpoint() {
+            self.checkpoints().wanted_below = Some(next);
+            self.checkpoint_changed.notify_all();
+        }
+        while write_ahead.waiting() >= 2 * write_ahead.files_per_checkpoint()
+            && !self.broken.load(Ordering::Relaxed)
+        {
+            let mut checkpoints = self.checkpoints();
+            let covered = checkpoints.covered_below;
+            while checkpoints.covered_below == covered
+                && (checkpoints.wanted_below.is_some() || checkpoints.running)
+                && !checkpoints.stopping
+                && !self.broken.load(Ordering::Relaxed)
+            {
+                checkpoints =
+                    self.checkpoint_changed.wait(checkpoints).unwrap_or_else(|e| e.into_inner());
+            }
+            let Some(below) = checkpoints.covered_below else { break };
+            drop(checkpoints);
+            let before = write_ahead.waiting();
+            write_ahead.covered_below(below);
+            if write_ahead.waiting() == before {
+                // Nothing more to free (leftovers not yet released): go on rather than stall.
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn syncfs(&self) -> bool {
