@@ -160,13 +160,28 @@ async fn one_request_produces_to_many_partitions_each_answered_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_records_survive_kill_9() {
+    produce_then_kill9("durable", 2, 500, 7).await;
+}
+
+/// Rounds that carry many partitions go through the node's write-ahead file.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_records_of_many_partitions_survive_kill_9() {
+    let write_ahead_bytes = produce_then_kill9("wide", 64, 4000, 1000).await;
+    assert!(write_ahead_bytes > 0, "the rounds went through the write-ahead file");
+}
+
+/// Sends `records` keyed records (`keys` distinct keys) over `partitions`, SIGKILLs the node
+/// once all are acknowledged, restarts it and checks that every acknowledged record is there
+/// exactly once, in order per key. Returns the bytes the node's write-ahead files held when it
+/// was killed.
+async fn produce_then_kill9(topic: &str, partitions: u32, records: u32, keys: u32) -> u64 {
     let mut server = Server::start();
     let client = Client::connect(&[server.brokers()]).await.unwrap();
-    create_topic(&client, "durable", 2).await;
+    create_topic(&client, topic, partitions).await;
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     let mut deliveries = Vec::new();
-    for i in 0..500u32 {
-        let record = Record::new("durable").key(format!("k{}", i % 7)).value(i.to_string());
+    for i in 0..records {
+        let record = Record::new(topic).key(format!("k{}", i % keys)).value(i.to_string());
         deliveries.push(producer.send(record).await.unwrap());
     }
     let mut acked = Vec::new();
@@ -177,6 +192,10 @@ async fn acknowledged_records_survive_kill_9() {
     producer.close().await.unwrap();
     drop(client);
     server.kill9();
+    let write_ahead_bytes: u64 = std::fs::read_dir(server.data_dir.join("wal"))
+        .unwrap()
+        .map(|file| file.unwrap().metadata().unwrap().len())
+        .sum();
     server.restart();
 
     let client = Client::connect(&[server.brokers()]).await.unwrap();
@@ -184,17 +203,17 @@ async fn acknowledged_records_survive_kill_9() {
         client,
         ConsumerConfig { offset_reset: OffsetReset::Earliest, ..Default::default() },
     );
-    consumer.assign(vec![("durable".into(), 0), ("durable".into(), 1)]).await.unwrap();
+    consumer.assign((0..partitions).map(|p| (topic.to_owned(), p)).collect()).await.unwrap();
     let mut seen = BTreeSet::new();
     let mut values_by_key: std::collections::BTreeMap<Bytes, Vec<u32>> = Default::default();
-    while seen.len() < 500 {
-        let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+    while seen.len() < records as usize {
+        let polled = consumer.poll(Duration::from_secs(5)).await.unwrap();
         assert!(
-            !records.is_empty(),
-            "only {} of 500 acknowledged records after restart",
+            !polled.is_empty(),
+            "only {} of {records} acknowledged records after restart",
             seen.len()
         );
-        for r in records {
+        for r in polled {
             assert!(seen.insert((r.partition, r.offset)), "duplicate {}/{}", r.partition, r.offset);
             let v: u32 = std::str::from_utf8(r.value.as_ref().unwrap()).unwrap().parse().unwrap();
             values_by_key.entry(r.key.clone().unwrap()).or_default().push(v);
@@ -205,6 +224,7 @@ async fn acknowledged_records_survive_kill_9() {
     for values in values_by_key.values() {
         assert!(values.windows(2).all(|w| w[0] < w[1]), "per-key order");
     }
+    write_ahead_bytes
 }
 
 async fn poll_until(consumer: &mut Consumer, what: &str, done: impl Fn(&Consumer) -> bool) {
@@ -367,6 +387,8 @@ async fn sigterm_drains_and_leaves_clean_logs() {
     let partition_dir = server.data_dir.join("topics").join("calm").join("0");
     assert!(partition_dir.join("clean-shutdown").exists(), "{}", server.log_text());
     assert!(server.data_dir.join("groups").join("offsets").join("clean-shutdown").exists());
+    let write_ahead = std::fs::read_dir(server.data_dir.join("wal")).unwrap().count();
+    assert_eq!(write_ahead, 0, "a clean stop leaves no write-ahead file to replay");
     server.restart();
     let client = Client::connect(&[server.brokers()]).await.unwrap();
     let mut consumer = Consumer::new(

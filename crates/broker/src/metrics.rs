@@ -24,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use strata_record::Timestamp;
+use strata_storage::WriteAheadEvent;
 use tokio_util::sync::CancellationToken;
 
 use crate::groups::Groups;
@@ -58,6 +59,31 @@ static FSYNC_SECONDS: OnceLock<Histogram> = OnceLock::new();
 fn observe_fsync(elapsed: Duration) {
     if let Some(histogram) = FSYNC_SECONDS.get() {
         histogram.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The write-ahead file's rounds and checkpoints, reported like fsync times.
+#[derive(Debug)]
+struct WriteAheadMetrics {
+    rounds: Counter,
+    bytes: Counter,
+    logs_per_round: Histogram,
+    checkpoint_seconds: Histogram,
+}
+
+static WRITE_AHEAD: OnceLock<WriteAheadMetrics> = OnceLock::new();
+
+fn observe_write_ahead(event: WriteAheadEvent) {
+    let Some(metrics) = WRITE_AHEAD.get() else { return };
+    match event {
+        WriteAheadEvent::Round { logs, bytes } => {
+            metrics.rounds.inc();
+            metrics.bytes.inc_by(bytes);
+            metrics.logs_per_round.observe(logs as f64);
+        }
+        WriteAheadEvent::Checkpoint { elapsed } => {
+            metrics.checkpoint_seconds.observe(elapsed.as_secs_f64());
+        }
     }
 }
 
@@ -145,6 +171,34 @@ impl Metrics {
             fsync,
         );
         strata_storage::set_fsync_observer(observe_fsync);
+        let write_ahead = WRITE_AHEAD.get_or_init(|| WriteAheadMetrics {
+            rounds: Counter::default(),
+            bytes: Counter::default(),
+            // 1 to 4,096 logs.
+            logs_per_round: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            checkpoint_seconds: latency_histogram(),
+        });
+        registry.register(
+            "strata_write_ahead_rounds",
+            "Group-commit rounds written to the node's write-ahead file",
+            write_ahead.rounds.clone(),
+        );
+        registry.register(
+            "strata_write_ahead_bytes",
+            "Bytes written to the write-ahead file, frame headers included",
+            write_ahead.bytes.clone(),
+        );
+        registry.register(
+            "strata_write_ahead_logs_per_round",
+            "Partition logs in one write-ahead round",
+            write_ahead.logs_per_round.clone(),
+        );
+        registry.register(
+            "strata_write_ahead_checkpoint_duration_seconds",
+            "Time of one checkpoint (a syncfs of the segment files) that frees write-ahead files",
+            write_ahead.checkpoint_seconds.clone(),
+        );
+        strata_storage::set_write_ahead_observer(observe_write_ahead);
         registry.register_collector(Box::new(StateCollector {
             topics,
             groups,

@@ -27,6 +27,6 @@ mod write_ahead;
 pub use config::{Durability, LogConfig, MAX_BATCH_BYTES, MAX_SEGMENT_BYTES};
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, Log, RetentionOutcome};
-pub use observe::set_fsync_observer;
+pub use observe::{WriteAheadEvent, set_fsync_observer, set_write_ahead_observer};
 pub use sync_group::SyncGroup;
 pub use write_ahead::WriteAheadConfig;

@@ -21,3 +21,26 @@ pub(crate) fn timed_fsync<T>(fsync: impl FnOnce() -> T) -> T {
     }
     result
 }
+
+/// What the write-ahead file did, for the owner's metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum WriteAheadEvent {
+    /// A round of `logs` logs wrote `bytes` (frame headers included) and fdatasynced them.
+    Round { logs: usize, bytes: u64 },
+    /// A checkpoint's `syncfs` took `elapsed`.
+    Checkpoint { elapsed: Duration },
+}
+
+static WRITE_AHEAD_OBSERVER: OnceLock<fn(WriteAheadEvent)> = OnceLock::new();
+
+/// Registers the function the write-ahead file reports its rounds and checkpoints to. The
+/// first registration wins; later calls are ignored.
+pub fn set_write_ahead_observer(observer: fn(WriteAheadEvent)) {
+    let _ = WRITE_AHEAD_OBSERVER.set(observer);
+}
+
+pub(crate) fn write_ahead_event(event: WriteAheadEvent) {
+    if let Some(observer) = WRITE_AHEAD_OBSERVER.get() {
+        observer(event);
+    }
+}

@@ -35,6 +35,7 @@ use strata_record::Offset;
 
 use crate::Log;
 use crate::error::{IoContext, Result};
+use crate::observe::WriteAheadEvent;
 use crate::write_ahead::{Leftovers, WriteAhead, WriteAheadConfig};
 
 /// Called with the outcome of a wait for durability.
@@ -309,7 +310,12 @@ impl Shared {
                     _ => return,
                 }
             };
+            let started = std::time::Instant::now();
             let ok = !self.broken.load(Ordering::Relaxed) && self.syncfs();
+            if ok {
+                let elapsed = started.elapsed();
+                crate::observe::write_ahead_event(WriteAheadEvent::Checkpoint { elapsed });
+            }
             let mut checkpoints = self.checkpoints();
             checkpoints.running = false;
             if ok {
@@ -379,10 +385,16 @@ impl Shared {
                 Err(_) => return false,
             }
         }
-        if let Err(err) = write_ahead.write_round(&frames) {
-            tracing::error!(error = %err, "write-ahead file failed; rounds are made durable in place from now on");
-            *guard = None;
-            return false;
+        match write_ahead.write_round(&frames) {
+            Ok(bytes) => {
+                let logs = frames.len();
+                crate::observe::write_ahead_event(WriteAheadEvent::Round { logs, bytes });
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "write-ahead file failed; rounds are made durable in place from now on");
+                *guard = None;
+                return false;
+            }
         }
         drop(frames);
         for (log, mark) in marks {

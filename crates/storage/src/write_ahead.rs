@@ -4,7 +4,7 @@
 //!
 //! With keyed records over a thousand partitions, each group-commit round carries a few
 //! kilobytes per partition. Write-back then makes one small write per segment file, and the
-//! disk's write operations, not its bandwidth, bound the node (`docs/write-ahead-plan.md`).
+//! disk's write operations, not its bandwidth, bound the node (`docs/write-ahead.md`).
 //! Here such a round's bytes go to one file in one `writev`, as frames naming their log. The
 //! segment files are written back later by a checkpoint's `syncfs`, in runs that are large
 //! by then; only after it are the frames it covers dropped.
