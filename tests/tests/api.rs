@@ -712,7 +712,9 @@ async fn callbacks_report_where_each_record_landed() {
     let server = Server::start();
     let client = Client::connect(&[server.brokers()]).await.unwrap();
     create_topic(&client, "callbacks", 3).await;
-    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    // Small batches, so each partition has several in flight, in separate requests.
+    let config = ProducerConfig { batch_bytes: 256, ..Default::default() };
+    let producer = Producer::new(client.clone(), config);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // A callback that panics is logged; the records batched with it are still answered.
     let panics = Record::new("callbacks").partition(0).value("first");
@@ -735,9 +737,11 @@ async fn callbacks_report_where_each_record_landed() {
     drop(tx);
     producer.close().await.unwrap();
     // Every callback ran by the time close returned, and each record landed in send order:
-    // record i is the (i / 3)-th sent to partition i % 3.
+    // record i is the (i / 3)-th sent to partition i % 3. A partition's callbacks ran in
+    // that order too (the channel keeps the order they ran in).
     let mut answered = BTreeSet::new();
     let mut missing_answered = false;
+    let mut last_offset = [None; 3];
     while let Ok((i, delivered)) = rx.try_recv() {
         if i == u32::MAX {
             assert!(delivered.is_err(), "partition 7 of 3 was accepted: {delivered:?}");
@@ -750,6 +754,14 @@ async fn callbacks_report_where_each_record_landed() {
         let first = if i % 3 == 0 { 1 } else { 0 };
         assert_eq!(delivered.offset, Some(Offset(first + u64::from(i / 3))), "record {i}");
         assert!(answered.insert(i), "record {i} answered twice");
+        let last = &mut last_offset[delivered.partition as usize];
+        assert!(
+            *last < delivered.offset,
+            "partition {}: {:?} after {last:?}",
+            delivered.partition,
+            delivered.offset
+        );
+        *last = delivered.offset;
     }
     assert_eq!(answered.len(), 300);
     assert!(missing_answered, "the failing record's callback never ran");

@@ -2,7 +2,8 @@
 //! every partition it leads that had one ready; per-partition answers; and retries, alone, of
 //! the partitions that failed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +24,58 @@ pub(crate) struct Outgoing {
     pub(crate) number: u64,
     pub(crate) bytes: Bytes,
     pub(crate) waiters: Vec<Waiter>,
+    /// Its partition's answers, which it joins in number order.
+    pub(crate) answers: Answers,
+}
+
+/// One partition's batch answers, shared by the requests that carry its batches.
+pub(crate) type Answers = Arc<Mutex<InOrder>>;
+
+/// Answers a partition's batches in the order they were sent, whatever order their requests
+/// come back in (pipelined batches travel in different requests, answered on different
+/// tasks): so a partition's futures resolve, and its callbacks run, in offset order, as
+/// Kafka's do. A batch answered early is held until the ones before it are answered; the
+/// leader writes them in order anyway, so it is rarely held for long.
+#[derive(Default)]
+pub(crate) struct InOrder {
+    /// The number of the next batch to answer.
+    next: u64,
+    held: BTreeMap<u64, (Vec<Waiter>, u32, Result<Offset>)>,
+}
+
+impl InOrder {
+    /// Batch `number` of `partition` was answered with `outcome`: its waiters, and those of
+    /// the held batches right after it, are answered now (under the partition's lock, so
+    /// that two tasks never answer one partition's batches at once), or it is held.
+    fn settle(
+        &mut self,
+        number: u64,
+        waiters: Vec<Waiter>,
+        partition: u32,
+        outcome: Result<Offset>,
+    ) {
+        if number != self.next {
+            self.held.insert(number, (waiters, partition, outcome));
+            return;
+        }
+        resolve(waiters, partition, outcome);
+        self.next += 1;
+        while let Some((waiters, partition, outcome)) = self.held.remove(&self.next) {
+            resolve(waiters, partition, outcome);
+            self.next += 1;
+        }
+    }
+}
+
+fn settle_in_order(
+    answers: &Answers,
+    number: u64,
+    waiters: Vec<Waiter>,
+    partition: u32,
+    outcome: Result<Offset>,
+) {
+    let mut answers = answers.lock().unwrap_or_else(|e| e.into_inner());
+    answers.settle(number, waiters, partition, outcome);
 }
 
 /// What request tasks tell the accumulator.
@@ -180,6 +233,8 @@ fn failed(
     let err = ClientError::from(status);
     if config.acks == Acks::None {
         tracing::warn!(topic = %batch.key.0, partition = batch.key.1, error = %err, "acks=none batch was refused");
+        // Its records were answered when it was sent; later batches must not wait for it.
+        settle_in_order(&batch.answers, batch.number, Vec::new(), batch.key.1, Err(err));
         let _ = done.send(Done::Answered { key: batch.key, number: batch.number, failed: false });
         return None;
     }
@@ -191,10 +246,10 @@ fn failed(
     None
 }
 
-/// Answers a batch's records and tells the accumulator.
+/// Answers a batch's records (in their partition's order) and tells the accumulator.
 fn settle(batch: Outgoing, outcome: Result<Offset>, done: &mpsc::UnboundedSender<Done>) {
     let failed = outcome.is_err();
-    resolve(batch.waiters, batch.key.1, outcome);
+    settle_in_order(&batch.answers, batch.number, batch.waiters, batch.key.1, outcome);
     let _ = done.send(Done::Answered { key: batch.key, number: batch.number, failed });
 }
 
@@ -212,4 +267,37 @@ fn resolve(waiters: Vec<Waiter>, partition: u32, outcome: Result<Offset>) {
 /// second (a failover is noticed within that of the new leader's election).
 fn backoff(config: &ProducerConfig, attempt: u32) -> Duration {
     (config.retry_backoff * 2u32.saturating_pow(attempt)).min(Duration::from_millis(250))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_answered_early_waits_for_the_ones_before_it() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |tag: &'static str| {
+            let order = order.clone();
+            Waiter::callback(move |outcome| {
+                order.lock().unwrap().push((tag, outcome.ok().and_then(|d| d.offset)))
+            })
+        };
+        let mut answers = InOrder::default();
+        answers.settle(2, vec![waiter("third")], 0, Ok(Offset(20)));
+        answers.settle(1, vec![waiter("second"), waiter("second+1")], 0, Ok(Offset(10)));
+        assert!(order.lock().unwrap().is_empty(), "held until batch 0 is answered");
+        answers.settle(0, vec![waiter("first")], 0, Err(ClientError::Closed));
+        let seen = order.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                ("first", None),
+                ("second", Some(Offset(10))),
+                ("second+1", Some(Offset(11))),
+                ("third", Some(Offset(20)))
+            ]
+        );
+        answers.settle(3, vec![waiter("fourth")], 0, Ok(Offset(21)));
+        assert_eq!(order.lock().unwrap().len(), 5, "in turn: answered at once");
+    }
 }

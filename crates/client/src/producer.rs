@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::produce_request::{Done, Outgoing, PartitionKey, Staged, spawn_request};
+use crate::produce_request::{Answers, Done, Outgoing, PartitionKey, Staged, spawn_request};
 use crate::record::{Delivered, Record};
 use crate::{Client, ClientError, Result};
 
@@ -131,7 +131,7 @@ impl Waiter {
         Waiter(Some(Answer::Future(tx)))
     }
 
-    fn callback(callback: impl FnOnce(Result<Delivered>) + Send + 'static) -> Waiter {
+    pub(crate) fn callback(callback: impl FnOnce(Result<Delivered>) + Send + 'static) -> Waiter {
         Waiter(Some(Answer::Callback(Box::new(callback))))
     }
 
@@ -217,9 +217,9 @@ impl Producer {
     /// runs on the producer's tasks, possibly several at once for different batches: keep it
     /// short, and never block in it. A callback that panics is logged and counts as called.
     /// If the producer is closed, this returns `Closed` and the callback hears it too. Records
-    /// land in the order they were sent, but with batches pipelined (`max_in_flight` > 1)
-    /// the callbacks of a partition's consecutive batches may run in either order: the
-    /// offsets tell the order, as with the futures `send` returns.
+    /// land in the order they were sent, and a partition's callbacks run in that order too
+    /// (offset order), also with batches pipelined, as Kafka's do; callbacks of different
+    /// partitions may run at the same time.
     pub async fn send_with_callback(
         &self,
         record: Record,
@@ -282,6 +282,8 @@ struct PartitionQueue {
     /// of order, and fail too).
     producer_id: i64,
     next_sequence: i32,
+    /// Answers the batches sent, in the order they were sent.
+    answers: Answers,
     /// Bytes of the last batch sent. The next batch gets room for as much at once: a partition
     /// streaming full batches then never regrows its buffer (each doubling copied all the
     /// records so far, a second copy of every byte with 1 MiB batches).
@@ -299,6 +301,7 @@ impl Default for PartitionQueue {
             restart_pending: false,
             producer_id: fresh_producer_id(),
             next_sequence: 0,
+            answers: Answers::default(),
             last_batch_bytes: 0,
         }
     }
@@ -796,7 +799,8 @@ impl Accumulator {
             self.requests_in_flight += 1;
             Staged::default()
         });
-        staged.push(Outgoing { key, number, bytes, waiters: batch.waiters });
+        let answers = queue.answers.clone();
+        staged.push(Outgoing { key, number, bytes, waiters: batch.waiters, answers });
     }
 
     /// Sends each broker's staged batches as one request.
