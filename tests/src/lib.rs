@@ -240,6 +240,12 @@ impl Server {
         }
     }
 
+    /// Starts the server again on the same data directory and port, with other extra flags.
+    pub fn restart_with(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
     /// Starts the server again on the same data directory and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");

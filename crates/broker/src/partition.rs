@@ -173,6 +173,12 @@ impl Partition {
         self.log.start_offset()
     }
 
+    /// Publishes the log's end as the high watermark again, after something appended to the
+    /// log behind the partition's back (a write-ahead replay, before the partition serves).
+    pub(crate) fn refresh_high_watermark(&self) {
+        self.publish_high_watermark();
+    }
+
     fn publish_high_watermark(&self) {
         let hw = self.high_watermark().0;
         self.high_watermark.send_if_modified(|current| {

@@ -37,6 +37,10 @@ pub struct BrokerConfig {
     pub advertise: String,
     /// When partition logs fsync (default: every append).
     pub durability: Durability,
+    /// On a single node with fsync on every append: group-commit rounds that carry at least
+    /// this many partitions go through the node's write-ahead file (`docs/write-ahead.md`);
+    /// 0 turns it off.
+    pub write_ahead_min_partitions: usize,
     /// How often retention (and interval fsyncs) run.
     pub maintenance_interval: Duration,
     /// Largest gRPC request accepted; checked from the length prefix before the request is read.
@@ -72,6 +76,7 @@ impl BrokerConfig {
             listen,
             advertise,
             durability: Durability::EveryAppend,
+            write_ahead_min_partitions: 16,
             maintenance_interval: Duration::from_secs(30),
             max_request_bytes: 64 * 1024 * 1024,
             metrics_listen: None,
@@ -258,7 +263,7 @@ pub async fn run(
     let topics = Arc::new(if config.is_cluster() {
         Topics::open_replicated(&config.data_dir, config.durability)?
     } else {
-        Topics::open(&config.data_dir, config.durability)?
+        Topics::open(&config.data_dir, config.durability, config.write_ahead_min_partitions)?
     });
     let listener = TcpListener::bind(config.listen)
         .await

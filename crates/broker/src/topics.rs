@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use strata_record::{Timestamp, TopicName};
-use strata_storage::{Durability, SyncGroup, WriteAheadConfig};
+use strata_storage::{Durability, SyncGroup, WriteAheadConfig, WriteAheadReplay};
 
 use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
@@ -106,13 +106,19 @@ fn open_partitions(
     meta: &TopicMeta,
     durability: Durability,
     sync_group: Option<&Arc<SyncGroup>>,
+    mut replay: Option<&mut WriteAheadReplay>,
 ) -> Result<Vec<Arc<Partition>>> {
     (0..meta.partitions)
         .map(|p| {
             let config = meta.config.log_config(durability);
             let partition = Partition::open(name.clone(), p, &dir.join(p.to_string()), config)?;
+            if let Some(replay) = replay.as_deref_mut()
+                && replay.replay_into(partition.log())? > 0
+            {
+                partition.refresh_high_watermark();
+            }
             if let Some(group) = sync_group {
-                partition.log().join_sync_group(group.clone())?;
+                partition.log().join_sync_group(group.clone());
             }
             Ok(Arc::new(partition))
         })
@@ -122,7 +128,16 @@ fn open_partitions(
 impl Topics {
     /// Opens every topic under `<data_dir>/topics`, removing what an interrupted create or
     /// delete left behind.
-    pub fn open(data_dir: &Path, durability: Durability) -> Result<Topics> {
+    ///
+    /// What a crash left in the write-ahead files (`<data_dir>/wal`) is replayed into the
+    /// partitions before they serve, whatever `durability` is now. With fsync on every append,
+    /// rounds of at least `write_ahead_min_partitions` partitions (0: none) go through the
+    /// write-ahead file.
+    pub fn open(
+        data_dir: &Path,
+        durability: Durability,
+        write_ahead_min_partitions: usize,
+    ) -> Result<Topics> {
         let root = data_dir.join("topics");
         let trash = data_dir.join("trash");
         for dir in [&root, &trash] {
@@ -134,10 +149,15 @@ impl Topics {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
+        let wal_dir = data_dir.join("wal");
+        let mut replay = WriteAheadReplay::open(&wal_dir)?;
         let sync_group = match durability {
             Durability::EveryAppend => {
-                SyncGroup::open(&root, Some(WriteAheadConfig::new(data_dir.join("wal"))))?
-                    .map(Arc::new)
+                let write_ahead = (write_ahead_min_partitions > 0).then(|| WriteAheadConfig {
+                    min_logs: write_ahead_min_partitions,
+                    ..WriteAheadConfig::new(&wal_dir)
+                });
+                SyncGroup::open(&root, write_ahead)?.map(Arc::new)
             }
             _ => None,
         };
@@ -157,14 +177,21 @@ impl Topics {
                 source: e.into(),
             })?;
             let name = TopicName::new(&meta.name)?;
-            let partitions = open_partitions(&name, &dir, &meta, durability, sync_group.as_ref())?;
+            let partitions = open_partitions(
+                &name,
+                &dir,
+                &meta,
+                durability,
+                sync_group.as_ref(),
+                replay.as_mut(),
+            )?;
             topics.insert(
                 meta.name.clone(),
                 Arc::new(Topic { name, meta: RwLock::new(meta), partitions }),
             );
         }
-        if let Some(group) = &sync_group {
-            group.replay_finished();
+        if let Some(replay) = replay {
+            replay.finish()?;
         }
         tracing::info!(topics = topics.len(), "topics opened");
         Ok(Topics {
@@ -243,8 +270,14 @@ impl Topics {
             config,
             created_ms: Timestamp::now().0,
         };
-        let opened =
-            open_partitions(&topic_name, &dir, &meta, self.durability, self.sync_group.as_ref());
+        let opened = open_partitions(
+            &topic_name,
+            &dir,
+            &meta,
+            self.durability,
+            self.sync_group.as_ref(),
+            None,
+        );
         let opened = opened.and_then(|p| write_meta(&dir, &meta).map(|()| p));
         let partitions = match opened {
             Ok(p) => p,

@@ -54,6 +54,11 @@ pub struct ServerArgs {
     /// wake-ups between them.
     #[arg(long, env = "STRATA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
+    /// On a single node with `--fsync every`: group-commit rounds that carry at least this
+    /// many partitions go through one write-ahead file in `<data-dir>/wal` instead of a
+    /// `syncfs` of every partition file; 0 turns it off [default: 16].
+    #[arg(long, env = "STRATA_WRITE_AHEAD_MIN_PARTITIONS")]
+    write_ahead_min_partitions: Option<usize>,
     /// A TOML file with the same settings (snake_case keys); flags and environment win.
     #[arg(long, env = "STRATA_CONFIG")]
     config: Option<PathBuf>,
@@ -72,6 +77,7 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     controller_snapshot_every: Option<u64>,
     worker_threads: Option<u16>,
+    write_ahead_min_partitions: Option<usize>,
 }
 
 fn durability(text: &str) -> anyhow::Result<Durability> {
@@ -138,6 +144,9 @@ fn config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if let Some(fsync) = args.fsync.clone().or(file.fsync) {
         config.durability = durability(&fsync)?;
+    }
+    if let Some(min) = args.write_ahead_min_partitions.or(file.write_ahead_min_partitions) {
+        config.write_ahead_min_partitions = min;
     }
     if let Some(every) = args.controller_snapshot_every.or(file.controller_snapshot_every) {
         config.controller_snapshot_every = every.max(1);

@@ -198,18 +198,12 @@ impl Log {
 
     /// Makes this log's waits through [`Log::when_durable`] (with
     /// [`Durability::EveryAppend`]) go to `group`, shared with the other logs waiting at the
-    /// same time. First replays what the group's write-ahead file holds for this log and a
-    /// crash kept from its segments (an error names the log if the file holds records past a
-    /// gap). Returns false, and changes nothing, if the log is on another filesystem than
+    /// same time. Returns false, and changes nothing, if the log is on another filesystem than
     /// the group's or already joined one. Only for logs whose suffix is never truncated (a
     /// single node's partitions): a round does not see a truncation between a wait and its
-    /// `syncfs`, and a replay would bring truncated records back.
-    pub fn join_sync_group(&self, group: Arc<SyncGroup>) -> Result<bool> {
-        if !group.covers(&self.dir) || self.sync_group.get().is_some() {
-            return Ok(false);
-        }
-        group.replay_into(self)?;
-        Ok(self.sync_group.set(group).is_ok())
+    /// `syncfs`, and a write-ahead replay would bring truncated records back.
+    pub fn join_sync_group(&self, group: Arc<SyncGroup>) -> bool {
+        group.covers(&self.dir) && self.sync_group.set(group).is_ok()
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -244,13 +238,6 @@ impl Log {
         }))
     }
 
-    /// Everything appended so far is durable (a replay just flushed it): the next
-    /// write-ahead round starts at the end.
-    pub(crate) fn logged_to_end(&self) {
-        let end = self.read_state().end_mark();
-        *self.logged_guard() = end;
-    }
-
     /// A write-ahead round made the bytes up to `mark` durable.
     pub(crate) fn logged_through(&self, mark: LoggedMark) -> Result<()> {
         self.ensure_writable()?;
@@ -283,8 +270,11 @@ impl Log {
             if header.last_offset() < end {
                 // Already in the segment.
             } else if header.base_offset() == end {
+                // The CRC is checked; the size limit is not: the batch was accepted once, and
+                // the topic's limit may have been lowered since.
                 RecordBatch::new(batch)?;
-                self.write_header(batch, header, true)?;
+                self.ensure_writable()?;
+                self.write_in(&mut self.write_state(), batch, header, true)?;
                 appended += 1;
             } else if header.base_offset() < end {
                 return Err(StorageError::Corrupt {

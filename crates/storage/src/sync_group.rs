@@ -21,7 +21,13 @@
 //! so after a failed `syncfs` the group stops using `syncfs` for good, and every log fsyncs
 //! its own file from then on, which reports the error to the log that lost data, as it would
 //! have without the group. Where `syncfs` does not report errors (Linux before 5.8) or the
-//! filesystem is not one known to pass them up (ext4, XFS, Btrfs), no group is made.
+//! filesystem is not one known to pass them up (ext4, XFS, Btrfs), no group is made. The
+//! checkpoint thread of the write-ahead file (`crate::write_ahead`) has a handle of its own,
+//! opened at the same time, since each open file hears each error once.
+//!
+//! Rounds that carry many logs go through the node's write-ahead file instead, when the group
+//! has one: one write and one `fdatasync` for all of them, the segments written back later by
+//! a checkpoint (`docs/write-ahead.md`).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -36,7 +42,7 @@ use strata_record::Offset;
 use crate::Log;
 use crate::error::{IoContext, Result};
 use crate::observe::WriteAheadEvent;
-use crate::write_ahead::{Leftovers, WriteAhead, WriteAheadConfig};
+use crate::write_ahead::{WriteAhead, WriteAheadConfig};
 
 /// Called with the outcome of a wait for durability.
 pub(crate) type Callback = Box<dyn FnOnce(Result<()>) + Send>;
@@ -65,16 +71,18 @@ pub struct SyncGroup {
 struct Shared {
     dir: PathBuf,
     /// Opened before any member log, so `syncfs` on it reports every write-back error since.
+    /// Used by the group's thread only: the kernel reports each error once per open file, so
+    /// a second caller must not share it.
     handle: File,
+    /// The checkpoint thread's own handle, opened at the same time, for the same reason.
+    checkpoint_handle: File,
     /// Set by the first failed `syncfs`: from then on each log fsyncs its own file.
     broken: AtomicBool,
     queue: Mutex<Queue>,
     queued: Condvar,
     /// The write-ahead file, if the group has one and it has not failed. Used by the group's
-    /// thread, and by [`SyncGroup::replay_finished`].
+    /// thread only (a mutex for `Sync`).
     write_ahead: Mutex<Option<WriteAhead>>,
-    /// What a crash left in the write-ahead files, until every log replayed its part.
-    leftovers: Mutex<Option<Leftovers>>,
     checkpoints: Mutex<Checkpoints>,
     checkpoint_changed: Condvar,
 }
@@ -114,8 +122,8 @@ impl SyncGroup {
     /// them. Open it before the logs that will join it.
     ///
     /// With `write_ahead`, rounds that carry many logs go through a write-ahead file in its
-    /// directory (see [`WriteAheadConfig`]), and what a crash left there is replayed into each
-    /// log as it joins; call [`SyncGroup::replay_finished`] once every log has joined.
+    /// directory (see [`WriteAheadConfig`]). What a crash left there is not this group's: replay
+    /// it into the logs first ([`crate::WriteAheadReplay`]).
     pub fn open(
         dir: impl AsRef<Path>,
         write_ahead: Option<WriteAheadConfig>,
@@ -132,29 +140,31 @@ impl SyncGroup {
             return Ok(None);
         }
         let device = handle.metadata().at(&dir)?.dev();
-        let (write_ahead, leftovers) = match write_ahead {
+        let checkpoint_handle = File::open(&dir).at(&dir)?;
+        let write_ahead = match write_ahead {
             Some(config) => {
-                let wal_dir = config.dir.clone();
-                std::fs::create_dir_all(&wal_dir).at(&wal_dir)?;
-                if std::fs::metadata(&wal_dir).at(&wal_dir)?.dev() == device {
-                    let (write_ahead, leftovers) = WriteAhead::open(config)?;
-                    (Some(write_ahead), Some(leftovers))
+                let write_ahead = WriteAhead::open(config)?;
+                if write_ahead.device()? == device {
+                    Some(write_ahead)
                 } else {
-                    tracing::info!(dir = %wal_dir.display(), "the write-ahead directory is on another filesystem than the logs: not used");
-                    (None, None)
+                    tracing::info!(
+                        "the write-ahead directory is on another filesystem than the logs: not used"
+                    );
+                    write_ahead.remove_all()?;
+                    None
                 }
             }
-            None => (None, None),
+            None => None,
         };
         let has_write_ahead = write_ahead.is_some();
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             handle,
+            checkpoint_handle,
             broken: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
             write_ahead: Mutex::new(write_ahead),
-            leftovers: Mutex::new(leftovers),
             checkpoints: Mutex::new(Checkpoints::default()),
             checkpoint_changed: Condvar::new(),
         });
@@ -174,42 +184,6 @@ impl SyncGroup {
             None
         };
         Ok(Some(SyncGroup { shared, device, thread: Some(thread), checkpointer }))
-    }
-
-    /// Replays into `log`, which is joining, what the write-ahead files a crash left hold
-    /// for it past its end, and makes it durable.
-    pub(crate) fn replay_into(&self, log: &Log) -> Result<()> {
-        let mut leftovers = self.shared.leftovers.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(leftovers) = leftovers.as_mut() else { return Ok(()) };
-        let Some(frames) = leftovers.frames.remove(&log.id()) else { return Ok(()) };
-        let mut appended = 0;
-        for frame in &frames {
-            let payload = leftovers.read(frame)?;
-            appended += log.replay_frame(frame.base, &payload, &leftovers.path(frame))?;
-        }
-        if appended > 0 {
-            log.flush()?;
-            tracing::info!(dir = %log.dir().display(), batches = appended, end = %log.end_offset(), "replayed from the write-ahead file");
-        }
-        log.logged_to_end();
-        Ok(())
-    }
-
-    /// Every log that will open has joined: frames nobody claimed (of topics deleted since)
-    /// are dropped, and the files a crash left may be recycled after the next checkpoint.
-    pub fn replay_finished(&self) {
-        let leftovers = self.shared.leftovers.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(leftovers) = leftovers
-            && !leftovers.frames.is_empty()
-        {
-            tracing::info!(
-                logs = leftovers.frames.len(),
-                "write-ahead frames of logs that no longer exist skipped"
-            );
-        }
-        if let Some(write_ahead) = self.shared.write_ahead().as_mut() {
-            write_ahead.release_leftovers();
-        }
     }
 
     /// Whether a log in `dir` is on this group's filesystem.
@@ -277,13 +251,11 @@ impl Shared {
     }
 
     /// No member log is left: a last `syncfs` makes every segment durable, so the
-    /// write-ahead files are not needed by the next start. Kept if the `syncfs` fails or a
-    /// crash's leftovers were never replayed (some log may still want them).
+    /// write-ahead files are not needed by the next start. Kept if the `syncfs` fails.
     fn finish(&self) {
         let Some(write_ahead) = self.write_ahead().take() else { return };
-        if !write_ahead.holds_leftovers()
-            && !self.broken.load(Ordering::Relaxed)
-            && self.syncfs()
+        if !self.broken.load(Ordering::Relaxed)
+            && self.syncfs(&self.handle)
             && let Err(err) = write_ahead.remove_all()
         {
             tracing::warn!(error = %err, "could not remove the write-ahead files");
@@ -311,7 +283,7 @@ impl Shared {
                 }
             };
             let started = std::time::Instant::now();
-            let ok = !self.broken.load(Ordering::Relaxed) && self.syncfs();
+            let ok = !self.broken.load(Ordering::Relaxed) && self.syncfs(&self.checkpoint_handle);
             if ok {
                 let elapsed = started.elapsed();
                 crate::observe::write_ahead_event(WriteAheadEvent::Checkpoint { elapsed });
@@ -336,11 +308,13 @@ impl Shared {
                 drop(log);
                 done(outcome);
             }
+            // Only now, with the round answered, may the thread wait for a checkpoint.
+            self.after_write_ahead_round();
             return;
         }
         let first = Arc::as_ptr(&waits[0].log);
         let one_log = waits.iter().all(|w| Arc::as_ptr(&w.log) == first);
-        if !one_log && !self.broken.load(Ordering::Relaxed) && self.syncfs() {
+        if !one_log && !self.broken.load(Ordering::Relaxed) && self.syncfs(&self.handle) {
             for Wait { log, end, done, .. } in waits {
                 let outcome = log.covered_by_sync(end);
                 // The log is let go before its waiter hears: a waiter that closes the log next
@@ -385,6 +359,9 @@ impl Shared {
                 Err(_) => return false,
             }
         }
+        if frames.is_empty() {
+            return true; // every log's bytes were made durable since they were written
+        }
         match write_ahead.write_round(&frames) {
             Ok(bytes) => {
                 let logs = frames.len();
@@ -401,16 +378,23 @@ impl Shared {
             // An error means the log failed; its waits hear it from `sync_through`.
             let _ = log.logged_through(mark);
         }
-        if let Err(err) = self.after_write_ahead_round(write_ahead) {
+        true
+    }
+
+    /// After a write-ahead round: see [`Shared::rotate`]. A file that cannot be started gives
+    /// the write-ahead file up.
+    fn after_write_ahead_round(&self) {
+        let mut guard = self.write_ahead();
+        let Some(write_ahead) = guard.as_mut() else { return };
+        if let Err(err) = self.rotate(write_ahead) {
             tracing::error!(error = %err, "write-ahead file failed; rounds are made durable in place from now on");
             *guard = None;
         }
-        true
     }
 
     /// Frees the files a finished checkpoint covered; once the file is full, starts the next,
     /// asks for a checkpoint, and waits for one if too many files are waiting for it.
-    fn after_write_ahead_round(&self, write_ahead: &mut WriteAhead) -> Result<()> {
+    fn rotate(&self, write_ahead: &mut WriteAhead) -> Result<()> {
         if let Some(below) = self.checkpoints().covered_below {
             write_ahead.covered_below(below);
         }
@@ -440,15 +424,14 @@ impl Shared {
             let before = write_ahead.waiting();
             write_ahead.covered_below(below);
             if write_ahead.waiting() == before {
-                // Nothing more to free (leftovers not yet released): go on rather than stall.
-                break;
+                break; // nothing more to free: go on rather than stall
             }
         }
         Ok(())
     }
 
-    fn syncfs(&self) -> bool {
-        match crate::observe::timed_fsync(|| rustix::fs::syncfs(&self.handle)) {
+    fn syncfs(&self, handle: &File) -> bool {
+        match crate::observe::timed_fsync(|| rustix::fs::syncfs(handle)) {
             Ok(()) => true,
             Err(err) => {
                 self.broken.store(true, Ordering::Relaxed);

@@ -28,7 +28,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -78,7 +77,7 @@ pub(crate) struct Frame {
     pub(crate) payload: Bytes,
 }
 
-fn encode_header(sequence: u64, frame: &Frame) -> [u8; HEADER_LEN] {
+pub(crate) fn encode_header(sequence: u64, frame: &Frame) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     header[..4].copy_from_slice(MAGIC);
     header[4..12].copy_from_slice(&sequence.to_be_bytes());
@@ -90,12 +89,12 @@ fn encode_header(sequence: u64, frame: &Frame) -> [u8; HEADER_LEN] {
     header
 }
 
-fn file_path(dir: &Path, sequence: u64) -> PathBuf {
+pub(crate) fn file_path(dir: &Path, sequence: u64) -> PathBuf {
     dir.join(format!("{sequence:020}.{SUFFIX}"))
 }
 
 /// The write-ahead files in `dir`, oldest first.
-fn list_files(dir: &Path) -> Result<Vec<u64>> {
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<u64>> {
     let mut sequences = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
         let path = entry.at(dir)?.path();
@@ -120,33 +119,13 @@ pub(crate) struct FrameRef {
     pub(crate) base: Offset,
 }
 
-/// What a crash left in the write-ahead files: every valid frame, by log id, in write order.
-#[derive(Debug, Default)]
-pub(crate) struct Leftovers {
-    pub(crate) frames: HashMap<u64, Vec<FrameRef>>,
-    files: HashMap<u64, File>,
-    dir: PathBuf,
-}
-
-impl Leftovers {
-    /// Reads one frame's payload (its CRC was checked by the scan; the batches in it carry
-    /// their own, which the log checks as it appends them).
-    pub(crate) fn read(&self, frame: &FrameRef) -> Result<Vec<u8>> {
-        let path = file_path(&self.dir, frame.sequence);
-        let file = self.files.get(&frame.sequence).expect("frames come from scanned files");
-        let mut payload = vec![0u8; frame.len as usize];
-        file.read_exact_at(&mut payload, frame.position).at(&path)?;
-        Ok(payload)
-    }
-
-    pub(crate) fn path(&self, frame: &FrameRef) -> PathBuf {
-        file_path(&self.dir, frame.sequence)
-    }
-}
-
 /// Scans one file, adding its valid frames to `frames`, up to the first that does not check
 /// out.
-fn scan_file(path: &Path, sequence: u64, frames: &mut HashMap<u64, Vec<FrameRef>>) -> Result<File> {
+pub(crate) fn scan_file(
+    path: &Path,
+    sequence: u64,
+    frames: &mut HashMap<u64, Vec<FrameRef>>,
+) -> Result<File> {
     let file = File::open(path).at(path)?;
     let file_len = file.metadata().at(path)?.len();
     let mut reader = io::BufReader::with_capacity(1 << 20, &file);
@@ -177,72 +156,53 @@ fn scan_file(path: &Path, sequence: u64, frames: &mut HashMap<u64, Vec<FrameRef>
 }
 
 /// The write-ahead files of a running node: the one rounds go to, the full ones a checkpoint
-/// has yet to cover, and the covered ones kept for reuse. Used by the group's thread only.
+/// has yet to cover, and the covered ones kept for reuse. Used by the group's thread, and by
+/// its last act when the group stops.
 #[derive(Debug)]
 pub(crate) struct WriteAhead {
     config: WriteAheadConfig,
     file: File,
     sequence: u64,
     position: u64,
-    /// Full files whose frames a checkpoint has not yet covered, oldest first; and, until
-    /// [`WriteAhead::release_leftovers`], the files a crash left.
+    /// The first file this run made: files before it are a crash's, for
+    /// [`crate::WriteAheadReplay`] to replay and remove, never this run's to touch.
+    first_sequence: u64,
+    /// Full files whose frames a checkpoint has not yet covered, oldest first.
     waiting: VecDeque<u64>,
     /// Files a checkpoint covered, ready to be renamed and written over.
     spare: Vec<u64>,
-    /// Sequences of files a crash left, held until every log had its chance to replay them.
-    leftovers: Vec<u64>,
 }
 
 impl WriteAhead {
-    /// Opens the files in `config.dir` (creating it): scans what a crash left for replay, and
-    /// starts a new file after them.
-    pub(crate) fn open(config: WriteAheadConfig) -> Result<(WriteAhead, Leftovers)> {
+    /// Starts a new file in `config.dir` (creating the directory), after any a crash left.
+    pub(crate) fn open(config: WriteAheadConfig) -> Result<WriteAhead> {
         let dir = config.dir.clone();
-        fs::create_dir_all(&dir).at(&dir)?;
-        let existing = list_files(&dir)?;
-        let mut leftovers = Leftovers { dir: dir.clone(), ..Leftovers::default() };
-        for &sequence in &existing {
-            let path = file_path(&dir, sequence);
-            let file = scan_file(&path, sequence, &mut leftovers.frames)?;
-            leftovers.files.insert(sequence, file);
-        }
-        let sequence = existing.last().map_or(0, |last| last + 1);
+        create_dir(&dir)?;
+        let sequence = list_files(&dir)?.last().map_or(0, |last| last + 1);
         let file = create_file(&dir, sequence)?;
-        if !leftovers.frames.is_empty() {
-            let frames: usize = leftovers.frames.values().map(Vec::len).sum();
-            tracing::info!(dir = %dir.display(), files = existing.len(), frames, logs = leftovers.frames.len(), "write-ahead files to replay");
-        }
-        let write_ahead = WriteAhead {
+        Ok(WriteAhead {
             config,
             file,
             sequence,
             position: 0,
+            first_sequence: sequence,
             waiting: VecDeque::new(),
             spare: Vec::new(),
-            leftovers: existing,
-        };
-        Ok((write_ahead, leftovers))
+        })
     }
 
-    /// Whether files a crash left are still held for logs to replay.
-    pub(crate) fn holds_leftovers(&self) -> bool {
-        !self.leftovers.is_empty()
+    /// The device of the directory the files are in.
+    pub(crate) fn device(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(fs::metadata(&self.config.dir).at(&self.config.dir)?.dev())
     }
 
     pub(crate) fn min_logs(&self) -> usize {
         self.config.min_logs
     }
 
-    /// Every log that will open has replayed the files a crash left: a checkpoint may cover
-    /// them from now on (the replayed bytes are in the logs' segments).
-    pub(crate) fn release_leftovers(&mut self) {
-        let leftovers = std::mem::take(&mut self.leftovers);
-        for sequence in leftovers.into_iter().rev() {
-            self.waiting.push_front(sequence);
-        }
-    }
-
-    /// Writes `frames` and fdatasyncs them. Returns the bytes written.
+    /// Writes `frames` (in `writev` calls of at most 1,024 slices, the kernel's limit) and
+    /// fdatasyncs them once. Returns the bytes written.
     pub(crate) fn write_round(&mut self, frames: &[Frame]) -> Result<u64> {
         let headers: Vec<[u8; HEADER_LEN]> =
             frames.iter().map(|frame| encode_header(self.sequence, frame)).collect();
@@ -299,9 +259,9 @@ impl WriteAhead {
     }
 
     /// A checkpoint that started after file `sequence` did succeeded: the files before it
-    /// become spares. Leftovers of a crash are kept until released.
+    /// become spares.
     pub(crate) fn covered_below(&mut self, sequence: u64) {
-        while self.waiting.front().is_some_and(|&s| s < sequence && !self.leftovers.contains(&s)) {
+        while self.waiting.front().is_some_and(|&s| s < sequence) {
             let covered = self.waiting.pop_front().expect("checked above");
             self.spare.push(covered);
         }
@@ -315,16 +275,29 @@ impl WriteAhead {
         }
     }
 
-    /// After a final `syncfs` with no member log left: every file is covered, and none is
-    /// needed by the next start.
+    /// After a final `syncfs` with no member log left: every file this run wrote is covered,
+    /// and none is needed by the next start. (A crash's files are not touched: if their
+    /// replay did not finish, the next start needs them.)
     pub(crate) fn remove_all(self) -> Result<()> {
         let dir = self.config.dir;
         drop(self.file);
-        for sequence in list_files(&dir)? {
+        for sequence in list_files(&dir)?.into_iter().filter(|&s| s >= self.first_sequence) {
             let path = file_path(&dir, sequence);
             fs::remove_file(&path).at(&path)?;
         }
         sync_dir(&dir)
+    }
+}
+
+/// Creates the directory, durable in its parent, if it is new.
+fn create_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).at(dir)?;
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
     }
 }
 
@@ -334,56 +307,4 @@ fn create_file(dir: &Path, sequence: u64) -> Result<File> {
     let file = OpenOptions::new().write(true).create_new(true).open(&path).at(&path)?;
     sync_dir(dir)?;
     Ok(file)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(log_id: u64, base: u64, payload: &'static [u8]) -> Frame {
-        Frame { log_id, base: Offset(base), payload: Bytes::from_static(payload) }
-    }
-
-    #[test]
-    fn frames_replay_in_order_up_to_a_torn_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = WriteAheadConfig::new(dir.path().join("wal"));
-        let (mut wal, leftovers) = WriteAhead::open(config.clone()).unwrap();
-        assert!(leftovers.frames.is_empty());
-        wal.write_round(&[frame(1, 0, b"one"), frame(2, 7, b"two")]).unwrap();
-        wal.write_round(&[frame(1, 3, b"three")]).unwrap();
-        let path = file_path(&config.dir, 0);
-        drop(wal);
-        // A torn write after the last acknowledged round.
-        let mut bytes = fs::read(&path).unwrap();
-        bytes.extend_from_slice(&encode_header(0, &frame(1, 8, b"torn"))[..20]);
-        fs::write(&path, bytes).unwrap();
-
-        let (_wal, leftovers) = WriteAhead::open(config).unwrap();
-        let ones = &leftovers.frames[&1];
-        assert_eq!(ones.iter().map(|f| f.base.0).collect::<Vec<_>>(), [0, 3]);
-        assert_eq!(leftovers.read(&ones[1]).unwrap(), b"three");
-        assert_eq!(leftovers.read(&leftovers.frames[&2][0]).unwrap(), b"two");
-    }
-
-    #[test]
-    fn a_recycled_file_does_not_replay_its_older_frames() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = WriteAheadConfig::new(dir.path().join("wal"));
-        config.file_bytes = 1;
-        let (mut wal, _) = WriteAhead::open(config.clone()).unwrap();
-        wal.write_round(&[frame(1, 0, b"a long first payload")]).unwrap();
-        let next = wal.next_file().unwrap();
-        wal.covered_below(next);
-        wal.write_round(&[frame(1, 20, b"b")]).unwrap();
-        // File 0 is now a spare: the next file reuses it, and a round writes less than was
-        // there before.
-        wal.next_file().unwrap();
-        wal.write_round(&[frame(1, 21, b"c")]).unwrap();
-        drop(wal);
-        assert_eq!(list_files(&config.dir).unwrap(), [1, 2]);
-        let (_wal, leftovers) = WriteAhead::open(config).unwrap();
-        let bases: Vec<u64> = leftovers.frames[&1].iter().map(|f| f.base.0).collect();
-        assert_eq!(bases, [20, 21]);
-    }
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use common::batch;
 use strata_record::{BatchHeader, Offset, RecordBatch};
-use strata_storage::{Durability, Log, LogConfig, StorageError, SyncGroup, WriteAheadConfig};
+use strata_storage::{
+    Durability, Log, LogConfig, StorageError, SyncGroup, WriteAheadConfig, WriteAheadReplay,
+};
 
 const LOGS: usize = 20;
 const ROUNDS: usize = 12;
@@ -47,16 +49,32 @@ struct Node {
     logs: Vec<Arc<Log>>,
 }
 
+/// Opens the logs as a broker does: each replays what a crash left for it, then joins the
+/// group; the crash's files go once every log has replayed.
 fn open_node(root: &Path, wal: WriteAheadConfig) -> Result<Node, StorageError> {
+    open_node_with(root, wal, log_config())
+}
+
+fn open_node_with(
+    root: &Path,
+    wal: WriteAheadConfig,
+    config: LogConfig,
+) -> Result<Node, StorageError> {
     fs::create_dir_all(root.join("logs")).unwrap();
+    let mut replay = WriteAheadReplay::open(&wal.dir)?;
     let group = Arc::new(SyncGroup::open(root.join("logs"), Some(wal))?.expect("ext4 test dir"));
     let mut logs = Vec::new();
     for i in 0..LOGS {
-        let log = Log::open(root.join("logs").join(i.to_string()), log_config())?;
-        assert!(log.join_sync_group(group.clone())?);
+        let log = Log::open(root.join("logs").join(i.to_string()), config.clone())?;
+        if let Some(replay) = replay.as_mut() {
+            replay.replay_into(&log)?;
+        }
+        assert!(log.join_sync_group(group.clone()));
         logs.push(Arc::new(log));
     }
-    group.replay_finished();
+    if let Some(replay) = replay {
+        replay.finish()?;
+    }
     Ok(Node { group, logs })
 }
 
@@ -152,7 +170,14 @@ fn acknowledged_batches_come_back_from_the_write_ahead_file_after_a_power_cut() 
     bytes.extend_from_slice(b"STWF\0\0\0\0\0\0\0\0 torn");
     fs::write(&wal_file, bytes).unwrap();
 
-    let restarted = open_node(copy.path(), wal_config(copy.path(), 1 << 30, 1000)).unwrap();
+    // The topic's batch limit was lowered meanwhile: what was accepted before still replays.
+    let lowered = LogConfig { max_batch_bytes: 1024, ..log_config() };
+    let restarted =
+        open_node_with(copy.path(), wal_config(copy.path(), 1 << 30, 1000), lowered).unwrap();
+    assert!(
+        fs::read_dir(copy.path().join("wal")).unwrap().count() == 1,
+        "the crash's file is gone once every log replayed; the new run's is there"
+    );
     for (i, log) in restarted.logs.iter().enumerate() {
         assert_eq!(log.end_offset(), Offset(ROUNDS as u64 * RECORDS_PER_BATCH), "log {i}");
         assert_eq!(read_all(log), acked[i], "log {i} holds what it acknowledged, in order");
