@@ -149,6 +149,8 @@ impl Topics {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
+        // Scanned before the group opens: the group starts a new file after the crash's,
+        // and the replay deletes every file it scanned once each partition replayed.
         let wal_dir = data_dir.join("wal");
         let mut replay = WriteAheadReplay::open(&wal_dir)?;
         let sync_group = match durability {

@@ -20,6 +20,7 @@
 //! ```
 
 mod admin;
+mod answers;
 mod client;
 mod consumer;
 mod error;

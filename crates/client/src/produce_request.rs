@@ -2,8 +2,7 @@
 //! every partition it leads that had one ready; per-partition answers; and retries, alone, of
 //! the partitions that failed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +11,7 @@ use strata_record::Offset;
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
+use crate::answers::Answers;
 use crate::producer::{Acks, ProducerConfig, Waiter};
 use crate::record::Delivered;
 use crate::{Client, ClientError, Result};
@@ -26,56 +26,46 @@ pub(crate) struct Outgoing {
     pub(crate) waiters: Vec<Waiter>,
     /// Its partition's answers, which it joins in number order.
     pub(crate) answers: Answers,
+    pub(crate) done: mpsc::UnboundedSender<Done>,
+    /// Whether it was answered for good (delivered, failed, or `acks=none` and sent).
+    settled: bool,
 }
 
-/// One partition's batch answers, shared by the requests that carry its batches.
-pub(crate) type Answers = Arc<Mutex<InOrder>>;
-
-/// Answers a partition's batches in the order they were sent, whatever order their requests
-/// come back in (pipelined batches travel in different requests, answered on different
-/// tasks): so a partition's futures resolve, and its callbacks run, in offset order, as
-/// Kafka's do. A batch answered early is held until the ones before it are answered; the
-/// leader writes them in order anyway, so it is rarely held for long.
-#[derive(Default)]
-pub(crate) struct InOrder {
-    /// The number of the next batch to answer.
-    next: u64,
-    held: BTreeMap<u64, (Vec<Waiter>, u32, Result<Offset>)>,
-}
-
-impl InOrder {
-    /// Batch `number` of `partition` was answered with `outcome`: its waiters, and those of
-    /// the held batches right after it, are answered now (under the partition's lock, so
-    /// that two tasks never answer one partition's batches at once), or it is held.
-    fn settle(
-        &mut self,
+impl Outgoing {
+    pub(crate) fn new(
+        key: PartitionKey,
         number: u64,
+        bytes: Bytes,
         waiters: Vec<Waiter>,
-        partition: u32,
-        outcome: Result<Offset>,
-    ) {
-        if number != self.next {
-            self.held.insert(number, (waiters, partition, outcome));
-            return;
-        }
-        resolve(waiters, partition, outcome);
-        self.next += 1;
-        while let Some((waiters, partition, outcome)) = self.held.remove(&self.next) {
-            resolve(waiters, partition, outcome);
-            self.next += 1;
-        }
+        answers: Answers,
+        done: mpsc::UnboundedSender<Done>,
+    ) -> Outgoing {
+        Outgoing { key, number, bytes, waiters, answers, done, settled: false }
+    }
+
+    /// Answers the batch's records in their partition's turn, and tells the accumulator.
+    fn settle(mut self, outcome: Result<Offset>, failed: bool) {
+        self.settled = true;
+        let waiters = std::mem::take(&mut self.waiters);
+        self.answers.settle(self.number, waiters, self.key.1, outcome);
+        let key = std::mem::take(&mut self.key);
+        let _ = self.done.send(Done::Answered { key, number: self.number, failed });
     }
 }
 
-fn settle_in_order(
-    answers: &Answers,
-    number: u64,
-    waiters: Vec<Waiter>,
-    partition: u32,
-    outcome: Result<Offset>,
-) {
-    let mut answers = answers.lock().unwrap_or_else(|e| e.into_inner());
-    answers.settle(number, waiters, partition, outcome);
+impl Drop for Outgoing {
+    /// A batch whose request task ended without answering it (a panic, a runtime shutting
+    /// down) is answered `Closed`, so that its partition's later batches are not held behind
+    /// it and the accumulator does not wait for it.
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            let waiters = std::mem::take(&mut self.waiters);
+            self.answers.settle(self.number, waiters, self.key.1, Err(ClientError::Closed));
+            let key = std::mem::take(&mut self.key);
+            let _ = self.done.send(Done::Answered { key, number: self.number, failed: true });
+        }
+    }
 }
 
 /// What request tasks tell the accumulator.
@@ -140,7 +130,7 @@ pub(crate) fn spawn_request(
         loop {
             let mut retry = Vec::new();
             for (address, batches) in targets {
-                retry.extend(send_once(&client, &config, &address, batches, attempt, &done).await);
+                retry.extend(send_once(&client, &config, &address, batches, attempt).await);
             }
             if retry.is_empty() {
                 break;
@@ -166,7 +156,6 @@ async fn send_once(
     address: &str,
     batches: Vec<Outgoing>,
     attempt: u32,
-    done: &mpsc::UnboundedSender<Done>,
 ) -> Vec<Outgoing> {
     let request = ProduceManyRequest {
         acks: config.acks.to_proto() as i32,
@@ -195,28 +184,29 @@ async fn send_once(
                 if learnt.insert(batch.key.0.clone()) {
                     client.partition_failed(&batch.key.0, batch.key.1, &status).await;
                 }
-                retry.extend(failed(config, batch, status.clone(), attempt, done));
+                retry.extend(failed(config, batch, status.clone(), attempt));
             }
             return retry;
         }
     };
-    let mut answers = response.partitions.into_iter();
+    let mut replies = response.partitions.into_iter();
     let mut retry = Vec::new();
     for batch in batches {
-        let status = match answers.next() {
+        let status = match replies.next() {
             Some(answer) if answer.code == Code::Ok as i32 => {
                 let base = answer.batches.first().map(|b| Offset(b.base_offset));
                 let outcome = base.ok_or_else(|| {
                     ClientError::InvalidArgument("produce answer without offsets".into())
                 });
-                settle(batch, outcome, done);
+                let failed = outcome.is_err();
+                batch.settle(outcome, failed);
                 continue;
             }
             Some(answer) => Status::new(Code::from(answer.code), answer.message),
             None => Status::internal("the produce answer lacks this partition"),
         };
         client.partition_failed(&batch.key.0, batch.key.1, &status).await;
-        retry.extend(failed(config, batch, status, attempt, done));
+        retry.extend(failed(config, batch, status, attempt));
     }
     retry
 }
@@ -228,76 +218,24 @@ fn failed(
     batch: Outgoing,
     status: Status,
     attempt: u32,
-    done: &mpsc::UnboundedSender<Done>,
 ) -> Option<Outgoing> {
     let err = ClientError::from(status);
     if config.acks == Acks::None {
         tracing::warn!(topic = %batch.key.0, partition = batch.key.1, error = %err, "acks=none batch was refused");
         // Its records were answered when it was sent; later batches must not wait for it.
-        settle_in_order(&batch.answers, batch.number, Vec::new(), batch.key.1, Err(err));
-        let _ = done.send(Done::Answered { key: batch.key, number: batch.number, failed: false });
+        batch.settle(Err(err), false);
         return None;
     }
     if err.is_retriable() && attempt < config.retries {
         tracing::debug!(topic = %batch.key.0, partition = batch.key.1, attempt, error = %err, "retrying produce");
         return Some(batch);
     }
-    settle(batch, Err(err), done);
+    batch.settle(Err(err), true);
     None
-}
-
-/// Answers a batch's records (in their partition's order) and tells the accumulator.
-fn settle(batch: Outgoing, outcome: Result<Offset>, done: &mpsc::UnboundedSender<Done>) {
-    let failed = outcome.is_err();
-    settle_in_order(&batch.answers, batch.number, batch.waiters, batch.key.1, outcome);
-    let _ = done.send(Done::Answered { key: batch.key, number: batch.number, failed });
-}
-
-/// Answers each record's future or callback: record `i` of a batch stored at `base` got offset
-/// `base + i`.
-fn resolve(waiters: Vec<Waiter>, partition: u32, outcome: Result<Offset>) {
-    for (i, waiter) in waiters.into_iter().enumerate() {
-        let delivered =
-            outcome.clone().map(|base| Delivered { partition, offset: Some(base.plus(i as u64)) });
-        waiter.answer(delivered);
-    }
 }
 
 /// Wait before retry number `attempt` (0: the first): doubles each time, up to a quarter
 /// second (a failover is noticed within that of the new leader's election).
 fn backoff(config: &ProducerConfig, attempt: u32) -> Duration {
     (config.retry_backoff * 2u32.saturating_pow(attempt)).min(Duration::from_millis(250))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batch_answered_early_waits_for_the_ones_before_it() {
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let waiter = |tag: &'static str| {
-            let order = order.clone();
-            Waiter::callback(move |outcome| {
-                order.lock().unwrap().push((tag, outcome.ok().and_then(|d| d.offset)))
-            })
-        };
-        let mut answers = InOrder::default();
-        answers.settle(2, vec![waiter("third")], 0, Ok(Offset(20)));
-        answers.settle(1, vec![waiter("second"), waiter("second+1")], 0, Ok(Offset(10)));
-        assert!(order.lock().unwrap().is_empty(), "held until batch 0 is answered");
-        answers.settle(0, vec![waiter("first")], 0, Err(ClientError::Closed));
-        let seen = order.lock().unwrap().clone();
-        assert_eq!(
-            seen,
-            [
-                ("first", None),
-                ("second", Some(Offset(10))),
-                ("second+1", Some(Offset(11))),
-                ("third", Some(Offset(20)))
-            ]
-        );
-        answers.settle(3, vec![waiter("fourth")], 0, Ok(Offset(21)));
-        assert_eq!(order.lock().unwrap().len(), 5, "in turn: answered at once");
-    }
 }

@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::produce_request::{Answers, Done, Outgoing, PartitionKey, Staged, spawn_request};
+use crate::answers::Answers;
+use crate::produce_request::{Done, Outgoing, PartitionKey, Staged, spawn_request};
 use crate::record::{Delivered, Record};
 use crate::{Client, ClientError, Result};
 
@@ -774,9 +775,10 @@ impl Accumulator {
         let bytes = match batch.builder.build_compressed(Offset(0), self.config.compression) {
             Ok(bytes) => bytes,
             Err(err) => {
-                for waiter in batch.waiters {
-                    waiter.answer(Err(err.clone().into()));
-                }
+                // Answered in the partition's turn, after the batches sent before it.
+                let number = queue.sent;
+                queue.sent += 1;
+                queue.answers.settle(number, batch.waiters, key.1, Err(err.into()));
                 // Its sequences were never sent: the next batch takes them.
                 if self.config.acks != Acks::None {
                     queue.next_sequence = queue.next_sequence.wrapping_sub(records);
@@ -800,7 +802,8 @@ impl Accumulator {
             Staged::default()
         });
         let answers = queue.answers.clone();
-        staged.push(Outgoing { key, number, bytes, waiters: batch.waiters, answers });
+        let done = self.done_tx.clone();
+        staged.push(Outgoing::new(key, number, bytes, batch.waiters, answers, done));
     }
 
     /// Sends each broker's staged batches as one request.

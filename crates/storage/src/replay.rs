@@ -29,6 +29,8 @@ pub struct WriteAheadReplay {
 impl WriteAheadReplay {
     /// Scans the write-ahead files in `dir`, each up to its first frame that does not check
     /// out (a torn write, or older frames of a recycled file). `None` if there are none.
+    /// Open it before the node's [`crate::SyncGroup`]: [`WriteAheadReplay::finish`] deletes
+    /// every file it scanned, which must not include the new one the group writes to.
     pub fn open(dir: impl AsRef<Path>) -> Result<Option<WriteAheadReplay>> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
@@ -82,7 +84,10 @@ impl WriteAheadReplay {
         drop(self.files);
         for sequence in self.sequences {
             let path = file_path(&self.dir, sequence);
-            std::fs::remove_file(&path).at(&path)?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&path),
+                _ => {}
+            }
         }
         sync_dir(&self.dir)
     }

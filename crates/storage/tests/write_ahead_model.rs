@@ -3,6 +3,10 @@
 //! clean restarts, and power cuts that drop any part of each active segment that was only made
 //! durable through the write-ahead file. After each restart every log must hold exactly the
 //! batches it acknowledged, in order.
+//!
+//! The cuts are valid because every round goes through the write-ahead file (`min_logs` 1)
+//! and nothing runs a checkpoint: the only in-place fsyncs after a log opens are segment rolls,
+//! and sealed segments are never cut.
 
 mod common;
 
@@ -56,7 +60,8 @@ struct Node {
     _group: Arc<SyncGroup>,
 }
 
-fn open_node(root: &Path, file_bytes: u64) -> Node {
+/// `None` where no sync group can be made (tmpfs, overlayfs, Linux before 5.8).
+fn open_node(root: &Path, file_bytes: u64) -> Option<Node> {
     let logs_dir = root.join("logs");
     fs::create_dir_all(&logs_dir).unwrap();
     let wal = WriteAheadConfig {
@@ -67,7 +72,7 @@ fn open_node(root: &Path, file_bytes: u64) -> Node {
         ..WriteAheadConfig::new(root.join("wal"))
     };
     let mut replay = WriteAheadReplay::open(&wal.dir).unwrap();
-    let group = Arc::new(SyncGroup::open(&logs_dir, Some(wal)).unwrap().expect("ext4 test dir"));
+    let group = Arc::new(SyncGroup::open(&logs_dir, Some(wal)).unwrap()?);
     let mut logs = Vec::new();
     let mut synced = Vec::new();
     for i in 0..LOGS {
@@ -83,7 +88,7 @@ fn open_node(root: &Path, file_bytes: u64) -> Node {
     if let Some(replay) = replay {
         replay.finish().unwrap();
     }
-    Node { root: root.to_path_buf(), logs, synced, _group: group }
+    Some(Node { root: root.to_path_buf(), logs, synced, _group: group })
 }
 
 fn active_segment(dir: &Path) -> PathBuf {
@@ -156,10 +161,10 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
         file_bytes in prop_oneof![Just(1u64), Just(6000), Just(1 << 30)],
     ) {
-        let dirs: Vec<tempfile::TempDir> = Vec::new();
-        let mut dirs = dirs;
-        dirs.push(tempfile::tempdir().unwrap());
-        let mut node = open_node(dirs[0].path(), file_bytes);
+        let mut dirs = vec![tempfile::tempdir().unwrap()];
+        let Some(mut node) = open_node(dirs[0].path(), file_bytes) else {
+            return Ok(()); // no sync group on this filesystem: nothing to test
+        };
         let mut model: Vec<Vec<Vec<u8>>> = vec![Vec::new(); LOGS];
         for op in ops {
             match op {
@@ -176,7 +181,7 @@ proptest! {
                 Op::Restart => {
                     let root = node.root.clone();
                     drop(node);
-                    node = open_node(&root, file_bytes);
+                    node = open_node(&root, file_bytes).expect("opened before");
                 }
                 Op::PowerCut(shares) => {
                     let copy = tempfile::tempdir().unwrap();
@@ -192,7 +197,7 @@ proptest! {
                         fs::OpenOptions::new().write(true).open(&active).unwrap().set_len(keep).unwrap();
                     }
                     drop(node);
-                    node = open_node(copy.path(), file_bytes);
+                    node = open_node(copy.path(), file_bytes).expect("opened before");
                     dirs.push(copy);
                 }
             }
