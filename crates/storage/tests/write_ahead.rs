@@ -9,13 +9,13 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::batch;
-use strata_record::{BatchHeader, Offset, RecordBatch};
+use common::{active_segment, batch, copy_dir, read_all};
+use strata_record::{Offset, RecordBatch};
 use strata_storage::{
     Durability, Log, LogConfig, StorageError, SyncGroup, WriteAheadConfig, WriteAheadReplay,
 };
@@ -101,38 +101,13 @@ fn write_rounds(node: &Node, rounds: usize, value_len: usize) -> Vec<Vec<Vec<u8>
     acked
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// The active (last) segment file of log `i` under `root`.
-fn active_segment(root: &Path, i: usize) -> PathBuf {
-    let dir = root.join("logs").join(i.to_string());
-    let mut segments: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    segments.sort();
-    segments.pop().unwrap()
-}
-
 /// A copy of the node's files as a power cut could leave them: each active segment keeps only
 /// part of what was written to it (none, half, or all, by log), as if write-back had not
 /// reached the rest. Sealed segments were fsynced when they were sealed, so they are kept.
 fn power_cut_copy(root: &Path, copy: &Path) {
     copy_dir(root, copy);
     for i in 0..LOGS {
-        let segment = active_segment(copy, i);
+        let segment = active_segment(&copy.join("logs").join(i.to_string()));
         let len = fs::metadata(&segment).unwrap().len();
         let keep = match i % 3 {
             0 => 0,
@@ -141,19 +116,6 @@ fn power_cut_copy(root: &Path, copy: &Path) {
         };
         fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(keep).unwrap();
     }
-}
-
-fn read_all(log: &Log) -> Vec<Vec<u8>> {
-    let mut batches = Vec::new();
-    let mut from = log.start_offset();
-    while from < log.end_offset() {
-        for bytes in log.read(from, 1 << 20).unwrap() {
-            let header = BatchHeader::parse(&bytes).unwrap();
-            from = header.last_offset().plus(1);
-            batches.push(bytes.to_vec());
-        }
-    }
-    batches
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{at_offset, batch};
+use common::{active_segment, at_offset, batch, copy_dir, read_all};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use strata_record::{BatchHeader, Offset, RecordBatch};
@@ -91,29 +91,6 @@ fn open_node(root: &Path, file_bytes: u64) -> Option<Node> {
     Some(Node { root: root.to_path_buf(), logs, synced, _group: group })
 }
 
-fn active_segment(dir: &Path) -> PathBuf {
-    let mut segments: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    segments.sort();
-    segments.pop().unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Writes one batch to each of `logs` and waits for all of them; returns the stored bytes.
 fn append(node: &Node, logs: &[usize], records: usize, value_len: usize) -> Vec<Vec<u8>> {
     let (answers, answered) = mpsc::channel();
@@ -130,18 +107,6 @@ fn append(node: &Node, logs: &[usize], records: usize, value_len: usize) -> Vec<
         answered.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
     }
     stored
-}
-
-fn read_all(log: &Log) -> Vec<Vec<u8>> {
-    let mut batches = Vec::new();
-    let mut from = log.start_offset();
-    while from < log.end_offset() {
-        for bytes in log.read(from, 1 << 20).unwrap() {
-            from = BatchHeader::parse(&bytes).unwrap().last_offset().plus(1);
-            batches.push(bytes.to_vec());
-        }
-    }
-    batches
 }
 
 fn check(node: &Node, model: &[Vec<Vec<u8>>]) {

@@ -51,3 +51,42 @@ pub fn at_offset(batch: &[u8], offset: Offset) -> Vec<u8> {
 }
 
 pub const SHORT: Duration = Duration::from_millis(10);
+
+/// A recursive copy of a directory tree: a snapshot of a node's files, as a power cut would
+/// find them (the copy is then cut where write-back could have been missing).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The active (last) segment file of the log in `dir`.
+pub fn active_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
+}
+
+/// Every batch of `log`, start to end, as stored.
+pub fn read_all(log: &strata_storage::Log) -> Vec<Vec<u8>> {
+    let mut batches = Vec::new();
+    let mut from = log.start_offset();
+    while from < log.end_offset() {
+        for bytes in log.read(from, 1 << 20).unwrap() {
+            from = BatchHeader::parse(&bytes).unwrap().last_offset().plus(1);
+            batches.push(bytes.to_vec());
+        }
+    }
+    batches
+}
