@@ -362,6 +362,10 @@ impl Shared {
         if frames.is_empty() {
             return true; // every log's bytes were made durable since they were written
         }
+        let bytes: u64 = frames.iter().map(|f| f.payload.len() as u64).sum();
+        if !write_ahead.takes(frames.len(), bytes) {
+            return false;
+        }
         match write_ahead.write_round(&frames) {
             Ok(bytes) => {
                 let logs = frames.len();

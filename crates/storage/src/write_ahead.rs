@@ -50,6 +50,10 @@ pub struct WriteAheadConfig {
     /// made durable in place (`syncfs` or the log's own `fdatasync`), since every byte that
     /// goes through the write-ahead file is written twice.
     pub min_logs: usize,
+    /// ... and at most this many bytes per log on average. Larger runs per log are written
+    /// back efficiently by `syncfs` itself; writing them twice only costs (32 keyed
+    /// partitions: 362–448 MB/s through the write-ahead file against 493–524 without).
+    pub max_bytes_per_log: u64,
     /// A file takes rounds until it holds this many bytes; then the next file starts and a
     /// checkpoint is due.
     pub file_bytes: u64,
@@ -63,6 +67,7 @@ impl WriteAheadConfig {
         WriteAheadConfig {
             dir: dir.into(),
             min_logs: 16,
+            max_bytes_per_log: 32 * 1024,
             file_bytes: 64 * 1024 * 1024,
             files_per_checkpoint: 2,
         }
@@ -195,6 +200,13 @@ impl WriteAhead {
     pub(crate) fn device(&self) -> Result<u64> {
         use std::os::unix::fs::MetadataExt;
         Ok(fs::metadata(&self.config.dir).at(&self.config.dir)?.dev())
+    }
+
+    /// Whether a round of `logs` logs with `bytes` to make durable goes through the file: many
+    /// logs with little each, whose segment files would each get a small write.
+    pub(crate) fn takes(&self, logs: usize, bytes: u64) -> bool {
+        logs >= self.config.min_logs.max(1)
+            && bytes <= self.config.max_bytes_per_log.saturating_mul(logs as u64)
     }
 
     pub(crate) fn min_logs(&self) -> usize {

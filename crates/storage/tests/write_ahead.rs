@@ -38,6 +38,7 @@ fn log_config() -> LogConfig {
 fn wal_config(root: &Path, file_bytes: u64, files_per_checkpoint: usize) -> WriteAheadConfig {
     WriteAheadConfig {
         min_logs: 1,
+        max_bytes_per_log: u64::MAX,
         file_bytes,
         files_per_checkpoint,
         ..WriteAheadConfig::new(root.join("wal"))

@@ -66,6 +66,7 @@ fn open_node(root: &Path, file_bytes: u64) -> Option<Node> {
     fs::create_dir_all(&logs_dir).unwrap();
     let wal = WriteAheadConfig {
         min_logs: 1,
+        max_bytes_per_log: u64::MAX,
         file_bytes,
         // No checkpoint: a power cut may then drop anything the write-ahead file holds.
         files_per_checkpoint: usize::MAX / 4,
