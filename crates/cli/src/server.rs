@@ -55,8 +55,9 @@ pub struct ServerArgs {
     #[arg(long, env = "STRATA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
     /// On a single node with `--fsync every`: group-commit rounds that carry at least this
-    /// many partitions go through one write-ahead file in `<data-dir>/wal` instead of a
-    /// `syncfs` of every partition file; 0 turns it off [default: 16].
+    /// many partitions (with at most 32 KiB each on average) go through one write-ahead file
+    /// in `<data-dir>/wal` instead of a `syncfs` of every partition file; 0 turns it off
+    /// [default: 16].
     #[arg(long, env = "STRATA_WRITE_AHEAD_MIN_PARTITIONS")]
     write_ahead_min_partitions: Option<usize>,
     /// A TOML file with the same settings (snake_case keys); flags and environment win.
