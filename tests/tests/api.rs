@@ -178,21 +178,7 @@ async fn acknowledged_records_of_many_partitions_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_records_come_back_from_the_write_ahead_file_after_a_power_cut() {
     let mut server = Server::start_with(&["--write-ahead-min-partitions", "1"]);
-    let client = Client::connect(&[server.brokers()]).await.unwrap();
-    create_topic(&client, "cut", 8).await;
-    let producer = Producer::new(client.clone(), ProducerConfig::default());
-    let mut deliveries = Vec::new();
-    for i in 0..2000u32 {
-        let record = Record::new("cut").key(format!("k{}", i % 100)).value(i.to_string());
-        deliveries.push(producer.send(record).await.unwrap());
-    }
-    let mut acked = BTreeSet::new();
-    for d in deliveries {
-        let d = d.await.unwrap();
-        acked.insert((d.partition, d.offset.unwrap()));
-    }
-    producer.close().await.unwrap();
-    drop(client);
+    let acked = produce_keyed(&server, "cut", 8, 2000, 100).await;
     server.kill9();
     let topic_dir = server.data_dir.join("topics").join("cut");
     for partition in 0..8 {
@@ -208,26 +194,8 @@ async fn acknowledged_records_come_back_from_the_write_ahead_file_after_a_power_
     }
     server.restart_with(&["--fsync", "interval:1s"]);
 
-    let client = Client::connect(&[server.brokers()]).await.unwrap();
-    let mut consumer = Consumer::new(
-        client,
-        ConsumerConfig { offset_reset: OffsetReset::Earliest, ..Default::default() },
-    );
-    consumer.assign((0..8).map(|p| ("cut".to_owned(), p)).collect()).await.unwrap();
-    let mut seen = BTreeSet::new();
-    while seen.len() < acked.len() {
-        let polled = consumer.poll(Duration::from_secs(5)).await.unwrap();
-        assert!(
-            !polled.is_empty(),
-            "only {} of {} acknowledged records after the power cut:\n{}",
-            seen.len(),
-            acked.len(),
-            server.log_text()
-        );
-        for r in polled {
-            assert!(seen.insert((r.partition, r.offset)), "duplicate {}/{}", r.partition, r.offset);
-        }
-    }
+    let records = read_back(&server, "cut", 8, acked.len()).await;
+    let seen: BTreeSet<(u32, Offset)> = records.iter().map(|r| (r.partition, r.offset)).collect();
     assert_eq!(seen, acked, "every acknowledged record, exactly once");
     assert!(server.log_text().contains("replayed from the write-ahead file"));
     let left = std::fs::read_dir(server.data_dir.join("wal")).unwrap().count();
@@ -240,6 +208,37 @@ async fn acknowledged_records_come_back_from_the_write_ahead_file_after_a_power_
 /// was killed.
 async fn produce_then_kill9(topic: &str, partitions: u32, records: u32, keys: u32) -> u64 {
     let mut server = Server::start();
+    let acked = produce_keyed(&server, topic, partitions, records, keys).await;
+    server.kill9();
+    let write_ahead_bytes: u64 = std::fs::read_dir(server.data_dir.join("wal"))
+        .unwrap()
+        .map(|file| file.unwrap().metadata().unwrap().len())
+        .sum();
+    server.restart();
+
+    let mut seen = BTreeSet::new();
+    let mut values_by_key: std::collections::BTreeMap<Bytes, Vec<u32>> = Default::default();
+    for r in read_back(&server, topic, partitions, records as usize).await {
+        seen.insert((r.partition, r.offset));
+        let v: u32 = std::str::from_utf8(r.value.as_ref().unwrap()).unwrap().parse().unwrap();
+        values_by_key.entry(r.key.clone().unwrap()).or_default().push(v);
+    }
+    assert_eq!(seen, acked, "every acknowledged record, exactly once");
+    for values in values_by_key.values() {
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "per-key order");
+    }
+    write_ahead_bytes
+}
+
+/// Creates `topic` with `partitions` and sends it `records` records, record `i` with value `i`
+/// and key `k{i % keys}`; returns where each acknowledged record landed.
+async fn produce_keyed(
+    server: &Server,
+    topic: &str,
+    partitions: u32,
+    records: u32,
+    keys: u32,
+) -> BTreeSet<(u32, Offset)> {
     let client = Client::connect(&[server.brokers()]).await.unwrap();
     create_topic(&client, topic, partitions).await;
     let producer = Producer::new(client.clone(), ProducerConfig::default());
@@ -248,20 +247,23 @@ async fn produce_then_kill9(topic: &str, partitions: u32, records: u32, keys: u3
         let record = Record::new(topic).key(format!("k{}", i % keys)).value(i.to_string());
         deliveries.push(producer.send(record).await.unwrap());
     }
-    let mut acked = Vec::new();
+    let mut acked = BTreeSet::new();
     for d in deliveries {
         let d = d.await.unwrap();
-        acked.push((d.partition, d.offset.unwrap()));
+        acked.insert((d.partition, d.offset.unwrap()));
     }
     producer.close().await.unwrap();
-    drop(client);
-    server.kill9();
-    let write_ahead_bytes: u64 = std::fs::read_dir(server.data_dir.join("wal"))
-        .unwrap()
-        .map(|file| file.unwrap().metadata().unwrap().len())
-        .sum();
-    server.restart();
+    acked
+}
 
+/// Reads `count` records from every partition of `topic` from the start, checking that each
+/// poll brings some and that no record comes twice.
+async fn read_back(
+    server: &Server,
+    topic: &str,
+    partitions: u32,
+    count: usize,
+) -> Vec<strata_client::ConsumerRecord> {
     let client = Client::connect(&[server.brokers()]).await.unwrap();
     let mut consumer = Consumer::new(
         client,
@@ -269,26 +271,21 @@ async fn produce_then_kill9(topic: &str, partitions: u32, records: u32, keys: u3
     );
     consumer.assign((0..partitions).map(|p| (topic.to_owned(), p)).collect()).await.unwrap();
     let mut seen = BTreeSet::new();
-    let mut values_by_key: std::collections::BTreeMap<Bytes, Vec<u32>> = Default::default();
-    while seen.len() < records as usize {
+    let mut records = Vec::new();
+    while records.len() < count {
         let polled = consumer.poll(Duration::from_secs(5)).await.unwrap();
         assert!(
             !polled.is_empty(),
-            "only {} of {records} acknowledged records after restart",
-            seen.len()
+            "only {} of {count} acknowledged records after restart:\n{}",
+            records.len(),
+            server.log_text()
         );
         for r in polled {
             assert!(seen.insert((r.partition, r.offset)), "duplicate {}/{}", r.partition, r.offset);
-            let v: u32 = std::str::from_utf8(r.value.as_ref().unwrap()).unwrap().parse().unwrap();
-            values_by_key.entry(r.key.clone().unwrap()).or_default().push(v);
+            records.push(r);
         }
     }
-    let acked: BTreeSet<(u32, Offset)> = acked.into_iter().collect();
-    assert_eq!(seen, acked, "every acknowledged record, exactly once");
-    for values in values_by_key.values() {
-        assert!(values.windows(2).all(|w| w[0] < w[1]), "per-key order");
-    }
-    write_ahead_bytes
+    records
 }
 
 async fn poll_until(consumer: &mut Consumer, what: &str, done: impl Fn(&Consumer) -> bool) {

@@ -137,31 +137,24 @@ fn open_logs_in_parallel(
     // Recovery waits on the disk more than it uses a core: four reads in flight even on two.
     let threads = 4;
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let opened: Vec<std::sync::Mutex<Option<Result<Partition>>>> =
-        (0..count).map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..threads.min(count) {
-            scope.spawn(|| {
-                loop {
-                    let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if p >= count {
-                        break;
-                    }
-                    let config = meta.config.log_config(durability);
-                    let path = dir.join(p.to_string());
-                    let partition = Partition::open(name.clone(), p as u32, &path, config);
-                    *opened[p].lock().unwrap_or_else(|e| e.into_inner()) = Some(partition);
-                }
-            });
+    let open_next = || {
+        let mut opened = Vec::new();
+        loop {
+            let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if p >= count {
+                return opened;
+            }
+            let config = meta.config.log_config(durability);
+            let path = dir.join(p.to_string());
+            opened.push((p, Partition::open(name.clone(), p as u32, &path, config)));
         }
+    };
+    let mut opened: Vec<(usize, Result<Partition>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(count)).map(|_| scope.spawn(open_next)).collect();
+        workers.into_iter().flat_map(|w| w.join().expect("opening a partition panicked")).collect()
     });
-    opened
-        .into_iter()
-        .map(|slot| {
-            let slot = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-            slot.expect("every partition was opened")
-        })
-        .collect()
+    opened.sort_unstable_by_key(|(p, _)| *p);
+    opened.into_iter().map(|(_, partition)| partition).collect()
 }
 
 impl Topics {

@@ -45,7 +45,13 @@ impl Outgoing {
 
     /// Answers the batch's records in their partition's turn, and tells the accumulator.
     fn settle(mut self, outcome: Result<Offset>, failed: bool) {
-        self.settled = true;
+        self.answer(outcome, failed);
+    }
+
+    fn answer(&mut self, outcome: Result<Offset>, failed: bool) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
         let waiters = std::mem::take(&mut self.waiters);
         self.answers.settle(self.number, waiters, self.key.1, outcome);
         let key = std::mem::take(&mut self.key);
@@ -58,13 +64,7 @@ impl Drop for Outgoing {
     /// down) is answered `Closed`, so that its partition's later batches are not held behind
     /// it and the accumulator does not wait for it.
     fn drop(&mut self) {
-        if !self.settled {
-            self.settled = true;
-            let waiters = std::mem::take(&mut self.waiters);
-            self.answers.settle(self.number, waiters, self.key.1, Err(ClientError::Closed));
-            let key = std::mem::take(&mut self.key);
-            let _ = self.done.send(Done::Answered { key, number: self.number, failed: true });
-        }
+        self.answer(Err(ClientError::Closed), true);
     }
 }
 

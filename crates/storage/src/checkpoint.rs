@@ -54,11 +54,17 @@ pub(crate) fn write(dir: &Path, checkpoint: Checkpoint) -> Result<()> {
     bytes.extend_from_slice(&checkpoint.log_start.0.to_be_bytes());
     bytes.extend_from_slice(&checkpoint.recovery_point.0.to_be_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
-    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    write_atomically(dir, CHECKPOINT_FILE, &bytes)
+}
+
+/// Writes `dir/name` so that it is always whole, old or new: a temporary file, fsynced, then
+/// renamed over it and the directory fsynced.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut file = File::create(&tmp).at(&tmp)?;
-    file.write_all(&bytes).at(&tmp)?;
+    file.write_all(bytes).at(&tmp)?;
     file.sync_all().at(&tmp)?;
-    let path = dir.join(CHECKPOINT_FILE);
+    let path = dir.join(name);
     fs::rename(&tmp, &path).at(&path)?;
     sync_dir(dir)
 }

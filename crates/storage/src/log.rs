@@ -166,21 +166,19 @@ impl Log {
         recovered.active.sync_handle().sync_data().at(&recovered.active.core.log_path)?;
         let id = crate::log_id::load_or_create(&dir)?;
         let end = recovered.active.core.next;
-        let logged = LoggedMark {
-            segment: recovered.active.core.base,
-            position: recovered.active.core.size,
-            offset: end,
+        let state = State {
+            sealed: recovered.sealed,
+            active: recovered.active,
+            log_start: recovered.log_start,
         };
+        // Everything up to here is durable: the active segment was just fsynced.
+        let logged = state.end_mark();
         let every_append = config.durability == Durability::EveryAppend;
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
             dir,
             config: RwLock::new(Arc::new(config)),
-            state: RwLock::new(State {
-                sealed: recovered.sealed,
-                active: recovered.active,
-                log_start: recovered.log_start,
-            }),
+            state: RwLock::new(state),
             sync: Mutex::new(Instant::now()),
             durable_end: AtomicU64::new(end.0),
             failure: OnceLock::new(),

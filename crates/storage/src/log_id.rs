@@ -5,12 +5,11 @@
 //! Layout (12 bytes, big-endian): the id, then a CRC-32C of it. Written to a temporary file,
 //! fsynced and renamed, so it is whole or absent.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use crate::StorageError;
-use crate::checkpoint::sync_dir;
+use crate::checkpoint::write_atomically;
 use crate::error::{IoContext, Result};
 
 pub(crate) const LOG_ID_FILE: &str = "log.id";
@@ -38,12 +37,7 @@ pub(crate) fn load_or_create(dir: &Path) -> Result<u64> {
                 getrandom::u64().map_err(|e| std::io::Error::other(e.to_string())).at(&path)?;
             let mut bytes = id.to_be_bytes().to_vec();
             bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
-            let tmp = dir.join(format!("{LOG_ID_FILE}.tmp"));
-            let mut file = File::create(&tmp).at(&tmp)?;
-            file.write_all(&bytes).at(&tmp)?;
-            file.sync_all().at(&tmp)?;
-            fs::rename(&tmp, &path).at(&path)?;
-            sync_dir(dir)?;
+            write_atomically(dir, LOG_ID_FILE, &bytes)?;
             Ok(id)
         }
         Err(e) => Err(e).at(&path),
