@@ -113,8 +113,9 @@ pub(crate) fn time_index_is_sane(entries: &[u8], max_relative: u64) -> bool {
 }
 
 /// The index of the active segment. Its entries live in memory and reach the file when the
-/// segment is sealed (roll, clean close); after a crash the active segment is scanned and its
-/// indexes rebuilt, so its index files are never trusted before a seal. Entries written
+/// segment is sealed (roll, clean close) or a tail mark is saved (`crate::tail_mark`, which
+/// says how many of the file's entries are durable); after a crash the active segment's
+/// indexes are rebuilt by scanning from the mark, or from the start without one. Entries written
 /// through a shared map of the file were dirty pages of their own: every `syncfs` round of
 /// the node-wide group commit wrote them back, and the next entry on a cleaned page took a
 /// write fault (with 1,000 partitions: rounds several times slower, `docs/benchmarks.md`).
@@ -122,6 +123,8 @@ pub(crate) fn time_index_is_sane(entries: &[u8], max_relative: u64) -> bool {
 pub(crate) struct WritableIndex {
     path: PathBuf,
     entries: Vec<u8>,
+    /// Bytes of `entries` already written to the file (not necessarily fsynced).
+    persisted: usize,
     /// Most bytes of entries the index may hold (a full index makes the segment roll).
     capacity: usize,
     entry_len: usize,
@@ -137,7 +140,13 @@ impl WritableIndex {
         entries: Vec<u8>,
     ) -> Self {
         let capacity = (capacity * entry_len).max(entries.len());
-        WritableIndex { path: path.to_owned(), entries, capacity, entry_len }
+        WritableIndex {
+            path: path.to_owned(),
+            persisted: entries.len(),
+            entries,
+            capacity,
+            entry_len,
+        }
     }
 
     /// Starts a new, empty index: an empty file is written under a temporary name and renamed
@@ -151,6 +160,7 @@ impl WritableIndex {
         Ok(WritableIndex {
             path: path.to_owned(),
             entries: Vec::new(),
+            persisted: 0,
             capacity: capacity * entry_len,
             entry_len,
         })
@@ -168,6 +178,21 @@ impl WritableIndex {
     pub(crate) fn push(&mut self, entry: &[u8]) {
         debug_assert_eq!(entry.len(), self.entry_len);
         self.entries.extend_from_slice(entry);
+    }
+
+    /// Writes the entries the file lacks after those it has (no fsync), and returns the file,
+    /// for the caller to fsync outside its lock, and the number of entries it then holds.
+    pub(crate) fn write_unpersisted(&mut self) -> Result<(File, u32)> {
+        let file = OpenOptions::new().write(true).open(&self.path).at(&self.path)?;
+        file.write_all_at(&self.entries[self.persisted..], self.persisted as u64).at(&self.path)?;
+        self.persisted = self.entries.len();
+        Ok((file, (self.entries.len() / self.entry_len) as u32))
+    }
+
+    /// After a failed fsync of the file: its written entries may have been dropped, so the
+    /// next [`Self::write_unpersisted`] writes them all again.
+    pub(crate) fn forget_persisted(&mut self) {
+        self.persisted = 0;
     }
 
     /// Writes the entries to the file, trims it to them, fsyncs, and maps it read-only.

@@ -13,6 +13,7 @@
 mod checkpoint;
 mod config;
 mod error;
+mod fs_sync;
 mod index;
 mod log;
 mod log_id;
@@ -23,11 +24,13 @@ mod recovery;
 mod replay;
 mod segment;
 mod sync_group;
+mod tail_mark;
 mod write_ahead;
 
 pub use config::{Durability, LogConfig, MAX_BATCH_BYTES, MAX_SEGMENT_BYTES};
 pub use error::{Result, StorageError};
-pub use log::{AppendInfo, Log, RetentionOutcome};
+pub use fs_sync::FilesystemSync;
+pub use log::{AppendInfo, Log, RetentionOutcome, TailMarkDraft};
 pub use observe::{WriteAheadEvent, set_fsync_observer, set_write_ahead_observer};
 pub use replay::WriteAheadReplay;
 pub use sync_group::SyncGroup;

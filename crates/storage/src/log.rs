@@ -20,6 +20,7 @@ use crate::segment::{
     ActiveSegment, LOG_SUFFIX, ScanMode, SealedSegment, SegmentRef, segment_file,
 };
 use crate::sync_group::{SyncGroup, Wait};
+use crate::tail_mark::{self, TailMark};
 use crate::write_ahead::Frame;
 
 const LOCK_FILE: &str = ".lock";
@@ -68,6 +69,8 @@ pub struct Log {
     /// How far the active segment is durable, by fsync or in the write-ahead file: a
     /// write-ahead round writes the bytes after it. Only the group's thread moves it.
     logged: Mutex<LoggedMark>,
+    /// The tail mark last saved (`tail.mark`) and the generation that invalidations bump.
+    tail_mark: Mutex<TailMarkState>,
     /// Held (flock) for the log's life; released when the file is closed.
     _lock: File,
 }
@@ -80,6 +83,55 @@ pub(crate) struct LoggedMark {
     segment: Offset,
     position: u64,
     offset: Offset,
+}
+
+/// What [`Log::save_tail_mark`] knows of the marks it saved.
+#[derive(Debug, Default)]
+struct TailMarkState {
+    /// Bumped (with the file deleted) by every truncation or restart: a mark drafted before
+    /// one is not written.
+    generation: u64,
+    /// The mark on disk, if this process wrote or used one.
+    saved: Option<TailMark>,
+}
+
+/// A tail mark drafted by [`Log::draft_tail_mark`], to be committed once its files are durable.
+#[derive(Debug)]
+pub struct TailMarkDraft<'a> {
+    log: &'a Log,
+    generation: u64,
+    mark: TailMark,
+    segment: (Arc<File>, Arc<Path>),
+    indexes: [File; 2],
+}
+
+impl TailMarkDraft<'_> {
+    /// Writes the mark. `synced`: a `syncfs` that started after the draft succeeded
+    /// ([`crate::FilesystemSync::sync`]); otherwise the segment and index files are fsynced
+    /// here first. Returns false, writing nothing, if a truncation or restart came between.
+    pub fn commit(self, synced: bool) -> Result<bool> {
+        let log = self.log;
+        if !synced {
+            // The log's own handle: an error here is the log's, and poisons it.
+            let (file, path) = &self.segment;
+            file.sync_data().at(path).map_err(|e| log.fail(e))?;
+            for index in &self.indexes {
+                if let Err(err) = index.sync_data() {
+                    log.write_state().active.forget_persisted_index();
+                    return Err(err).at(&log.dir);
+                }
+            }
+        }
+        let mut marks = log.tail_mark_guard();
+        if marks.generation != self.generation {
+            return Ok(false);
+        }
+        // Still under the guard: a truncation that lowers the durable end waits for it.
+        log.durable_end.fetch_max(self.mark.next.0, Ordering::AcqRel);
+        tail_mark::write(&log.dir, &self.mark)?;
+        marks.saved = Some(self.mark);
+        Ok(true)
+    }
 }
 
 /// The bytes of a log that a write-ahead round is to write.
@@ -186,6 +238,7 @@ impl Log {
             every_append: AtomicBool::new(every_append),
             id,
             logged: Mutex::new(logged),
+            tail_mark: Mutex::new(TailMarkState::default()),
             _lock: lock,
         })
     }
@@ -702,6 +755,7 @@ impl Log {
         let base = target.core.base;
         let later: Vec<Offset> = segments[index + 1..].iter().map(|s| s.core.base).collect();
         drop(segments);
+        self.invalidate_tail_mark()?;
         // Lower the recovery point first: a crash from here on rescans this segment.
         checkpoint::write(
             &self.dir,
@@ -782,6 +836,7 @@ impl Log {
     fn restart_locked(&self, state: &mut State, offset: Offset) -> Result<()> {
         let old: Vec<Offset> = state.segments().iter().map(|s| s.core.base).collect();
         let restart = || -> Result<ActiveSegment> {
+            self.invalidate_tail_mark()?;
             // The new start first: a crash part-way opens a log that starts at `offset` or at
             // its end, whichever is lower, and serves none of the old records below it. The
             // caller redoes the restart from its own record (the Raft store's purge point).
@@ -881,6 +936,52 @@ impl Log {
             doomed += 1;
         }
         doomed
+    }
+
+    /// Saves a tail mark (`crate::tail_mark`) if the active segment grew by at least
+    /// `min_growth` bytes since the last one: fsyncs the segment and its index entries, then
+    /// records how far they reach, so that recovery after a crash scans only what follows.
+    /// Returns whether it saved one. Cheap to call often: below the growth it only compares.
+    pub fn save_tail_mark(&self, min_growth: u64) -> Result<bool> {
+        match self.draft_tail_mark(min_growth)? {
+            Some(draft) => draft.commit(false),
+            None => Ok(false),
+        }
+    }
+
+    /// The first half of [`Log::save_tail_mark`], for saving the marks of many logs with one
+    /// `syncfs` ([`crate::FilesystemSync`]) between the halves: writes the index entries the
+    /// files lack and notes what the mark is to say, if the segment grew by `min_growth`.
+    pub fn draft_tail_mark(&self, min_growth: u64) -> Result<Option<TailMarkDraft<'_>>> {
+        self.ensure_writable()?;
+        let mut state = self.write_state();
+        let active = &state.active;
+        let (generation, grown) = {
+            let marks = self.tail_mark_guard();
+            let from = match marks.saved {
+                Some(saved) if saved.segment == active.core.base => saved.position,
+                _ => 0,
+            };
+            (marks.generation, active.core.size.saturating_sub(from))
+        };
+        if grown < min_growth.max(1) {
+            return Ok(None);
+        }
+        let segment = (active.sync_handle(), active.core.log_path.clone());
+        let (mark, indexes) = state.active.draft_tail_mark()?;
+        Ok(Some(TailMarkDraft { log: self, generation, mark, segment, indexes }))
+    }
+
+    /// Before bytes of a segment are rewritten or deleted: no mark may vouch for them again.
+    fn invalidate_tail_mark(&self) -> Result<()> {
+        let mut marks = self.tail_mark_guard();
+        marks.generation += 1;
+        marks.saved = None;
+        tail_mark::remove(&self.dir)
+    }
+
+    fn tail_mark_guard(&self) -> MutexGuard<'_, TailMarkState> {
+        self.tail_mark.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Flushes and closes the log, leaving a clean-shutdown marker so the next open skips the

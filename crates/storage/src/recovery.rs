@@ -21,6 +21,7 @@ use crate::segment::{
     ActiveSegment, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, ScanMode, SealedSegment, TIME_INDEX_SUFFIX,
     segment_file,
 };
+use crate::tail_mark;
 
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 
@@ -159,10 +160,30 @@ fn open_after_crash(
         dir = %dir.display(), scanned_segments = bases.len() - first_scanned,
         "recovering log after an unclean shutdown"
     );
+    // The tail mark, if it is for the first segment scanned, lets that scan start at the mark.
+    // A mark that is not used is deleted: it could otherwise outlive what it describes (say,
+    // the segment is cut below it here and later grows back with other batches).
+    let mut from_mark = match tail_mark::read(dir) {
+        Some(mark) if mark.segment == bases[first_scanned] => {
+            ActiveSegment::open_from_mark(dir, &mark, config)?.map(|opened| (mark.position, opened))
+        }
+        _ => None,
+    };
+    match &from_mark {
+        Some((position, _)) => tracing::info!(
+            dir = %dir.display(), segment = %bases[first_scanned], from = position,
+            "recovery scan starts at the tail mark"
+        ),
+        None => tail_mark::remove(dir)?,
+    }
     let mut i = first_scanned;
     loop {
-        let (segment, outcome) =
-            ActiveSegment::open_scanning(dir, bases[i], config, ScanMode::VerifyAndTruncate)?;
+        let (segment, outcome) = match from_mark.take() {
+            Some((_, opened)) => opened,
+            None => {
+                ActiveSegment::open_scanning(dir, bases[i], config, ScanMode::VerifyAndTruncate)?
+            }
+        };
         let next_base = bases.get(i + 1).copied();
         let intact = outcome.valid_len == outcome.file_len && Some(segment.core.next) == next_base;
         if !intact {

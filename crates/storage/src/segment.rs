@@ -21,6 +21,7 @@ use crate::index::{
     encode_time_entry, offset_entry, offset_index_is_sane, time_entry, time_index_is_sane,
 };
 use crate::mmap::LogMap;
+use crate::tail_mark::TailMark;
 
 pub(crate) const LOG_SUFFIX: &str = "log";
 pub(crate) const OFFSET_INDEX_SUFFIX: &str = "index";
@@ -222,18 +223,103 @@ impl ActiveSegment {
         let file_len = file.metadata().at(&log_path)?.len();
         let mut segment = Self::with_file(dir, base, file, log_path, config, None)?;
         segment.core.size = 0;
+        let outcome = segment.scan_from(0, file_len, mode)?;
+        match mode {
+            // The scan checked the CRC of every batch it kept.
+            ScanMode::VerifyAndTruncate => segment.core.checked_from = 0,
+            ScanMode::HeadersOnly => segment.core.size = file_len,
+        }
+        Ok((segment, outcome))
+    }
+
+    /// Opens the active segment left by a crash from its tail mark: the bytes below the mark
+    /// and their index entries are trusted (they were fsynced before the mark was written),
+    /// and only the bytes after it are scanned. `None` when the files do not bear the mark out
+    /// (then the caller scans the whole segment).
+    pub(crate) fn open_from_mark(
+        dir: &Path,
+        mark: &TailMark,
+        config: &LogConfig,
+    ) -> Result<Option<(Self, ScanOutcome)>> {
+        let base = mark.segment;
+        let log_path = segment_file(dir, base, LOG_SUFFIX);
+        let file = OpenOptions::new().read(true).write(true).open(&log_path).at(&log_path)?;
+        let file_len = file.metadata().at(&log_path)?.len();
+        let entries = |suffix: &str, entry_len: usize, count: u32| -> Option<Vec<u8>> {
+            let mut bytes = std::fs::read(segment_file(dir, base, suffix)).ok()?;
+            let len = entry_len * count as usize;
+            (bytes.len() >= len).then(|| {
+                bytes.truncate(len);
+                bytes
+            })
+        };
+        let (Some(offsets), Some(times)) = (
+            entries(OFFSET_INDEX_SUFFIX, OFFSET_ENTRY_LEN, mark.offset_entries),
+            entries(TIME_INDEX_SUFFIX, TIME_ENTRY_LEN, mark.time_entries),
+        ) else {
+            return Ok(None);
+        };
+        let Some(max_relative) = mark.next.0.checked_sub(base.0 + 1) else {
+            // An empty prefix: nothing to skip.
+            return Ok(None);
+        };
+        if mark.position > file_len
+            || max_relative > u64::from(u32::MAX)
+            || !offset_index_is_sane(&offsets, mark.position, max_relative)
+            || !time_index_is_sane(&times, max_relative)
+        {
+            return Ok(None);
+        }
+        let last_entry = (!offsets.is_empty())
+            .then(|| offset_entry(&offsets, offsets.len() / OFFSET_ENTRY_LEN - 1));
+        let last_time_entry = match times.len() / TIME_ENTRY_LEN {
+            0 => i64::MIN,
+            n => time_entry(&times, n - 1).0,
+        };
+        let mut segment =
+            Self::with_file(dir, base, file, log_path, config, Some((offsets, times)))?;
+        // The first batch and the last indexed one must be where the mark says they are.
         let data = LogMap::new(&segment.writer, file_len as usize, file_len as usize)
             .at(&segment.core.log_path)?
             .bytes(file_len as usize);
-        let mut position = 0u64;
+        let (rel, position) = last_entry.unwrap_or((0, 0));
+        let expected = base.plus(u64::from(rel));
+        if check_batch_at(&data[position as usize..], expected, ScanMode::HeadersOnly).is_err()
+            || check_batch_at(&data, base, ScanMode::HeadersOnly).is_err()
+        {
+            return Ok(None);
+        }
+        drop(data); // no map of this file may outlive a truncation (see mmap.rs)
+        segment.core.size = mark.position;
+        segment.core.next = mark.next;
+        segment.core.max_timestamp = mark.max_timestamp;
+        segment.indexer.bytes_since_entry = mark.position - u64::from(position);
+        segment.indexer.last_time_entry = last_time_entry;
+        let outcome = segment.scan_from(mark.position, file_len, ScanMode::VerifyAndTruncate)?;
+        // Reads check the CRCs of the trusted prefix; the scan checked the rest.
+        segment.core.checked_from = mark.position;
+        Ok(Some((segment, outcome)))
+    }
+
+    /// Walks the batches from `position` (where `self.core` ends) to `file_len`, indexing
+    /// them; with [`ScanMode::VerifyAndTruncate`] it cuts the file at the first that fails.
+    fn scan_from(
+        &mut self,
+        mut position: u64,
+        file_len: u64,
+        mode: ScanMode,
+    ) -> Result<ScanOutcome> {
+        let data = LogMap::new(&self.writer, file_len as usize, file_len as usize)
+            .at(&self.core.log_path)?
+            .bytes(file_len as usize);
         let mut stop_reason = None;
         while position < file_len {
             let rest = &data[position as usize..];
-            match check_batch_at(rest, segment.core.next, mode) {
+            match check_batch_at(rest, self.core.next, mode) {
                 Ok(header) => {
-                    segment.index_batch(&header, position);
+                    self.index_batch(&header, position);
                     let len = header.total_len() as u64;
-                    segment.note_appended(&header, len);
+                    self.note_appended(&header, len);
                     position += len;
                 }
                 Err(reason) => {
@@ -244,21 +330,16 @@ impl ActiveSegment {
         }
         drop(data); // no map of this file may outlive a truncation (see mmap.rs)
         if mode == ScanMode::VerifyAndTruncate && position < file_len {
-            let path = &segment.core.log_path;
+            let path = &self.core.log_path;
             tracing::warn!(
                 path = %path.display(), valid_bytes = position, dropped_bytes = file_len - position,
                 reason = stop_reason.as_deref().unwrap_or(""), "truncating torn or corrupt segment tail"
             );
-            segment.writer.set_len(position).at(path)?;
-            segment.writer.sync_all().at(path)?;
-            (&*segment.writer).seek(SeekFrom::Start(position)).at(path)?;
+            self.writer.set_len(position).at(path)?;
+            self.writer.sync_all().at(path)?;
+            (&*self.writer).seek(SeekFrom::Start(position)).at(path)?;
         }
-        match mode {
-            // The scan checked the CRC of every batch it kept.
-            ScanMode::VerifyAndTruncate => segment.core.checked_from = 0,
-            ScanMode::HeadersOnly => segment.core.size = file_len,
-        }
-        Ok((segment, ScanOutcome { valid_len: position, file_len, stop_reason }))
+        Ok(ScanOutcome { valid_len: position, file_len, stop_reason })
     }
 
     /// Reopens the active segment left by a clean shutdown, trusting its trimmed indexes: only
@@ -342,6 +423,29 @@ impl ActiveSegment {
 
     pub(crate) fn index_full(&self) -> bool {
         self.offset_index.is_full() || self.time_index.is_full()
+    }
+
+    /// Writes the index entries the index files lack and returns, for the caller to fsync
+    /// outside the log's lock, the segment and both index files, with the mark they make true
+    /// once fsynced.
+    pub(crate) fn draft_tail_mark(&mut self) -> Result<(TailMark, [File; 2])> {
+        let (offsets, offset_entries) = self.offset_index.write_unpersisted()?;
+        let (times, time_entries) = self.time_index.write_unpersisted()?;
+        let mark = TailMark {
+            segment: self.core.base,
+            position: self.core.size,
+            next: self.core.next,
+            max_timestamp: self.core.max_timestamp,
+            offset_entries,
+            time_entries,
+        };
+        Ok((mark, [offsets, times]))
+    }
+
+    /// After a failed fsync of an index file: its entries are written again next time.
+    pub(crate) fn forget_persisted_index(&mut self) {
+        self.offset_index.forget_persisted();
+        self.time_index.forget_persisted();
     }
 
     /// The handle fsync goes through, usable without the log's lock.

@@ -41,6 +41,7 @@ use strata_record::Offset;
 
 use crate::Log;
 use crate::error::{IoContext, Result};
+use crate::fs_sync::{KNOWN_FILESYSTEMS, syncfs_reports_errors};
 use crate::observe::WriteAheadEvent;
 use crate::write_ahead::{WriteAhead, WriteAheadConfig};
 
@@ -443,40 +444,5 @@ impl Shared {
                 false
             }
         }
-    }
-}
-
-/// Filesystems whose write-back errors reach `syncfs` (`statfs` magic numbers): ext4, XFS,
-/// Btrfs. Others (overlayfs, network filesystems, tmpfs) are left to per-file fsyncs.
-const KNOWN_FILESYSTEMS: [i64; 3] = [0xEF53, 0x5846_5342, 0x9123_683E];
-
-/// Whether the running kernel is Linux 5.8 or later, where `syncfs` returns write-back errors.
-fn syncfs_reports_errors() -> bool {
-    kernel_at_least(&rustix::system::uname().release().to_string_lossy(), (5, 8))
-}
-
-/// Whether a kernel release string such as `6.1.0-18-amd64` is at least `wanted`.
-fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
-    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
-    match (major, minor) {
-        (Some(major), Some(minor)) => (major, minor) >= wanted,
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_versions_compare_by_major_then_minor() {
-        assert!(kernel_at_least("5.8.0", (5, 8)));
-        assert!(kernel_at_least("6.1.0-18-amd64", (5, 8)));
-        assert!(kernel_at_least("5.10.12", (5, 8)));
-        assert!(!kernel_at_least("5.7.19", (5, 8)));
-        assert!(!kernel_at_least("4.19.0", (5, 8)));
-        assert!(!kernel_at_least("garbage", (5, 8)));
     }
 }

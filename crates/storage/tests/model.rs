@@ -30,6 +30,7 @@ enum Op {
     Truncate { at: Index },
     DeleteBefore { at: Index, past_end: bool },
     Flush,
+    SaveTailMark,
     Reopen,
     Crash(Damage),
 }
@@ -43,6 +44,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<Index>().prop_map(|at| Op::Truncate { at }),
         1 => (any::<Index>(), prop::bool::weighted(0.1)).prop_map(|(at, past_end)| Op::DeleteBefore { at, past_end }),
         2 => Just(Op::Flush),
+        2 => Just(Op::SaveTailMark),
         1 => Just(Op::Reopen),
         2 => prop_oneof![
             Just(Damage::None),
@@ -241,6 +243,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 l.flush().unwrap();
                 prop_assert_eq!(l.durable_end_offset(), Offset(model.end));
             }
+            Op::SaveTailMark => {
+                l.save_tail_mark(1).unwrap();
+            }
             Op::Reopen => {
                 log.take().unwrap().close().unwrap();
                 log = Some(Log::open(dir.path(), small_config()).unwrap());
@@ -277,6 +282,7 @@ proptest! {
         at: Index,
         bit in 0u8..8,
         clean: bool,
+        mark: bool,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), small_config()).unwrap();
@@ -286,6 +292,8 @@ proptest! {
             let info = log.append(&batch).unwrap();
             stored.push(at_offset(&batch, info.base_offset));
         }
+        // With a tail mark, a crash recovery does not scan the bytes below it either.
+        if mark { log.save_tail_mark(1).unwrap(); }
         if clean { log.close().unwrap() } else { log.flush().unwrap(); drop(log) }
         // The whole log as one byte string; find the file and batch the flipped byte is in.
         let total: usize = stored.iter().map(Vec::len).sum();
