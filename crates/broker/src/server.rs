@@ -214,11 +214,15 @@ const TAIL_MARK_MIN_GROWTH: u64 = 256 * 1024;
 /// filesystem allows, so a thousand partitions cost one write-back, not three thousand fsyncs.
 fn save_tail_marks(topics: &Topics, marks_sync: &FilesystemSync) {
     let all = topics.all();
+    let mut named = Vec::new();
     let mut drafts = Vec::new();
     for topic in &all {
         for partition in &topic.partitions {
             match partition.log().draft_tail_mark(TAIL_MARK_MIN_GROWTH) {
-                Ok(Some(draft)) => drafts.push((topic, partition, draft)),
+                Ok(Some(draft)) => {
+                    named.push((&topic.name, partition.id()));
+                    drafts.push(draft);
+                }
                 Ok(None) => {}
                 Err(err) => {
                     tracing::warn!(topic = %topic.name, partition = partition.id(), error = %err, "saving the tail mark failed");
@@ -226,10 +230,10 @@ fn save_tail_marks(topics: &Topics, marks_sync: &FilesystemSync) {
             }
         }
     }
-    let synced = !drafts.is_empty() && marks_sync.sync();
-    for (topic, partition, draft) in drafts {
-        if let Err(err) = draft.commit(synced) {
-            tracing::warn!(topic = %topic.name, partition = partition.id(), error = %err, "saving the tail mark failed");
+    for ((topic, partition), outcome) in named.into_iter().zip(marks_sync.commit_tail_marks(drafts))
+    {
+        if let Err(err) = outcome {
+            tracing::warn!(%topic, partition, error = %err, "saving the tail mark failed");
         }
     }
 }

@@ -8,9 +8,11 @@
 //! `syncfs` says is trusted.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::TailMarkDraft;
 use crate::error::{IoContext, Result};
 
 /// Filesystems whose write-back errors reach `syncfs` (`statfs` magic numbers): ext4, XFS,
@@ -40,6 +42,7 @@ pub struct FilesystemSync {
     dir: PathBuf,
     /// `None` where `syncfs` cannot be trusted (an older kernel, another filesystem).
     handle: Option<File>,
+    device: u64,
     /// Set by the first failed `syncfs`.
     broken: AtomicBool,
 }
@@ -51,17 +54,34 @@ impl FilesystemSync {
         let filesystem = rustix::fs::fstatfs(&handle).map_err(std::io::Error::from).at(&dir)?;
         let trusted =
             syncfs_reports_errors() && KNOWN_FILESYSTEMS.contains(&(filesystem.f_type as i64));
+        let device = handle.metadata().at(&dir)?.dev();
         Ok(FilesystemSync {
             dir,
             handle: trusted.then_some(handle),
+            device,
             broken: AtomicBool::new(false),
         })
+    }
+
+    /// Makes the drafts' files durable with one `syncfs`, then writes each mark. A draft whose
+    /// log is on another filesystem, or every draft if the `syncfs` cannot be trusted, fsyncs
+    /// its own files instead. One result per draft, in order (see [`TailMarkDraft::commit`]).
+    pub fn commit_tail_marks(&self, drafts: Vec<TailMarkDraft<'_>>) -> Vec<Result<bool>> {
+        let synced = !drafts.is_empty() && self.sync();
+        drafts
+            .into_iter()
+            .map(|draft| {
+                let covered = synced
+                    && std::fs::metadata(draft.log_dir()).is_ok_and(|m| m.dev() == self.device);
+                draft.finish(covered)
+            })
+            .collect()
     }
 
     /// Writes back every dirty file of the filesystem. True when that made everything
     /// written before the call durable; false when the caller must fsync its files itself
     /// (`syncfs` cannot be trusted here, or it failed, now or before).
-    pub fn sync(&self) -> bool {
+    fn sync(&self) -> bool {
         let Some(handle) = self.handle.as_ref().filter(|_| !self.broken.load(Ordering::Relaxed))
         else {
             return false;

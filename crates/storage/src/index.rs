@@ -6,7 +6,8 @@
 //! every record at or before that offset has a timestamp at most that value.
 //!
 //! Both are rebuilt from the log whenever they cannot be trusted, so they are written and fsynced
-//! on seal and close, never on the append path.
+//! on seal and close, and when a tail mark is saved (`crate::tail_mark`), never on the append
+//! path.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -180,13 +181,14 @@ impl WritableIndex {
         self.entries.extend_from_slice(entry);
     }
 
-    /// Writes the entries the file lacks after those it has (no fsync), and returns the file,
-    /// for the caller to fsync outside its lock, and the number of entries it then holds.
-    pub(crate) fn write_unpersisted(&mut self) -> Result<(File, u32)> {
+    /// Writes the entries the file lacks after those it has (no fsync), and returns the file
+    /// and its path, for the caller to fsync outside its lock, and the number of entries it
+    /// then holds.
+    pub(crate) fn write_unpersisted(&mut self) -> Result<((File, PathBuf), u32)> {
         let file = OpenOptions::new().write(true).open(&self.path).at(&self.path)?;
         file.write_all_at(&self.entries[self.persisted..], self.persisted as u64).at(&self.path)?;
         self.persisted = self.entries.len();
-        Ok((file, (self.entries.len() / self.entry_len) as u32))
+        Ok(((file, self.path.clone()), (self.entries.len() / self.entry_len) as u32))
     }
 
     /// After a failed fsync of the file: its written entries may have been dropped, so the

@@ -91,39 +91,61 @@ struct TailMarkState {
     /// Bumped (with the file deleted) by every truncation or restart: a mark drafted before
     /// one is not written.
     generation: u64,
-    /// The mark on disk, if this process wrote or used one.
+    /// The mark on disk, if this process wrote one or its recovery started at one.
     saved: Option<TailMark>,
 }
 
-/// A tail mark drafted by [`Log::draft_tail_mark`], to be committed once its files are durable.
+/// A tail mark drafted by [`Log::draft_tail_mark`], to be committed once its files are durable:
+/// by [`TailMarkDraft::commit`] (an fsync of each file) or, for many logs at once, by
+/// [`crate::FilesystemSync::commit_tail_marks`] (one `syncfs`).
 #[derive(Debug)]
 pub struct TailMarkDraft<'a> {
     log: &'a Log,
     generation: u64,
     mark: TailMark,
     segment: (Arc<File>, Arc<Path>),
-    indexes: [File; 2],
+    indexes: [(File, PathBuf); 2],
 }
 
 impl TailMarkDraft<'_> {
-    /// Writes the mark. `synced`: a `syncfs` that started after the draft succeeded
-    /// ([`crate::FilesystemSync::sync`]); otherwise the segment and index files are fsynced
-    /// here first. Returns false, writing nothing, if a truncation or restart came between.
-    pub fn commit(self, synced: bool) -> Result<bool> {
+    /// Fsyncs the segment and its index files, then writes the mark. Returns false, writing
+    /// nothing, if a truncation or restart came between the draft and now.
+    pub fn commit(self) -> Result<bool> {
+        self.finish(false)
+    }
+
+    pub(crate) fn log_dir(&self) -> &Path {
+        &self.log.dir
+    }
+
+    /// `synced`: a `syncfs` of the log's filesystem, started after the draft, succeeded.
+    pub(crate) fn finish(self, synced: bool) -> Result<bool> {
         let log = self.log;
+        if log.tail_mark_guard().generation != self.generation {
+            return Ok(false);
+        }
         if !synced {
-            // The log's own handle: an error here is the log's, and poisons it.
-            let (file, path) = &self.segment;
-            file.sync_data().at(path).map_err(|e| log.fail(e))?;
-            for index in &self.indexes {
+            {
+                // The handle the log's own fsyncs use: a write-back error is reported to one
+                // caller only, so this fsync is serialised with theirs and, like them, poisons
+                // the log on failure before anyone else can call the bytes durable.
+                let _sync = log.sync_guard();
+                log.ensure_writable()?;
+                let (file, path) = &self.segment;
+                file.sync_data().at(path).map_err(|e| log.fail(e))?;
+            }
+            for (index, path) in &self.indexes {
                 if let Err(err) = index.sync_data() {
                     log.write_state().active.forget_persisted_index();
-                    return Err(err).at(&log.dir);
+                    return Err(err).at(path);
                 }
             }
         }
         let mut marks = log.tail_mark_guard();
-        if marks.generation != self.generation {
+        // A failed fsync since the draft (here or anywhere) leaves nothing to vouch for, and a
+        // log whose directory was moved away (its topic deleted) must not write into the one
+        // that may now have its name.
+        if marks.generation != self.generation || !log.is_writable() || !log.still_home() {
             return Ok(false);
         }
         // Still under the guard: a truncation that lowers the durable end waits for it.
@@ -238,7 +260,7 @@ impl Log {
             every_append: AtomicBool::new(every_append),
             id,
             logged: Mutex::new(logged),
-            tail_mark: Mutex::new(TailMarkState::default()),
+            tail_mark: Mutex::new(TailMarkState { generation: 0, saved: recovered.tail_mark }),
             _lock: lock,
         })
     }
@@ -944,16 +966,20 @@ impl Log {
     /// Returns whether it saved one. Cheap to call often: below the growth it only compares.
     pub fn save_tail_mark(&self, min_growth: u64) -> Result<bool> {
         match self.draft_tail_mark(min_growth)? {
-            Some(draft) => draft.commit(false),
+            Some(draft) => draft.commit(),
             None => Ok(false),
         }
     }
 
     /// The first half of [`Log::save_tail_mark`], for saving the marks of many logs with one
-    /// `syncfs` ([`crate::FilesystemSync`]) between the halves: writes the index entries the
+    /// `syncfs` ([`crate::FilesystemSync::commit_tail_marks`]): writes the index entries the
     /// files lack and notes what the mark is to say, if the segment grew by `min_growth`.
+    /// A log with [`Durability::Never`] gets none: nothing of it is ever fsynced on purpose.
     pub fn draft_tail_mark(&self, min_growth: u64) -> Result<Option<TailMarkDraft<'_>>> {
         self.ensure_writable()?;
+        if self.config().durability == Durability::Never {
+            return Ok(None);
+        }
         let mut state = self.write_state();
         let active = &state.active;
         let (generation, grown) = {
@@ -964,12 +990,28 @@ impl Log {
             };
             (marks.generation, active.core.size.saturating_sub(from))
         };
-        if grown < min_growth.max(1) {
+        if grown < min_growth.max(1) || !self.still_home() {
             return Ok(None);
         }
         let segment = (active.sync_handle(), active.core.log_path.clone());
         let (mark, indexes) = state.active.draft_tail_mark()?;
         Ok(Some(TailMarkDraft { log: self, generation, mark, segment, indexes }))
+    }
+
+    /// Whether the log's directory is still where it was opened: the `.lock` file at its path
+    /// is the one this log holds (a deleted topic's directory is moved to the trash, and a new
+    /// topic of the same name may have made a new one there).
+    fn still_home(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(held), Ok(there)) = (self._lock.metadata(), fs::metadata(self.dir.join(LOCK_FILE)))
+        else {
+            return false;
+        };
+        (held.dev(), held.ino()) == (there.dev(), there.ino())
+    }
+
+    fn is_writable(&self) -> bool {
+        self.failure.get().is_none()
     }
 
     /// Before bytes of a segment are rewritten or deleted: no mark may vouch for them again.

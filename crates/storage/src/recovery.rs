@@ -31,6 +31,8 @@ pub(crate) struct Recovered {
     pub(crate) sealed: Vec<SealedSegment>,
     pub(crate) active: ActiveSegment,
     pub(crate) log_start: Offset,
+    /// The tail mark the recovery scan started at, if any: still true, and the log's latest.
+    pub(crate) tail_mark: Option<tail_mark::TailMark>,
 }
 
 /// Base offsets of the segment log files in `dir`, sorted; removes leftovers of interrupted
@@ -99,6 +101,7 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Recovered> {
             sealed: Vec::new(),
             active: ActiveSegment::create(dir, log_start, config)?,
             log_start,
+            tail_mark: None,
         }
     } else if clean {
         open_clean(dir, &bases, config, log_start)?
@@ -137,10 +140,12 @@ fn open_clean(
         Some(active) => active,
         None => {
             tracing::warn!(dir = %dir.display(), "clean-shutdown marker present but the active segment does not check out; scanning it");
+            // The scan may cut below a tail mark, which must then not outlive it.
+            tail_mark::remove(dir)?;
             ActiveSegment::open_scanning(dir, *last, config, ScanMode::VerifyAndTruncate)?.0
         }
     };
-    Ok(Recovered { sealed, active, log_start })
+    Ok(Recovered { sealed, active, log_start, tail_mark: None })
 }
 
 fn open_after_crash(
@@ -165,13 +170,14 @@ fn open_after_crash(
     // the segment is cut below it here and later grows back with other batches).
     let mut from_mark = match tail_mark::read(dir) {
         Some(mark) if mark.segment == bases[first_scanned] => {
-            ActiveSegment::open_from_mark(dir, &mark, config)?.map(|opened| (mark.position, opened))
+            ActiveSegment::open_from_mark(dir, &mark, config)?.map(|opened| (mark, opened))
         }
         _ => None,
     };
-    match &from_mark {
-        Some((position, _)) => tracing::info!(
-            dir = %dir.display(), segment = %bases[first_scanned], from = position,
+    let used_mark = from_mark.as_ref().map(|(mark, _)| *mark);
+    match &used_mark {
+        Some(mark) => tracing::info!(
+            dir = %dir.display(), segment = %mark.segment, from = mark.position,
             "recovery scan starts at the tail mark"
         ),
         None => tail_mark::remove(dir)?,
@@ -198,7 +204,7 @@ fn open_after_crash(
                 checkpoint::sync_dir(dir)?;
             }
             let log_start = log_start.min(segment.core.next);
-            return Ok(Recovered { sealed, active: segment, log_start });
+            return Ok(Recovered { sealed, active: segment, log_start, tail_mark: used_mark });
         }
         sealed.push(segment.seal()?);
         i += 1;

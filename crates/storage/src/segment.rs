@@ -282,14 +282,26 @@ impl ActiveSegment {
         let data = LogMap::new(&segment.writer, file_len as usize, file_len as usize)
             .at(&segment.core.log_path)?
             .bytes(file_len as usize);
+        // The first batch must start the segment, and the headers from the last indexed batch
+        // (at most an index interval) must land exactly on the mark's position and offset.
         let (rel, position) = last_entry.unwrap_or((0, 0));
-        let expected = base.plus(u64::from(rel));
-        if check_batch_at(&data[position as usize..], expected, ScanMode::HeadersOnly).is_err()
-            || check_batch_at(&data, base, ScanMode::HeadersOnly).is_err()
-        {
+        let lands = check_batch_at(&data, base, ScanMode::HeadersOnly).is_ok() && {
+            let (mut at, mut next) = (u64::from(position), base.plus(u64::from(rel)));
+            while at < mark.position {
+                match check_batch_at(&data[at as usize..], next, ScanMode::HeadersOnly) {
+                    Ok(header) => {
+                        at += header.total_len() as u64;
+                        next = header.last_offset().plus(1);
+                    }
+                    Err(_) => break,
+                }
+            }
+            (at, next) == (mark.position, mark.next)
+        };
+        drop(data); // no map of this file may outlive a truncation (see mmap.rs)
+        if !lands {
             return Ok(None);
         }
-        drop(data); // no map of this file may outlive a truncation (see mmap.rs)
         segment.core.size = mark.position;
         segment.core.next = mark.next;
         segment.core.max_timestamp = mark.max_timestamp;
@@ -428,7 +440,7 @@ impl ActiveSegment {
     /// Writes the index entries the index files lack and returns, for the caller to fsync
     /// outside the log's lock, the segment and both index files, with the mark they make true
     /// once fsynced.
-    pub(crate) fn draft_tail_mark(&mut self) -> Result<(TailMark, [File; 2])> {
+    pub(crate) fn draft_tail_mark(&mut self) -> Result<(TailMark, [(File, PathBuf); 2])> {
         let (offsets, offset_entries) = self.offset_index.write_unpersisted()?;
         let (times, time_entries) = self.time_index.write_unpersisted()?;
         let mark = TailMark {

@@ -3,11 +3,13 @@
 //!
 //! Without it, recovery checks every batch of the active segment, up to a whole segment
 //! (128 MiB by default) per partition: with a thousand partitions, a restart reads gigabytes.
-//! A mark is saved by [`crate::Log::save_tail_mark`] (the broker calls it on every maintenance
-//! pass) in this order, so that whatever version of the file survives a crash tells the truth:
+//! A mark is saved by [`crate::Log::save_tail_mark`], or for many logs with one `syncfs` by
+//! [`crate::Log::draft_tail_mark`] and [`crate::FilesystemSync::commit_tail_marks`] (the broker
+//! does that every few seconds), in this order, so that whatever version of the file survives
+//! a crash tells the truth:
 //!
 //! 1. the segment's bytes up to `position` and the index entries of those bytes are written and
-//!    fsynced;
+//!    made durable;
 //! 2. only then the mark is written (to `tail.mark.tmp`, renamed over `tail.mark`).
 //!
 //! The mark itself is never fsynced: losing it, or finding it torn (the CRC catches that), only
@@ -84,14 +86,16 @@ pub(crate) fn write(dir: &Path, mark: &TailMark) -> Result<()> {
     fs::rename(&tmp, &path).at(&path)
 }
 
-/// Deletes the mark, durably: from here on no recovery trusts it.
+/// Deletes the mark, durably: from here on no recovery trusts it. The directory is fsynced
+/// even when the file is already gone: an earlier removal may have failed at that step.
 pub(crate) fn remove(dir: &Path) -> Result<()> {
     let path = dir.join(TAIL_MARK_FILE);
     match fs::remove_file(&path) {
-        Ok(()) => sync_dir(dir),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).at(&path),
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).at(&path),
     }
+    sync_dir(dir)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{at_offset, small_config};
+use common::{at_offset, with_durability};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use strata_record::{BatchBuilder, BatchHeader, Offset, RecordBatch, Timestamp};
@@ -101,6 +101,12 @@ impl Model {
     }
 }
 
+/// Small segments, fsynced only when asked (flush, tail mark, roll): a log that never fsyncs
+/// gets no tail marks.
+fn marked_config() -> strata_storage::LogConfig {
+    with_durability(strata_storage::Durability::Interval(std::time::Duration::from_secs(3600)))
+}
+
 fn build(records: &[(i64, usize)]) -> Vec<u8> {
     let mut builder = BatchBuilder::new();
     for (i, &(ts, len)) in records.iter().enumerate() {
@@ -188,7 +194,7 @@ fn crash(dir: &Path, log: Log, model: &mut Model, damage: &Damage) {
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = Some(Log::open(dir.path(), small_config()).unwrap());
+    let mut log = Some(Log::open(dir.path(), marked_config()).unwrap());
     let mut model = Model::default();
     for op in ops {
         let l = log.as_ref().unwrap();
@@ -248,11 +254,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Reopen => {
                 log.take().unwrap().close().unwrap();
-                log = Some(Log::open(dir.path(), small_config()).unwrap());
+                log = Some(Log::open(dir.path(), marked_config()).unwrap());
             }
             Op::Crash(damage) => {
                 crash(dir.path(), log.take().unwrap(), &mut model, &damage);
-                log = Some(Log::open(dir.path(), small_config()).unwrap());
+                log = Some(Log::open(dir.path(), marked_config()).unwrap());
             }
         }
         check(log.as_ref().unwrap(), &model)?;
@@ -285,7 +291,7 @@ proptest! {
         mark: bool,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), small_config()).unwrap();
+        let log = Log::open(dir.path(), marked_config()).unwrap();
         let mut stored = Vec::new();
         for records in &batches {
             let batch = build(records);
@@ -314,7 +320,7 @@ proptest! {
         bytes[p - seg_start] ^= 1 << bit;
         fs::write(file, bytes).unwrap();
 
-        let log = Log::open(dir.path(), small_config()).unwrap();
+        let log = Log::open(dir.path(), marked_config()).unwrap();
         let mut from = Offset(0);
         let mut served = 0;
         loop {

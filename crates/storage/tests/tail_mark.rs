@@ -9,13 +9,18 @@ use std::path::Path;
 
 use common::*;
 use strata_record::{Offset, Timestamp};
-use strata_storage::{Log, LogConfig, StorageError};
+use strata_storage::{Durability, FilesystemSync, Log, LogConfig, StorageError};
 
 const MARK: &str = "tail.mark";
 
-/// One segment of up to 1 MiB, with an index entry every 256 bytes.
+/// One segment of up to 1 MiB, with an index entry every 256 bytes, fsynced only when asked
+/// (a log with `Durability::Never` gets no marks).
 fn config() -> LogConfig {
-    LogConfig { segment_bytes: 1 << 20, ..small_config() }
+    LogConfig { segment_bytes: 1 << 20, ..marked_config() }
+}
+
+fn marked_config() -> LogConfig {
+    with_durability(Durability::Interval(std::time::Duration::from_secs(3600)))
 }
 
 /// Appends `count` batches of 2 records (timestamps from `ts`), returning each one's size.
@@ -153,14 +158,85 @@ fn a_mark_the_files_do_not_bear_out_is_dropped_for_a_full_scan() {
 fn a_mark_for_a_segment_that_rolled_since_is_not_used() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let log = Log::open(dir.path(), small_config()).unwrap();
+        let log = Log::open(dir.path(), marked_config()).unwrap();
         append(&log, 5, 0);
         assert!(log.save_tail_mark(1).unwrap());
         append(&log, 40, 10); // 4 KiB segments: several rolls
         assert!(log.segment_count() > 2);
     } // crash
-    let log = Log::open(dir.path(), small_config()).unwrap();
+    let log = Log::open(dir.path(), marked_config()).unwrap();
     assert!(!dir.path().join(MARK).exists());
     assert_eq!(log.end_offset(), Offset(90));
     assert_every_offset_and_time_found(&log, 0);
+}
+
+#[test]
+fn a_draft_overtaken_by_a_truncation_writes_no_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    append(&log, 20, 0);
+    let draft = log.draft_tail_mark(1).unwrap().expect("the segment grew");
+    // The draft borrows the log, as the broker's pass does; a truncation cannot run while it
+    // is held here, so it is committed after a truncation on a second handle of the same log.
+    drop(draft);
+    let draft = log.draft_tail_mark(1).unwrap().unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| log.truncate_from(Offset(10)).unwrap()).join().unwrap();
+    });
+    assert!(!draft.commit().unwrap(), "the truncation came between");
+    assert!(!dir.path().join(MARK).exists());
+}
+
+#[test]
+fn one_syncfs_commits_the_marks_of_many_logs() {
+    let root = tempfile::tempdir().unwrap();
+    let sync = FilesystemSync::open(root.path()).unwrap();
+    let dirs: Vec<_> = (0..3).map(|i| root.path().join(i.to_string())).collect();
+    {
+        let logs: Vec<Log> = dirs.iter().map(|d| Log::open(d, config()).unwrap()).collect();
+        for (i, log) in logs.iter().enumerate() {
+            append(log, 10 + i, 0);
+        }
+        let drafts = logs.iter().filter_map(|l| l.draft_tail_mark(1).unwrap()).collect();
+        let outcomes = sync.commit_tail_marks(drafts);
+        assert_eq!(outcomes.len(), 3);
+        assert!(outcomes.into_iter().all(|o| o.unwrap()));
+        for (i, log) in logs.iter().enumerate() {
+            append(log, 3, 2 * (10 + i as i64));
+        }
+    } // crash
+    for (i, dir) in dirs.iter().enumerate() {
+        assert!(dir.join(MARK).exists());
+        let log = Log::open(dir, config()).unwrap();
+        assert_eq!(log.end_offset(), Offset(2 * (13 + i as u64)));
+        assert_every_offset_and_time_found(&log, 0);
+    }
+}
+
+#[test]
+fn a_clean_reopen_that_falls_back_to_a_scan_drops_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = {
+        let log = Log::open(dir.path(), config()).unwrap();
+        let sizes = append(&log, 20, 0);
+        assert!(log.save_tail_mark(1).unwrap());
+        log.close().unwrap();
+        sizes
+    };
+    // A missing active index makes the clean open scan; damage below the mark cuts it there.
+    let segment = active_segment(dir.path());
+    fs::remove_file(segment.with_extension("index")).unwrap();
+    damage(&segment, sizes[0] * 3 - 5);
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.end_offset(), Offset(4));
+    assert!(!dir.path().join(MARK).exists(), "the cut fell below the mark");
+}
+
+#[test]
+fn logs_that_never_fsync_get_no_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        Log::open(dir.path(), LogConfig { durability: Durability::Never, ..config() }).unwrap();
+    append(&log, 20, 0);
+    assert!(log.draft_tail_mark(1).unwrap().is_none());
 }
