@@ -215,7 +215,7 @@ async fn after_kill_9_recovery_scans_from_the_tail_marks() {
     let mut send = async |from: u32, to: u32| {
         let mut deliveries = Vec::new();
         for i in from..to {
-            let record = Record::new("marked").key(format!("k{}", i % 10)).value(value.clone());
+            let record = Record::new("marked").key(format!("k{}", i % 100)).value(value.clone());
             deliveries.push(producer.send(record).await.unwrap());
         }
         for d in deliveries {
@@ -223,7 +223,7 @@ async fn after_kill_9_recovery_scans_from_the_tail_marks() {
             acked.insert((d.partition, d.offset.unwrap()));
         }
     };
-    send(0, 1500).await; // ~750 KB per partition: past the growth that earns a mark
+    send(0, 5000).await; // ~2.5 MB per partition: past the growth that earns a mark
     let topic_dir = server.data_dir.join("topics").join("marked");
     let marked = || (0..2).all(|p| topic_dir.join(p.to_string()).join("tail.mark").exists());
     for _ in 0..200 {
@@ -232,8 +232,8 @@ async fn after_kill_9_recovery_scans_from_the_tail_marks() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(marked(), "a tail mark pass (every 5 s) saved both partitions' marks");
-    send(1500, 1800).await;
+    assert!(marked(), "a tail mark pass (every 2 s) saved both partitions' marks");
+    send(5000, 5500).await;
     producer.close().await.unwrap();
     server.kill9();
     server.restart();

@@ -207,8 +207,8 @@ impl Shared {
 /// one. Recovery after a crash scans, per partition, what came after its mark: at most this
 /// growth, or what one interval brought, whichever is more. A pass costs one `syncfs` and a
 /// few small writes per log that grew (docs/on-disk-format.md, "Tail mark").
-const TAIL_MARK_INTERVAL: Duration = Duration::from_secs(5);
-const TAIL_MARK_MIN_GROWTH: u64 = 256 * 1024;
+const TAIL_MARK_INTERVAL: Duration = Duration::from_secs(2);
+const TAIL_MARK_MIN_GROWTH: u64 = 1024 * 1024;
 
 /// Saves the tail marks of every log that grew enough: one `syncfs` for all of them where the
 /// filesystem allows, so a thousand partitions cost one write-back, not three thousand fsyncs.
