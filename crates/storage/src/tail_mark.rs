@@ -10,7 +10,7 @@
 //!
 //! 1. the segment's bytes up to `position` and the index entries of those bytes are written and
 //!    made durable;
-//! 2. only then the mark is written (to `tail.mark.tmp`, renamed over `tail.mark`).
+//! 2. only then the mark is written, over the old one.
 //!
 //! The mark itself is never fsynced: losing it, or finding it torn (the CRC catches that), only
 //! means the next recovery scans the whole segment, as it did before marks existed. A truncation
@@ -22,6 +22,7 @@
 
 use std::fs;
 use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use strata_record::Offset;
@@ -80,10 +81,13 @@ pub(crate) fn write(dir: &Path, mark: &TailMark) -> Result<()> {
     bytes.extend_from_slice(&mark.offset_entries.to_be_bytes());
     bytes.extend_from_slice(&mark.time_entries.to_be_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
-    let tmp = dir.join(format!("{TAIL_MARK_FILE}.tmp"));
-    fs::write(&tmp, &bytes).at(&tmp)?;
+    // Written over the old one in place: 52 bytes within one sector, so a crash leaves the old
+    // mark or the new one (and a torn one fails the CRC, costing only a longer scan). A
+    // temporary file and a rename would add a file creation and a directory update per log
+    // per pass.
     let path = dir.join(TAIL_MARK_FILE);
-    fs::rename(&tmp, &path).at(&path)
+    let file = fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path);
+    file.and_then(|f| f.write_all_at(&bytes, 0)).at(&path)
 }
 
 /// Deletes the mark, durably: from here on no recovery trusts it. The directory is fsynced
