@@ -20,7 +20,7 @@ use crate::index::{
     OFFSET_ENTRY_LEN, ReadOnlyIndex, TIME_ENTRY_LEN, WritableIndex, encode_offset_entry,
     encode_time_entry, offset_entry, offset_index_is_sane, time_entry, time_index_is_sane,
 };
-use crate::mmap::LogMap;
+use crate::mmap::{Access, LogMap};
 use crate::tail_mark::TailMark;
 
 pub(crate) const LOG_SUFFIX: &str = "log";
@@ -279,7 +279,7 @@ impl ActiveSegment {
         let mut segment =
             Self::with_file(dir, base, file, log_path, config, Some((offsets, times)))?;
         // The first batch and the last indexed one must be where the mark says they are.
-        let data = LogMap::new(&segment.writer, file_len as usize, file_len as usize)
+        let data = LogMap::for_recovery(&segment.writer, file_len as usize, Access::Random)
             .at(&segment.core.log_path)?
             .bytes(file_len as usize);
         // The first batch must start the segment, and the headers from the last indexed batch
@@ -321,7 +321,7 @@ impl ActiveSegment {
         file_len: u64,
         mode: ScanMode,
     ) -> Result<ScanOutcome> {
-        let data = LogMap::new(&self.writer, file_len as usize, file_len as usize)
+        let data = LogMap::for_recovery(&self.writer, file_len as usize, Access::Sequential)
             .at(&self.core.log_path)?
             .bytes(file_len as usize);
         let mut stop_reason = None;
@@ -391,7 +391,9 @@ impl ActiveSegment {
         let kept = (offsets.entries().to_vec(), times.entries().to_vec());
         drop((offsets, times));
         let mut segment = Self::with_file(dir, base, file, log_path, config, Some(kept))?;
-        let data = segment.core.data.view(file_len)?;
+        let data = LogMap::for_recovery(&segment.writer, file_len as usize, Access::Random)
+            .at(&segment.core.log_path)?
+            .bytes(file_len as usize);
         while position < file_len {
             match check_batch_at(&data[position as usize..], next, ScanMode::HeadersOnly) {
                 Ok(header) => {
