@@ -69,10 +69,14 @@ impl LogMap {
         }
         // SAFETY: as in `LogMap::new`; recovery drops this map before it cuts the file.
         let map = unsafe { MmapOptions::new().len(len).map(file)? };
-        map.advise(match access {
+        let advice = match access {
             Access::Random => Advice::Random,
             Access::Sequential => Advice::Sequential,
-        })?;
+        };
+        // Only a hint: without it the open is slower, not wrong.
+        if let Err(err) = map.advise(advice) {
+            tracing::debug!(error = %err, "madvise on a recovery map failed");
+        }
         Ok(LogMap { mapped: Bytes::from_owner(map) })
     }
 

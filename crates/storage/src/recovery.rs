@@ -118,12 +118,13 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         fs::remove_file(&marker).at(&marker)?;
     }
     let active_base = recovered.active.core.base;
-    let now = Checkpoint { log_start: recovered.log_start, recovery_point: active_base };
-    // Rewritten only if it changed, or to make the marker's removal durable: a thousand
-    // partitions opened after a crash would otherwise cost two thousand fsyncs for nothing.
-    if clean || checkpoint != Some(now) {
-        checkpoint::write(dir, now)?;
-    }
+    // Always rewritten: its directory fsync also makes durable what recovery created, renamed
+    // or removed (a new segment, rebuilt indexes, the marker). Skipping it when unchanged was
+    // tried: no faster restart at 1,000 partitions.
+    checkpoint::write(
+        dir,
+        Checkpoint { log_start: recovered.log_start, recovery_point: active_base },
+    )?;
     Ok(recovered)
 }
 
