@@ -35,6 +35,28 @@ fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
     }
 }
 
+/// A `syncfs` through `handle`, unless one failed before (`broken`); a failure sets `broken` for
+/// good, logging that from now on `fallback`. True when it made everything written before it
+/// durable.
+pub(crate) fn syncfs_until_it_fails(
+    handle: &File,
+    broken: &AtomicBool,
+    dir: &Path,
+    fallback: &str,
+) -> bool {
+    if broken.load(Ordering::Relaxed) {
+        return false;
+    }
+    match crate::observe::timed_fsync(|| rustix::fs::syncfs(handle)) {
+        Ok(()) => true,
+        Err(err) => {
+            broken.store(true, Ordering::Relaxed);
+            tracing::error!(dir = %dir.display(), error = %err, "syncfs failed; from now on {fallback}");
+            false
+        }
+    }
+}
+
 /// A descriptor on a filesystem for `syncfs`, opened before the logs whose writes it is to
 /// cover, so that no write-back error of theirs can slip past it.
 #[derive(Debug)]
@@ -82,18 +104,8 @@ impl FilesystemSync {
     /// written before the call durable; false when the caller must fsync its files itself
     /// (`syncfs` cannot be trusted here, or it failed, now or before).
     fn sync(&self) -> bool {
-        let Some(handle) = self.handle.as_ref().filter(|_| !self.broken.load(Ordering::Relaxed))
-        else {
-            return false;
-        };
-        match crate::observe::timed_fsync(|| rustix::fs::syncfs(handle)) {
-            Ok(()) => true,
-            Err(err) => {
-                self.broken.store(true, Ordering::Relaxed);
-                tracing::error!(dir = %self.dir.display(), error = %err, "syncfs failed; tail marks fsync each file from now on");
-                false
-            }
-        }
+        let Some(handle) = &self.handle else { return false };
+        syncfs_until_it_fails(handle, &self.broken, &self.dir, "tail marks fsync each file")
     }
 }
 

@@ -41,7 +41,7 @@ use strata_record::Offset;
 
 use crate::Log;
 use crate::error::{IoContext, Result};
-use crate::fs_sync::{KNOWN_FILESYSTEMS, syncfs_reports_errors};
+use crate::fs_sync::{KNOWN_FILESYSTEMS, syncfs_reports_errors, syncfs_until_it_fails};
 use crate::observe::WriteAheadEvent;
 use crate::write_ahead::{WriteAhead, WriteAheadConfig};
 
@@ -436,13 +436,6 @@ impl Shared {
     }
 
     fn syncfs(&self, handle: &File) -> bool {
-        match crate::observe::timed_fsync(|| rustix::fs::syncfs(handle)) {
-            Ok(()) => true,
-            Err(err) => {
-                self.broken.store(true, Ordering::Relaxed);
-                tracing::error!(dir = %self.dir.display(), error = %err, "syncfs failed; from now on each log fsyncs its own file");
-                false
-            }
-        }
+        syncfs_until_it_fails(handle, &self.broken, &self.dir, "each log fsyncs its own file")
     }
 }
