@@ -980,20 +980,23 @@ impl Log {
         if self.config().durability == Durability::Never {
             return Ok(None);
         }
-        let mut state = self.write_state();
-        let active = &state.active;
+        // Most logs of a pass did not grow enough: decided under the read lock, so appends
+        // wait for the write lock only where a mark is drafted. A truncation between the two
+        // bumps the generation, and the commit then writes nothing.
         let (generation, grown) = {
+            let state = self.read_state();
             let marks = self.tail_mark_guard();
             let from = match marks.saved {
-                Some(saved) if saved.segment == active.core.base => saved.position,
+                Some(saved) if saved.segment == state.active.core.base => saved.position,
                 _ => 0,
             };
-            (marks.generation, active.core.size.saturating_sub(from))
+            (marks.generation, state.active.core.size.saturating_sub(from))
         };
         if grown < min_growth.max(1) || !self.still_home() {
             return Ok(None);
         }
-        let segment = (active.sync_handle(), active.core.log_path.clone());
+        let mut state = self.write_state();
+        let segment = (state.active.sync_handle(), state.active.core.log_path.clone());
         let (mark, indexes) = state.active.draft_tail_mark()?;
         Ok(Some(TailMarkDraft { log: self, generation, mark, segment, indexes }))
     }

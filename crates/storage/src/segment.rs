@@ -278,10 +278,7 @@ impl ActiveSegment {
         };
         let mut segment =
             Self::with_file(dir, base, file, log_path, config, Some((offsets, times)))?;
-        // The first batch and the last indexed one must be where the mark says they are.
-        let data = LogMap::for_recovery(&segment.writer, file_len as usize, Access::Random)
-            .at(&segment.core.log_path)?
-            .bytes(file_len as usize);
+        let data = segment.recovery_view(file_len, Access::Random)?;
         // The first batch must start the segment, and the headers from the last indexed batch
         // (at most an index interval) must land exactly on the mark's position and offset.
         let (rel, position) = last_entry.unwrap_or((0, 0));
@@ -313,6 +310,13 @@ impl ActiveSegment {
         Ok(Some((segment, outcome)))
     }
 
+    /// The file's first `file_len` bytes through a map of recovery's own, advised for `access`,
+    /// never the segment's shared one: it must be dropped before any truncation (mmap.rs).
+    fn recovery_view(&self, file_len: u64, access: Access) -> Result<Bytes> {
+        let map = LogMap::for_recovery(&self.writer, file_len as usize, access);
+        Ok(map.at(&self.core.log_path)?.bytes(file_len as usize))
+    }
+
     /// Walks the batches from `position` (where `self.core` ends) to `file_len`, indexing
     /// them; with [`ScanMode::VerifyAndTruncate`] it cuts the file at the first that fails.
     fn scan_from(
@@ -321,9 +325,7 @@ impl ActiveSegment {
         file_len: u64,
         mode: ScanMode,
     ) -> Result<ScanOutcome> {
-        let data = LogMap::for_recovery(&self.writer, file_len as usize, Access::Sequential)
-            .at(&self.core.log_path)?
-            .bytes(file_len as usize);
+        let data = self.recovery_view(file_len, Access::Sequential)?;
         let mut stop_reason = None;
         while position < file_len {
             let rest = &data[position as usize..];
@@ -391,9 +393,7 @@ impl ActiveSegment {
         let kept = (offsets.entries().to_vec(), times.entries().to_vec());
         drop((offsets, times));
         let mut segment = Self::with_file(dir, base, file, log_path, config, Some(kept))?;
-        let data = LogMap::for_recovery(&segment.writer, file_len as usize, Access::Random)
-            .at(&segment.core.log_path)?
-            .bytes(file_len as usize);
+        let data = segment.recovery_view(file_len, Access::Random)?;
         while position < file_len {
             match check_batch_at(&data[position as usize..], next, ScanMode::HeadersOnly) {
                 Ok(header) => {
