@@ -383,6 +383,7 @@ impl Cluster {
             if let Some(replica) = p.replica() {
                 replica.shutdown().await;
             }
+            p.log().retire();
             let dir = self.topics.root().join(topic.name.as_str());
             let base = replica_dir_name(p.id() as usize, group.unwrap_or_default());
             self.topics.discard(&dir.join(format!("{base}.raft")));
@@ -416,6 +417,8 @@ impl Cluster {
             if let Some(replica) = partition.replica() {
                 replica.shutdown().await;
             }
+            // As in `Topics::delete`: nothing more is written at the path given up.
+            partition.log().retire();
         }
         tracing::info!(topic = name, "topic replicas stopped");
         drop(topic);

@@ -93,6 +93,8 @@ impl BrokerError {
                 StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
                 StorageError::Corrupt { .. } => Code::DataLoss,
                 StorageError::Failed { .. } => Code::Unavailable,
+                // Its topic was deleted while the request was in flight.
+                StorageError::Retired { .. } => Code::NotFound,
                 _ => Code::Internal,
             },
         }

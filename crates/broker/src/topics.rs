@@ -350,8 +350,13 @@ impl Topics {
     /// half a topic under its name).
     pub fn delete(&self, name: &str) -> Result<()> {
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        if topics.remove(name).is_none() {
+        let Some(topic) = topics.remove(name) else {
             return Err(BrokerError::UnknownTopic(name.to_owned()));
+        };
+        // Requests in flight may still hold the partitions: their logs must not write at the
+        // old paths once a new topic can take the name.
+        for partition in &topic.partitions {
+            partition.log().retire();
         }
         let target = self.trash.join(format!("{name}-{}", Timestamp::now().0));
         fs::rename(self.root.join(name), &target)

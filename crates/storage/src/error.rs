@@ -28,6 +28,8 @@ pub enum StorageError {
     Corrupt { path: PathBuf, position: u64, reason: String },
     #[error("log {dir} refuses writes after an I/O failure: {reason}")]
     Failed { dir: PathBuf, reason: String },
+    #[error("log {dir} was deleted")]
+    Retired { dir: PathBuf },
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
 }

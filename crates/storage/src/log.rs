@@ -59,6 +59,9 @@ pub struct Log {
     durable_end: AtomicU64,
     /// Set once, by the first failed write or fsync; from then on writes are refused.
     failure: OnceLock<String>,
+    /// Set by [`Log::retire`]: the log's directory is being moved away, and nothing may be
+    /// written at its path any more.
+    retired: AtomicBool,
     /// The node-wide group commit this log's fsyncs go through, if it joined one.
     sync_group: OnceLock<Arc<SyncGroup>>,
     /// Whether the configuration in force fsyncs every append: read on every append through
@@ -256,6 +259,7 @@ impl Log {
             sync: Mutex::new(Instant::now()),
             durable_end: AtomicU64::new(end.0),
             failure: OnceLock::new(),
+            retired: AtomicBool::new(false),
             sync_group: OnceLock::new(),
             every_append: AtomicBool::new(every_append),
             id,
@@ -435,6 +439,9 @@ impl Log {
     }
 
     fn ensure_writable(&self) -> Result<()> {
+        if self.retired.load(Ordering::Acquire) {
+            return Err(StorageError::Retired { dir: self.dir.clone() });
+        }
         match self.failure.get() {
             Some(reason) => {
                 Err(StorageError::Failed { dir: self.dir.clone(), reason: reason.clone() })
@@ -652,6 +659,8 @@ impl Log {
 
     /// Seals the active segment (fsyncing it) and starts a new one at the end offset.
     fn roll(&self, state: &mut State) -> Result<()> {
+        // Under the write lock, which `retire` takes: no new file at a path given up.
+        self.ensure_writable()?;
         // The fsync comes first and leaves the log as it was if it fails.
         state.active.prepare_seal().map_err(|e| self.fail(e))?;
         let next = state.end();
@@ -763,9 +772,9 @@ impl Log {
     /// (Raft truncates conflicting entries this way). The segment that holds `offset` is
     /// rewritten to its kept prefix under a new inode, so batches already handed out stay valid.
     pub fn truncate_from(&self, offset: Offset) -> Result<()> {
-        self.ensure_writable()?;
         let _sync = self.sync_guard();
         let mut state = self.write_state();
+        self.ensure_writable()?; // under the locks `retire` takes
         if offset == state.end() {
             return Ok(());
         }
@@ -829,9 +838,9 @@ impl Log {
     /// hold only older offsets are deleted. Past the end offset, the log is emptied and
     /// restarts at `offset` (see [`Log::restart_at`]).
     pub fn delete_before(&self, offset: Offset) -> Result<()> {
-        self.ensure_writable()?;
         let _sync = self.sync_guard();
         let mut state = self.write_state();
+        self.ensure_writable()?; // under the locks `retire` takes
         if offset <= state.log_start {
             return Ok(());
         }
@@ -849,9 +858,9 @@ impl Log {
     /// (Kafka's `truncateFullyAndStartAt`). Files are deleted, never shrunk or overwritten, so
     /// batches already handed out stay valid.
     pub fn restart_at(&self, offset: Offset) -> Result<()> {
-        self.ensure_writable()?;
         let _sync = self.sync_guard();
         let mut state = self.write_state();
+        self.ensure_writable()?; // under the locks `retire` takes
         self.restart_locked(&mut state, offset)
     }
 
@@ -892,6 +901,9 @@ impl Log {
 
     /// Deletes the `count` oldest sealed segments, moving the log start past them.
     fn drop_oldest(&self, state: &mut State, count: usize) -> Result<RetentionOutcome> {
+        // Under the write lock, which `retire` takes: the files of the same names at a path
+        // given up may be another log's.
+        self.ensure_writable()?;
         let removed: Vec<SealedSegment> = state.sealed.drain(..count).collect();
         if let Some(first) = state.segments().first() {
             state.log_start = state.log_start.max(first.core.base);
@@ -996,6 +1008,7 @@ impl Log {
             return Ok(None);
         }
         let mut state = self.write_state();
+        self.ensure_writable()?; // the index files are written by path
         let segment = (state.active.sync_handle(), state.active.core.log_path.clone());
         let (mark, indexes) = state.active.draft_tail_mark()?;
         Ok(Some(TailMarkDraft { log: self, generation, mark, segment, indexes }))
@@ -1014,7 +1027,19 @@ impl Log {
     }
 
     fn is_writable(&self) -> bool {
-        self.failure.get().is_none()
+        self.failure.get().is_none() && !self.retired.load(Ordering::Acquire)
+    }
+
+    /// Refuses every later write, before the caller moves the log's directory away (its
+    /// topic was deleted): a new topic of the same name may make a directory at the same path,
+    /// and this log, still referenced by requests in flight, must not create, rewrite or
+    /// delete a file there. Waits for writes in progress; reads go on being served.
+    pub fn retire(&self) {
+        let _sync = self.sync_guard();
+        let _state = self.write_state();
+        // Also under the tail-mark guard, under which a mark's commit checks and writes.
+        let _marks = self.tail_mark_guard();
+        self.retired.store(true, Ordering::Release);
     }
 
     /// Before bytes of a segment are rewritten or deleted: no mark may vouch for them again.
