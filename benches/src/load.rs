@@ -72,9 +72,10 @@ pub(crate) struct ProduceArgs {
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Records unacknowledged per producer at once; the producer waits for any one to be
-    /// acknowledged before it sends more.
-    #[arg(long, default_value_t = 20_000)]
-    window: usize,
+    /// acknowledged before it sends more. Default: 20,000, or 100 per partition if that is
+    /// more (see `default_window`).
+    #[arg(long)]
+    window: Option<usize>,
     /// Produce requests per partition in flight at once (pipelining; 1: one at a time).
     #[arg(long, default_value_t = 5)]
     max_in_flight: usize,
@@ -173,6 +174,16 @@ impl Summary {
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// Records a producer may have unacknowledged when `--window` is not given: Kafka's
+/// `buffer.memory` (32 MiB, ~20,000 records of 1 KiB here), grown to 100 records per partition,
+/// as Kafka's guidance has it ("a few tens of KB per partition", and more memory when the
+/// partitions grow a lot). What a partition's batches can hold is the window shared among the
+/// partitions: at 1,000 partitions 20,000 records made ~5 KiB batches, and the per-batch work
+/// of client and node bounded the run (`docs/benchmarks.md`, session 14).
+fn default_window(partitions: u32) -> usize {
+    20_000.max(100 * partitions as usize)
 }
 
 async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
@@ -383,8 +394,9 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight,
         ..ProducerConfig::default()
     };
+    let window = args.window.unwrap_or_else(|| default_window(common.partitions));
     line(format!(
-        "produce: {} records of {} bytes to {} ({} partitions), {} producers, acks={:?}, {} in flight per partition, rate={}, keys={}",
+        "produce: {} records of {} bytes to {} ({} partitions), {} producers, acks={:?}, {} in flight per partition, window={window} per producer, rate={}, keys={}",
         common.records,
         common.record_size,
         common.topic,
@@ -410,7 +422,7 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
                 payload: payload.clone(),
                 count: share,
                 rate,
-                window: args.window,
+                window,
                 stamp: false,
                 keys: args.keys,
             },
@@ -426,7 +438,7 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
         elapsed: started.elapsed(),
         latency_us: Some(latency),
     };
-    summary.print("sent", common.format, json!({"acks": format!("{:?}", args.acks).to_lowercase(), "producers": args.producers, "max_in_flight": args.max_in_flight, "partitions": common.partitions, "record_size": common.record_size, "keys": args.keys}));
+    summary.print("sent", common.format, json!({"acks": format!("{:?}", args.acks).to_lowercase(), "producers": args.producers, "max_in_flight": args.max_in_flight, "window": window, "partitions": common.partitions, "record_size": common.record_size, "keys": args.keys}));
     drop(cluster);
     Ok(())
 }

@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Record batches stay `bytes::Bytes` end to end: no copy into a Vec on decode.
         .bytes(".strata.v1")
+        // Sizes each message's buffer before encoding it (see `src/codec.rs`).
+        .codec_path("crate::codec::PresizedCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

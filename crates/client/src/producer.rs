@@ -286,9 +286,11 @@ struct PartitionQueue {
     next_sequence: i32,
     /// Answers the batches sent, in the order they were sent.
     answers: Answers,
-    /// Bytes of the last batch sent. The next batch gets room for as much at once: a partition
-    /// streaming full batches then never regrows its buffer (each doubling copied all the
-    /// records so far, a second copy of every byte with 1 MiB batches).
+    /// Bytes of the last batch sent. The next batch gets room for twice as much at once (up to
+    /// `batch_bytes`): a partition streaming full batches then never regrows its buffer (each
+    /// doubling copied all the records so far, a second copy of every byte with 1 MiB
+    /// batches), nor does one whose batches vary in size, as at 1,000 partitions, where growth
+    /// was 7 % of the producer's CPU (`perf`, session 14).
     last_batch_bytes: usize,
 }
 
@@ -522,7 +524,7 @@ impl Accumulator {
         });
         if !fits {
             queue.batches.push_back(Batch {
-                builder: BatchBuilder::with_capacity(queue.last_batch_bytes.min(limit)),
+                builder: BatchBuilder::with_capacity((2 * queue.last_batch_bytes).min(limit)),
                 waiters: Vec::new(),
                 deadline: now + linger,
             });

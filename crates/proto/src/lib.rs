@@ -19,6 +19,8 @@ mod generated {
     }
 }
 
+pub mod codec;
+
 pub use generated::*;
 
 /// Default port of a Strata server (Kafka's 9092, plus one thousand).
