@@ -176,12 +176,13 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-/// Records a producer may have unacknowledged when `--window` is not given: Kafka's
-/// `buffer.memory` (32 MiB, ~20,000 records of 1 KiB here), grown to 100 records per partition,
-/// as Kafka's guidance has it ("a few tens of KB per partition", and more memory when the
-/// partitions grow a lot). What a partition's batches can hold is the window shared among the
-/// partitions: at 1,000 partitions 20,000 records made ~5 KiB batches, and the per-batch work
-/// of client and node bounded the run (`docs/benchmarks.md`, session 14).
+/// Records a producer may have unacknowledged when `--window` is not given: 20,000 (about
+/// 20 MB of 1 KiB records, below Kafka's 32 MiB `buffer.memory`), grown to 100 records per
+/// partition of `--partitions` (~100 KB each). Kafka's guidance is to give the producer "at
+/// least a few tens of KB per partition" and more memory when the partitions grow a lot: what
+/// a partition's batches can hold is the window shared among the partitions, and at 1,000
+/// partitions 20,000 records made ~5 KiB batches whose per-batch work, in client and node,
+/// bounded the run (`docs/benchmarks.md`, session 14).
 fn default_window(partitions: u32) -> usize {
     20_000.max(100 * partitions as usize)
 }

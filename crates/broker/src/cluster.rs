@@ -383,7 +383,7 @@ impl Cluster {
             if let Some(replica) = p.replica() {
                 replica.shutdown().await;
             }
-            p.log().retire();
+            retire(&p).await;
             let dir = self.topics.root().join(topic.name.as_str());
             let base = replica_dir_name(p.id() as usize, group.unwrap_or_default());
             self.topics.discard(&dir.join(format!("{base}.raft")));
@@ -418,7 +418,7 @@ impl Cluster {
                 replica.shutdown().await;
             }
             // As in `Topics::delete`: nothing more is written at the path given up.
-            partition.log().retire();
+            retire(partition).await;
         }
         tracing::info!(topic = name, "topic replicas stopped");
         drop(topic);
@@ -648,4 +648,11 @@ pub async fn probe(address: &str) -> bool {
         Some(())
     };
     matches!(tokio::time::timeout(Duration::from_millis(500), check).await, Ok(Some(())))
+}
+
+/// [`strata_storage::Log::retire`] off the async runtime: it waits for an fsync or a roll in
+/// progress (a replica's flush may outlive its shutdown).
+async fn retire(partition: &Arc<Partition>) {
+    let partition = partition.clone();
+    let _ = tokio::task::spawn_blocking(move || partition.log().retire()).await;
 }

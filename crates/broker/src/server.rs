@@ -11,7 +11,7 @@ use strata_proto::admin_server::AdminServer;
 use strata_proto::broker_server::BrokerServer;
 use strata_proto::{BrokerInfo, MetadataResponse, PartitionMetadata, TopicMetadata};
 use strata_record::Timestamp;
-use strata_storage::{Durability, FilesystemSync};
+use strata_storage::{Durability, FilesystemSync, StorageError};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -223,7 +223,7 @@ fn save_tail_marks(topics: &Topics, marks_sync: &FilesystemSync) {
                     named.push((&topic.name, partition.id()));
                     drafts.push(draft);
                 }
-                Ok(None) => {}
+                Ok(None) | Err(StorageError::Retired { .. }) => {} // its topic was just deleted
                 Err(err) => {
                     tracing::warn!(topic = %topic.name, partition = partition.id(), error = %err, "saving the tail mark failed");
                 }
@@ -267,14 +267,20 @@ async fn maintenance(shared: Arc<Shared>) {
             for topic in topics.all() {
                 for partition in &topic.partitions {
                     let log = partition.log();
-                    if let Err(err) = log.flush_if_due() {
+                    // A pass that began before its topic was deleted finds the log retired.
+                    let deleted = |err: &StorageError| matches!(err, StorageError::Retired { .. });
+                    if let Err(err) = log.flush_if_due()
+                        && !deleted(&err)
+                    {
                         tracing::error!(topic = %topic.name, partition = partition.id(), error = %err, "interval fsync failed");
                     }
                     // A replicated log deletes through its Raft group, below.
                     if partition.replica().is_some() {
                         continue;
                     }
-                    if let Err(err) = log.apply_retention(now, partition.high_watermark()) {
+                    if let Err(err) = log.apply_retention(now, partition.high_watermark())
+                        && !deleted(&err)
+                    {
                         tracing::error!(topic = %topic.name, partition = partition.id(), error = %err, "retention failed");
                     }
                 }

@@ -349,10 +349,18 @@ impl Topics {
     /// Forgets a topic and deletes its data (moved to the trash first, so a crash never leaves
     /// half a topic under its name).
     pub fn delete(&self, name: &str) -> Result<()> {
-        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        let Some(topic) = topics.remove(name) else {
-            return Err(BrokerError::UnknownTopic(name.to_owned()));
+        // The name stays reserved (no topic of that name can be created) until the directory
+        // is in the trash; the topics lock is not held meanwhile, so requests for other topics
+        // do not wait for the logs to retire.
+        let topic = {
+            let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+            let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+            if !topics.contains_key(name) || !creating.insert(name.to_owned()) {
+                return Err(BrokerError::UnknownTopic(name.to_owned()));
+            }
+            topics.remove(name).expect("the topic was just seen")
         };
+        let _reservation = Reservation { creating: &self.creating, name };
         // Requests in flight may still hold the partitions: their logs must not write at the
         // old paths once a new topic can take the name.
         for partition in &topic.partitions {
@@ -361,7 +369,6 @@ impl Topics {
         let target = self.trash.join(format!("{name}-{}", Timestamp::now().0));
         fs::rename(self.root.join(name), &target)
             .map_err(BrokerError::io(format!("deleting topic {name}")))?;
-        drop(topics);
         let _ = fs::File::open(&self.root).and_then(|d| d.sync_all());
         std::thread::spawn(move || {
             if let Err(err) = fs::remove_dir_all(&target) {

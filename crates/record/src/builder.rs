@@ -207,6 +207,12 @@ impl BatchBuilder {
         let base = i64::try_from(base_offset.0).expect("offset fits in i64");
         set_base_offset(b, base);
         seal_crc(b);
+        // A builder may have been given room for more than it got (or kept the room of the
+        // records it compressed): a batch waiting for its answer holds only its own bytes.
+        // Shrinking to at least half is done in place by the allocators we use.
+        if self.buf.capacity() > self.buf.len() + self.buf.len() / 8 {
+            self.buf.shrink_to_fit();
+        }
         Bytes::from(self.buf)
     }
 }

@@ -622,6 +622,9 @@ impl Log {
         header: strata_record::BatchHeader,
         keep_offset: bool,
     ) -> Result<AppendInfo> {
+        // Again under the write lock, which `retire` takes: an append that passed the first
+        // check and then waited behind `retire` must not be acknowledged.
+        self.ensure_writable()?;
         let info = {
             let end = state.end();
             let base = if keep_offset { header.base_offset() } else { end };

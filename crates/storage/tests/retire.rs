@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::{batch, with_durability};
 use strata_record::{Offset, Timestamp};
-use strata_storage::{Durability, Log, LogConfig, StorageError};
+use strata_storage::{Durability, FilesystemSync, Log, LogConfig, StorageError};
 
 /// Every file under `dir` with its contents.
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -61,4 +61,32 @@ fn a_retired_log_never_touches_the_log_that_takes_its_path() {
     new.close().unwrap();
     let reopened = Log::open(&path, with_durability(Durability::EveryAppend)).unwrap();
     assert_eq!(reopened.end_offset(), Offset(1));
+}
+
+#[test]
+fn a_tail_mark_drafted_before_the_log_retired_is_never_written() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("t-0");
+    let config = with_durability(Durability::EveryAppend);
+    let filesystem = FilesystemSync::open(root.path()).unwrap();
+    let old = Log::open(&path, config.clone()).unwrap();
+    old.append(&batch(2, 900, 0)).unwrap();
+    // Drafted by a tail-mark pass, one for each way of committing, before the topic's deletion
+    // retires the log and moves its directory away.
+    let by_fsync = old.draft_tail_mark(1).unwrap().expect("the segment grew");
+    let by_syncfs = old.draft_tail_mark(1).unwrap().expect("the segment grew");
+    old.retire();
+    fs::rename(&path, root.path().join("trash")).unwrap();
+    let new = Log::open(&path, config).unwrap();
+    new.append(&batch(1, 10, 0)).unwrap();
+    let before = files(&path);
+
+    assert!(is_retired(by_fsync.commit()));
+    let committed = filesystem.commit_tail_marks(vec![by_syncfs]);
+    assert!(
+        matches!(committed[..], [Ok(false)] | [Err(StorageError::Retired { .. })]),
+        "{committed:?}"
+    );
+    assert_eq!(files(&path), before, "no tail mark or index entry in the new log's directory");
+    assert!(!root.path().join("trash").join("tail.mark").exists());
 }
