@@ -290,8 +290,8 @@ struct PartitionQueue {
     /// `batch_bytes`): a partition streaming full batches then never regrows its buffer (each
     /// doubling copied all the records so far, a second copy of every byte with 1 MiB
     /// batches), nor does one whose batches vary in size, as at 1,000 partitions, where growth
-    /// was 7.5 % of the producer's samples (`perf`, session 14). `BatchBuilder::build` gives
-    /// the room a batch did not use back.
+    /// was 7.5 % of the producer's samples (`perf`, session 14). A batch that used much less
+    /// (compressed) gives the room back when it is built.
     last_batch_bytes: usize,
 }
 

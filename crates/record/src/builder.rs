@@ -207,9 +207,10 @@ impl BatchBuilder {
         let base = i64::try_from(base_offset.0).expect("offset fits in i64");
         set_base_offset(b, base);
         seal_crc(b);
-        // A builder may have been given room for more than it got (or kept the room of the
-        // records it compressed): a batch waiting for its answer holds only its own bytes.
-        // Shrinking to at least half is done in place by the allocators we use.
+        // A builder may have been given room for more than it got, or kept the room of the
+        // records it compressed: a batch waiting for its answer should not hold that. (An
+        // allocator may keep a block shrunk by less than half as it is; one shrunk by more,
+        // as a compressed batch's, moves to a smaller block.)
         if self.buf.capacity() > self.buf.len() + self.buf.len() / 8 {
             self.buf.shrink_to_fit();
         }
