@@ -336,7 +336,16 @@ impl Topics {
         let config = meta.config.with_changes(changes)?;
         let mut next = meta.clone();
         next.config = config;
-        write_meta(&self.root.join(name), &next)?;
+        {
+            // Written only while this topic is still the one of its name: a delete (which
+            // removes it under the write lock) and a create of the same name must not find its
+            // metadata written into the new directory.
+            let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+            if !topics.get(name).is_some_and(|t| Arc::ptr_eq(t, &topic)) {
+                return Err(BrokerError::UnknownTopic(name.to_owned()));
+            }
+            write_meta(&self.root.join(name), &next)?;
+        }
         for partition in &topic.partitions {
             partition.log().set_config(next.config.log_config(self.durability))?;
         }
