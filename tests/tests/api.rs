@@ -870,3 +870,107 @@ async fn callbacks_report_where_each_record_landed() {
     assert_eq!(answered.len(), 300);
     assert!(missing_answered, "the failing record's callback never ran");
 }
+
+/// Sends `message`, whatever it holds, as a ProduceMany call's message: what a client with
+/// another protobuf library, or a broken one, could send.
+async fn produce_many_raw(
+    server: &Server,
+    message: Vec<u8>,
+) -> Result<strata_client::proto::ProduceManyResponse, tonic::Status> {
+    use prost::Message;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    /// Sends its bytes as they are; answers the message's bytes.
+    struct Raw;
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Bytes;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(buf, &item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = Bytes;
+        type Error = tonic::Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+            let len = bytes::Buf::remaining(buf);
+            Ok(Some(bytes::Buf::copy_to_bytes(buf, len)))
+        }
+    }
+
+    let channel = tonic::transport::Endpoint::new(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/strata.v1.Broker/ProduceMany");
+    let answer = grpc.unary(tonic::Request::new(message), path, Raw).await?;
+    Ok(strata_client::proto::ProduceManyResponse::decode(answer.into_inner()).unwrap())
+}
+
+/// The broker decodes ProduceMany from the request's frames itself (no copy into tonic's
+/// buffer): the answers and errors are tonic's, and a refused request stores nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn produce_many_decoded_from_frames_answers_as_tonic_would() {
+    use prost::Message;
+
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "frames", 1).await;
+    let mut builder = BatchBuilder::new();
+    builder.push(Timestamp(1), None, Some(b"through the frames"), &[]);
+    let request = ProduceManyRequest {
+        acks: 0,
+        partitions: vec![PartitionBatches {
+            topic: "frames".into(),
+            partition: 0,
+            batches: vec![builder.build(Offset(0))],
+        }],
+    };
+
+    let garbage = produce_many_raw(&server, vec![0xff; 16]).await.unwrap_err();
+    assert_eq!(garbage.code(), Code::Internal, "{garbage:?}");
+    let empty = produce_many_raw(&server, Vec::new()).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument, "an empty message is an empty request");
+    // Refused from the length prefix: the server's limit is 64 MiB.
+    let huge = produce_many_raw(&server, vec![0; 64 * 1024 * 1024 + 1]).await.unwrap_err();
+    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
+
+    let answer = produce_many_raw(&server, request.encode_to_vec()).await.unwrap();
+    assert_eq!(answer.partitions.len(), 1);
+    assert_eq!(Code::from(answer.partitions[0].code), Code::Ok, "{answer:?}");
+    assert_eq!(
+        answer.partitions[0].batches[0].base_offset, 0,
+        "the refused requests stored nothing"
+    );
+    let fetched = raw(&server)
+        .await
+        .fetch(FetchRequest {
+            topic: "frames".into(),
+            partition: 0,
+            offset: 0,
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.high_watermark, 1);
+}

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::admin_server::AdminServer;
-use strata_proto::broker_server::BrokerServer;
 use strata_proto::{BrokerInfo, MetadataResponse, PartitionMetadata, TopicMetadata};
 use strata_record::Timestamp;
 use strata_storage::{Durability, FilesystemSync, StorageError};
@@ -24,7 +23,7 @@ use crate::groups::{Groups, OffsetStore};
 use crate::metrics::Metrics;
 use crate::offsets::OffsetSource;
 use crate::partition::Partition;
-use crate::service::{AdminService, BrokerService};
+use crate::service::{AdminService, BrokerService, ProduceFrames};
 use crate::topics::{Topic, Topics};
 
 /// How a broker runs. `strata server` fills it from flags, environment and defaults.
@@ -368,9 +367,7 @@ pub async fn run(
         shared.tasks.spawn(crate::metrics::serve(listener, metrics.clone(), shutdown.clone()));
     }
 
-    let broker = BrokerServer::new(BrokerService::new(shared.clone()))
-        .max_decoding_message_size(max_request)
-        .max_encoding_message_size(usize::MAX);
+    let broker = ProduceFrames::new(BrokerService::new(shared.clone()), max_request);
     let admin =
         AdminServer::new(AdminService::new(shared.clone())).max_decoding_message_size(1024 * 1024);
     tracing::info!(

@@ -2,9 +2,11 @@
 
 mod admin;
 mod broker;
+mod produce_frames;
 
 pub use admin::AdminService;
 pub use broker::BrokerService;
+pub(crate) use produce_frames::ProduceFrames;
 
 use std::future::Future;
 use std::time::Instant;
