@@ -1,15 +1,17 @@
 //! `ProduceMany` decoded straight from the request's HTTP/2 frames.
 //!
-//! tonic copies every DATA frame of a request into a buffer of its own before decoding it.
-//! For a produce request that is a copy of every byte produced: all of the `memmove` left in a
-//! node producing 1 MiB batches, 14 % of its samples (`perf`, session 14). h2 hands over each
-//! frame as `Bytes` cut from its read buffer, and prost decodes the batches (`bytes::Bytes`
-//! fields) as slices of what it decodes from, so here a request that arrived in one frame, the
-//! usual case (a server takes frames of up to `SERVER_MAX_FRAME_BYTES`), is never copied
-//! between the socket and the log; one in several frames is joined once.
+//! tonic copies every DATA frame of a request into a buffer of its own before decoding it:
+//! for a produce request, a copy of every byte produced. h2 hands over each frame as `Bytes`
+//! cut from its read buffer, and prost decodes the batches (`bytes::Bytes` fields) as slices
+//! of what it decodes from, so here a request whose message arrived in one DATA frame, the
+//! usual case (a server takes frames of up to `SERVER_MAX_FRAME_BYTES`; tonic's client sends
+//! the message, then an empty frame that ends the stream), reaches the log without a copy
+//! after the socket's. A message in several frames is gathered once.
 //!
-//! Everything else, and a `ProduceMany` whose message is compressed (`grpc-encoding`), goes
-//! to tonic as before. The errors are tonic's: the same codes for the same faults.
+//! Every other call goes to tonic as before, and so does a `ProduceMany` whose message is
+//! compressed (`grpc-encoding`), which tonic refuses: the server enables no compression.
+//! Errors carry tonic's codes and messages, except that a second message in the body (tonic
+//! reads and ignores it) is refused with `INTERNAL`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -100,46 +102,87 @@ async fn produce_many(
 }
 
 /// The one message of a unary request's body, without its prefix. Its length is checked
-/// against `max_request` from the prefix, before the rest of the body is read.
+/// against `max_request` from the prefix, before the rest of the body is read. A message that
+/// arrived in one DATA frame is returned as that frame's bytes; one in several is gathered
+/// into a buffer of its declared length (so a client sending tiny frames costs no more memory
+/// than the message).
 async fn read_message(mut body: Body, max_request: usize) -> Result<Bytes, Status> {
-    let mut frames: Vec<Bytes> = Vec::new();
+    // The frames before the prefix is complete (at most five), then the message.
+    let mut head: Vec<Bytes> = Vec::new();
+    let mut message = Received::Unknown;
     let mut received = 0usize;
-    let mut expected = None;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue }; // a client's trailers say nothing
-        received += data.len();
-        frames.push(data);
-        if expected.is_none() && received >= PREFIX_BYTES {
-            let length = message_length(&prefix(&frames))?;
-            if length > max_request {
-                return Err(Status::out_of_range(format!(
-                    "Error, decoded message length too large: found {length} bytes, the limit is: {max_request} bytes"
-                )));
-            }
-            expected = Some(PREFIX_BYTES + length);
+        // A client's trailers say nothing; tonic's client ends every body with an empty
+        // frame.
+        let Ok(data) = frame?.into_data() else { continue };
+        if data.is_empty() {
+            continue;
         }
-        if expected.is_some_and(|expected| received > expected) {
+        received += data.len();
+        message = match message {
+            Received::Unknown => {
+                head.push(data);
+                if received < PREFIX_BYTES {
+                    continue;
+                }
+                let length = message_length(&prefix(&head))?;
+                if length > max_request {
+                    return Err(Status::out_of_range(format!(
+                        "Error, decoded message length too large: found {length} bytes, the limit is: {max_request} bytes"
+                    )));
+                }
+                let expected = PREFIX_BYTES + length;
+                if received > expected {
+                    Received::TooLong
+                } else if head.len() == 1 && received == expected {
+                    Received::Whole(head.pop().expect("one frame"))
+                } else {
+                    let mut gathered = BytesMut::with_capacity(expected);
+                    for frame in head.drain(..) {
+                        gathered.put(frame);
+                    }
+                    Received::Gathering { gathered, expected }
+                }
+            }
+            Received::Whole(_) => Received::TooLong,
+            Received::Gathering { mut gathered, expected } => {
+                if received > expected {
+                    Received::TooLong
+                } else {
+                    gathered.put(data);
+                    Received::Gathering { gathered, expected }
+                }
+            }
+            Received::TooLong => Received::TooLong,
+        };
+        if matches!(message, Received::TooLong) {
             return Err(Status::internal("a unary request carries exactly one message"));
         }
     }
-    match expected {
-        None if received == 0 => Err(Status::internal("Missing request message.")),
-        Some(expected) if received == expected => {
-            let mut body = match frames.len() {
-                1 => frames.pop().expect("one frame"),
-                _ => {
-                    let mut joined = BytesMut::with_capacity(received);
-                    for frame in frames {
-                        joined.put(frame);
-                    }
-                    joined.freeze()
-                }
-            };
-            body.advance(PREFIX_BYTES);
-            Ok(body)
+    let mut body = match message {
+        Received::Unknown if received == 0 => {
+            return Err(Status::internal("Missing request message."));
         }
-        _ => Err(Status::internal("Unexpected EOF decoding stream.")),
-    }
+        Received::Whole(frame) => frame,
+        Received::Gathering { gathered, expected } if gathered.len() == expected => {
+            gathered.freeze()
+        }
+        _ => return Err(Status::internal("Unexpected EOF decoding stream.")),
+    };
+    body.advance(PREFIX_BYTES);
+    Ok(body)
+}
+
+/// What a request's body has shown of its message so far.
+enum Received {
+    /// Fewer than [`PREFIX_BYTES`] bytes.
+    Unknown,
+    /// All of it, in one frame.
+    Whole(Bytes),
+    /// Part of it, copied into a buffer of its declared length (`expected`, prefix included).
+    Gathering { gathered: BytesMut, expected: usize },
+    /// More bytes than the message.
+    TooLong,
 }
 
 /// The first [`PREFIX_BYTES`] of the body, which may span frames.
@@ -174,10 +217,13 @@ fn message_length(prefix: &[u8; PREFIX_BYTES]) -> Result<usize, Status> {
 /// A unary call's successful answer: the prefixed message, then `grpc-status: 0`.
 fn grpc_response(message: &impl Message) -> http::Response<Body> {
     let length = message.encoded_len();
+    let Ok(prefix_length) = u32::try_from(length) else {
+        return Status::resource_exhausted("the answer exceeds 4 GiB").into_http();
+    };
     let mut buf = BytesMut::with_capacity(PREFIX_BYTES + length);
     buf.put_u8(0);
-    buf.put_u32(u32::try_from(length).expect("an answer under 4 GiB"));
-    message.encode(&mut buf).expect("the buffer holds the message");
+    buf.put_u32(prefix_length);
+    message.encode_raw(&mut buf);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     let frames = futures::stream::iter([
@@ -189,4 +235,78 @@ fn grpc_response(message: &impl Message) -> http::Response<Body> {
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tonic::Code;
+
+    use super::*;
+
+    const MAX: usize = 1024;
+
+    fn body(frames: Vec<http_body::Frame<Bytes>>) -> Body {
+        Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames.into_iter().map(Ok::<_, Status>),
+        )))
+    }
+
+    fn data(bytes: &[u8]) -> http_body::Frame<Bytes> {
+        http_body::Frame::data(Bytes::copy_from_slice(bytes))
+    }
+
+    fn prefixed(message: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(message);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_message_in_one_frame_is_not_copied() {
+        let frame = Bytes::from(prefixed(b"batches"));
+        let end = http_body::Frame::data(Bytes::new()); // tonic's client ends with one
+        let read = read_message(body(vec![http_body::Frame::data(frame.clone()), end]), MAX);
+        let message = read.await.unwrap();
+        assert_eq!(&message[..], b"batches");
+        assert_eq!(message.as_ptr(), frame[PREFIX_BYTES..].as_ptr(), "a slice of the frame");
+    }
+
+    #[tokio::test]
+    async fn a_message_in_tiny_frames_is_gathered_with_trailers_ignored() {
+        let bytes = prefixed(b"split everywhere");
+        let mut frames: Vec<_> = bytes.chunks(1).map(data).collect();
+        frames.push(http_body::Frame::trailers(http::HeaderMap::new()));
+        let message = read_message(body(frames), MAX).await.unwrap();
+        assert_eq!(&message[..], b"split everywhere");
+    }
+
+    #[tokio::test]
+    async fn faults_get_tonic_codes() {
+        let code =
+            |frames| async move { read_message(body(frames), MAX).await.unwrap_err().code() };
+        assert_eq!(code(vec![]).await, Code::Internal, "no message");
+        assert_eq!(code(vec![data(&[0, 0, 0])]).await, Code::Internal, "a cut prefix");
+        assert_eq!(code(vec![data(&prefixed(b"abc")[..6])]).await, Code::Internal, "cut short");
+        let mut two = prefixed(b"one");
+        two.extend(prefixed(b"two"));
+        assert_eq!(code(vec![data(&two)]).await, Code::Internal, "a second message");
+        assert_eq!(code(vec![data(&[1, 0, 0, 0, 1, 7])]).await, Code::Internal, "compressed");
+        assert_eq!(code(vec![data(&[2, 0, 0, 0, 1, 7])]).await, Code::Internal, "bad flag");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_is_refused_from_its_prefix_before_the_body_ends() {
+        let prefix = [0, 0, 0, 0x10, 0]; // 4 KiB, above MAX
+        let frames = futures::stream::iter([Ok::<_, Status>(data(&prefix))])
+            .chain(futures::stream::pending()); // a body that never ends
+        let body = Body::new(http_body_util::StreamBody::new(frames));
+        let refused =
+            tokio::time::timeout(std::time::Duration::from_secs(10), read_message(body, MAX))
+                .await
+                .expect("answered without waiting for the body")
+                .unwrap_err();
+        assert_eq!(refused.code(), Code::OutOfRange);
+    }
 }
