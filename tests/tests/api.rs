@@ -29,6 +29,23 @@ async fn raw(server: &Server) -> BrokerClient<tonic::transport::Channel> {
     BrokerClient::connect(format!("http://{}", server.addr)).await.unwrap()
 }
 
+/// A partition's high watermark, from an empty fetch.
+async fn high_watermark(
+    broker: &BrokerClient<tonic::transport::Channel>,
+    topic: &str,
+    partition: u32,
+) -> u64 {
+    let request = FetchRequest {
+        topic: topic.into(),
+        partition,
+        offset: 0,
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 0,
+    };
+    broker.clone().fetch(request).await.unwrap().into_inner().high_watermark
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_batches_are_rejected_precisely_and_change_nothing() {
     let server = Server::start();
@@ -135,24 +152,7 @@ async fn one_request_produces_to_many_partitions_each_answered_on_its_own() {
     assert!(answer.partitions[4].message.contains("more than once"), "{answer:?}");
 
     // What was answered OK is stored; the refused entries stored nothing.
-    let stored = |partition: u32| {
-        let mut broker = broker.clone();
-        async move {
-            let fetched = broker
-                .fetch(FetchRequest {
-                    topic: "many".into(),
-                    partition,
-                    offset: 0,
-                    max_wait_ms: 0,
-                    min_bytes: 0,
-                    max_bytes: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            fetched.high_watermark
-        }
-    };
+    let stored = |partition: u32| high_watermark(&broker, "many", partition);
     assert_eq!((stored(0).await, stored(1).await, stored(2).await), (2, 1, 0));
     let empty = broker.produce_many(ProduceManyRequest { acks: 0, partitions: vec![] }).await;
     assert_eq!(empty.unwrap_err().code(), Code::InvalidArgument);
@@ -959,18 +959,5 @@ async fn produce_many_decoded_from_frames_answers_as_tonic_would() {
         answer.partitions[0].batches[0].base_offset, 0,
         "the refused requests stored nothing"
     );
-    let fetched = raw(&server)
-        .await
-        .fetch(FetchRequest {
-            topic: "frames".into(),
-            partition: 0,
-            offset: 0,
-            max_wait_ms: 0,
-            min_bytes: 0,
-            max_bytes: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(fetched.high_watermark, 1);
+    assert_eq!(high_watermark(&raw(&server).await, "frames", 0).await, 1);
 }
