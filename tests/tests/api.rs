@@ -951,6 +951,11 @@ async fn produce_many_decoded_from_frames_answers_as_tonic_would() {
     // Refused from the length prefix: the server's limit is 64 MiB.
     let huge = produce_many_raw(&server, vec![0; 64 * 1024 * 1024 + 1]).await.unwrap_err();
     assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
+    // 100,001 empty partition entries (2 bytes each): counted, then refused undecoded.
+    let entries = [0x12u8, 0x00].repeat(100_001);
+    let crowded = produce_many_raw(&server, entries).await.unwrap_err();
+    assert_eq!(crowded.code(), Code::InvalidArgument, "{crowded:?}");
+    assert!(crowded.message().contains("at most 100000 partition entries"), "{crowded:?}");
 
     let answer = produce_many_raw(&server, request.encode_to_vec()).await.unwrap();
     assert_eq!(answer.partitions.len(), 1);

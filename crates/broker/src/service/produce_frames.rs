@@ -29,6 +29,11 @@ use tonic::codegen::{BoxFuture, Service, http};
 use super::BrokerService;
 
 const PRODUCE_MANY_PATH: &str = "/strata.v1.Broker/ProduceMany";
+/// Partition entries a request may carry: every partition of the largest topic ten times
+/// over. Counted in the encoded message before it is decoded, because each entry decodes into
+/// a `PartitionBatches` with a `String` of its own: a 64 MiB request of 2-byte entries would
+/// otherwise become ~32 M of them, gigabytes.
+pub(crate) const MAX_REQUEST_PARTITIONS: usize = 10 * crate::topics::MAX_PARTITIONS as usize;
 /// A gRPC message's prefix: a compression flag and the message's length.
 const PREFIX_BYTES: usize = 5;
 
@@ -89,6 +94,16 @@ async fn produce_many(
         Ok(message) => message,
         Err(status) => return status.into_http(),
     };
+    match partition_entries(&message) {
+        Ok(entries) if entries > MAX_REQUEST_PARTITIONS => {
+            return Status::invalid_argument(format!(
+                "a produce request carries at most {MAX_REQUEST_PARTITIONS} partition entries, not {entries}"
+            ))
+            .into_http();
+        }
+        Ok(_) => {}
+        Err(err) => return Status::internal(err.to_string()).into_http(),
+    }
     let decoded = match ProduceManyRequest::decode(message) {
         Ok(decoded) => decoded,
         // tonic's answer to a message that does not decode.
@@ -183,6 +198,21 @@ enum Received {
     Gathering { gathered: BytesMut, expected: usize },
     /// More bytes than the message.
     TooLong,
+}
+
+/// How many `partitions` entries (field 2) an encoded `ProduceManyRequest` holds, from its
+/// field keys and lengths alone.
+fn partition_entries(mut message: &[u8]) -> Result<usize, prost::DecodeError> {
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    let mut entries = 0;
+    while !message.is_empty() {
+        let (tag, wire_type) = decode_key(&mut message)?;
+        if tag == 2 {
+            entries += 1;
+        }
+        skip_field(wire_type, tag, &mut message, DecodeContext::default())?;
+    }
+    Ok(entries)
 }
 
 /// The first [`PREFIX_BYTES`] of the body, which may span frames.
@@ -294,6 +324,18 @@ mod tests {
         assert_eq!(code(vec![data(&two)]).await, Code::Internal, "a second message");
         assert_eq!(code(vec![data(&[1, 0, 0, 0, 1, 7])]).await, Code::Internal, "compressed");
         assert_eq!(code(vec![data(&[2, 0, 0, 0, 1, 7])]).await, Code::Internal, "bad flag");
+    }
+
+    #[test]
+    fn partition_entries_are_counted_without_decoding() {
+        let entry = |partition| strata_proto::PartitionBatches {
+            topic: "t".into(),
+            partition,
+            batches: vec![Bytes::from_static(b"batch")],
+        };
+        let request = ProduceManyRequest { acks: -1, partitions: (0..300).map(entry).collect() };
+        assert_eq!(partition_entries(&request.encode_to_vec()).unwrap(), 300);
+        assert!(partition_entries(&[0x12, 0x05, 0x00]).is_err(), "a length past the end");
     }
 
     #[tokio::test]
