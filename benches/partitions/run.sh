@@ -16,6 +16,7 @@ bin_dir="${STRATA_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
 strata="$bin_dir/strata"
 addr="127.0.0.1:21203"
 pid="" dir=""
+source "$(dirname "${BASH_SOURCE[0]}")/../node.sh"
 
 cleanup() {
     if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
@@ -30,12 +31,8 @@ run() {
     local partitions=$1
     shift
     dir="$(mktemp -d "${TMPDIR:-/var/tmp}/strata-partitions.XXXXXX")"
-    "$strata" server --data-dir "$dir/data" --listen "$addr" >"$dir/server.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do
-        "$strata" --brokers "$addr" topic create load --partitions "$partitions" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    start_node "$dir/data" "$addr" "$dir/server.log"
+    create_topic "$addr" load "$partitions"
     sync
     local before after summary
     before=$(cpu_ticks "$pid")

@@ -17,11 +17,9 @@ strata="$bin_dir/strata"
 dir="$(mktemp -d "${TMPDIR:-/var/tmp}/strata-mid-load.XXXXXX")"
 addr="127.0.0.1:21202"
 pid="" bench=""
+source "$(dirname "${BASH_SOURCE[0]}")/../node.sh"
 
-start() {
-    "$strata" server --data-dir "$dir/data" --listen "$addr" >>"$dir/server.log" 2>&1 &
-    pid=$!
-}
+start() { start_node "$dir/data" "$addr" "$dir/server.log"; }
 cleanup() {
     exec 2>/dev/null # no "Killed" job notices
     for p in $pid $bench; do kill -9 "$p" || true; done
@@ -29,13 +27,9 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 start
-for _ in $(seq 100); do
-    "$strata" --brokers "$addr" topic create load --partitions "$partitions" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+create_topic "$addr" load "$partitions"
 "$bin_dir/strata-bench" produce --brokers "$addr" --topic load --partitions "$partitions" \
     --producers 4 --keys 100000 --records 1000000000 >"$dir/bench.log" 2>&1 &
 bench=$!

@@ -18,24 +18,18 @@ bench="$bin_dir/strata-bench"
 dir="$(mktemp -d "${TMPDIR:-/var/tmp}/strata-recovery.XXXXXX")"
 addr="127.0.0.1:21201"
 pid=""
+source "$(dirname "${BASH_SOURCE[0]}")/../node.sh"
 
-start() {
-    "$strata" server --data-dir "$dir/data" --listen "$addr" >>"$dir/server.log" 2>&1 &
-    pid=$!
-}
+start() { start_node "$dir/data" "$addr" "$dir/server.log"; }
 cleanup() {
     if [[ -n "$pid" ]]; then kill -9 "$pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$dir"
 }
 trap cleanup EXIT
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 start
-for _ in $(seq 100); do
-    "$strata" --brokers "$addr" topic create recovery --partitions "$partitions" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+create_topic "$addr" recovery "$partitions"
 records=$((gib * 1024 * 1024))
 echo "filling: $records records of 1 KiB over $partitions partitions"
 "$bench" produce --brokers "$addr" --topic recovery --partitions "$partitions" \

@@ -567,7 +567,8 @@ impl Log {
         if let Some(epoch) = epoch {
             header.partition_leader_epoch = epoch;
         }
-        let info = self.write_header(batch, header, keep_offset)?;
+        // Checked above: straight to the write (which checks writability again under the lock).
+        let info = self.write_in(&mut self.write_state(), batch, header, keep_offset)?;
         self.make_durable(&info)?;
         Ok(info)
     }

@@ -122,9 +122,11 @@ async fn produce_many(
 /// into a buffer of its declared length (so a client sending tiny frames costs no more memory
 /// than the message).
 async fn read_message(mut body: Body, max_request: usize) -> Result<Bytes, Status> {
-    // The frames before the prefix is complete (at most five), then the message.
+    // The frames until the prefix is complete (at most five); then the message, once its
+    // length is known (`expected`, prefix included).
     let mut head: Vec<Bytes> = Vec::new();
-    let mut message = Received::Unknown;
+    let mut message = None;
+    let mut expected = usize::MAX;
     let mut received = 0usize;
     while let Some(frame) = body.frame().await {
         // A client's trailers say nothing; tonic's client ends every body with an empty
@@ -134,8 +136,13 @@ async fn read_message(mut body: Body, max_request: usize) -> Result<Bytes, Statu
             continue;
         }
         received += data.len();
-        message = match message {
-            Received::Unknown => {
+        if received > expected {
+            return Err(Status::internal("a unary request carries exactly one message"));
+        }
+        match &mut message {
+            Some(Received::Gathering(gathered)) => gathered.put(data),
+            Some(Received::Whole(_)) => unreachable!("a whole message is all the body holds"),
+            None => {
                 head.push(data);
                 if received < PREFIX_BYTES {
                     continue;
@@ -146,58 +153,36 @@ async fn read_message(mut body: Body, max_request: usize) -> Result<Bytes, Statu
                         "Error, decoded message length too large: found {length} bytes, the limit is: {max_request} bytes"
                     )));
                 }
-                let expected = PREFIX_BYTES + length;
+                expected = PREFIX_BYTES + length;
                 if received > expected {
-                    Received::TooLong
-                } else if head.len() == 1 && received == expected {
+                    return Err(Status::internal("a unary request carries exactly one message"));
+                }
+                message = Some(if head.len() == 1 && received == expected {
                     Received::Whole(head.pop().expect("one frame"))
                 } else {
                     let mut gathered = BytesMut::with_capacity(expected);
-                    for frame in head.drain(..) {
-                        gathered.put(frame);
-                    }
-                    Received::Gathering { gathered, expected }
-                }
+                    head.drain(..).for_each(|frame| gathered.put(frame));
+                    Received::Gathering(gathered)
+                });
             }
-            Received::Whole(_) => Received::TooLong,
-            Received::Gathering { mut gathered, expected } => {
-                if received > expected {
-                    Received::TooLong
-                } else {
-                    gathered.put(data);
-                    Received::Gathering { gathered, expected }
-                }
-            }
-            Received::TooLong => Received::TooLong,
-        };
-        if matches!(message, Received::TooLong) {
-            return Err(Status::internal("a unary request carries exactly one message"));
         }
     }
     let mut body = match message {
-        Received::Unknown if received == 0 => {
-            return Err(Status::internal("Missing request message."));
-        }
-        Received::Whole(frame) => frame,
-        Received::Gathering { gathered, expected } if gathered.len() == expected => {
-            gathered.freeze()
-        }
+        None if received == 0 => return Err(Status::internal("Missing request message.")),
+        Some(Received::Whole(frame)) => frame,
+        Some(Received::Gathering(gathered)) if gathered.len() == expected => gathered.freeze(),
         _ => return Err(Status::internal("Unexpected EOF decoding stream.")),
     };
     body.advance(PREFIX_BYTES);
     Ok(body)
 }
 
-/// What a request's body has shown of its message so far.
+/// A request's message, once its prefix was read.
 enum Received {
-    /// Fewer than [`PREFIX_BYTES`] bytes.
-    Unknown,
     /// All of it, in one frame.
     Whole(Bytes),
-    /// Part of it, copied into a buffer of its declared length (`expected`, prefix included).
-    Gathering { gathered: BytesMut, expected: usize },
-    /// More bytes than the message.
-    TooLong,
+    /// Copied into a buffer of its declared length, as its frames arrive.
+    Gathering(BytesMut),
 }
 
 /// How many `partitions` entries (field 2) an encoded `ProduceManyRequest` holds, from its
