@@ -99,10 +99,11 @@ impl Inner {
     }
 
     /// Keeps `meta`/`data` as the current snapshot, in memory and (fsynced) on disk, and
-    /// forgets the memberships it supersedes.
+    /// forgets the memberships it supersedes. Refused once the store's log is retired (see
+    /// [`SegmentStore::write_beside`]).
     fn keep_snapshot(
         &mut self,
-        dir: &std::path::Path,
+        store: &SegmentStore<PartitionTc>,
         meta: SnapshotMeta<NodeId, Node>,
         data: Vec<u8>,
     ) -> io::Result<Snapshot<PartitionTc>> {
@@ -112,7 +113,7 @@ impl Inner {
         {
             self.memberships.pop_front();
         }
-        self.snapshot.keep_on_disk(dir, meta, data)
+        store.write_beside(|| self.snapshot.keep_on_disk(store.dir(), meta, data))
     }
 }
 
@@ -210,7 +211,7 @@ impl RaftSnapshotBuilder<PartitionTc> for PartitionSm {
             last_membership: state.membership.clone(),
             snapshot_id: format!("{}-{}", state.applied.map_or(0, |l| l.index), state.next_offset),
         };
-        inner.keep_snapshot(self.store.dir(), meta, data).map_err(sm_err)
+        inner.keep_snapshot(&self.store, meta, data).map_err(sm_err)
     }
 }
 
@@ -303,7 +304,7 @@ impl RaftStateMachine<PartitionTc> for PartitionSm {
             inner.memberships = VecDeque::from([state.membership.clone()]);
             inner.state = state;
             inner.target = None;
-            inner.keep_snapshot(self.store.dir(), meta.clone(), bytes).map_err(sm_err)?;
+            inner.keep_snapshot(&self.store, meta.clone(), bytes).map_err(sm_err)?;
         }
         // The purge that goes with it restarts the log here (the data before it is gone on
         // every replica that could have sent it), once the snapshot is on disk.

@@ -127,6 +127,18 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+impl Core {
+    /// Runs `write`, which writes a file of the Raft directory by path, unless the log is
+    /// retired (see [`Log::write_beside`]): a replica moved away and back reuses its
+    /// directory's path, and tasks of the old one that outlive its shutdown (openraft's state
+    /// machine worker finishing a queued snapshot install, a snapshot build) must not replace
+    /// the new one's files. Writes through a file already open go on without it: after a
+    /// retire that file is in the trash.
+    fn beside<T>(&self, write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.log.write_beside(write).map_err(io_err)?
+    }
+}
+
 impl<C: SegmentTc> SegmentStore<C> {
     /// Opens the store of a group over `log`, keeping its Raft files in `raft_dir`, and
     /// reconciles the two after a crash: table entries whose data the log lost are dropped,
@@ -249,6 +261,12 @@ impl<C: SegmentTc> SegmentStore<C> {
         }
         tracing::warn!(dir = %self.core.dir.display(), %log_id, next_offset, "log behind the snapshot; purging to it");
         purge_to(&self.core, &mut table, log_id, next_offset)
+    }
+
+    /// Runs `write`, which writes a file of the group's Raft directory by path, unless the
+    /// log is retired (see [`Log::write_beside`]).
+    pub(crate) fn write_beside<T>(&self, write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.core.beside(write)
     }
 
     /// The directory of the group's Raft files.
@@ -402,7 +420,7 @@ impl<C: SegmentTc> SegmentStore<C> {
         // table, and the marker that would cut it (these entries with it) goes.
         if self.core.replacing.load(Ordering::Acquire) {
             table.sync()?;
-            remove_durably(&self.core.dir.join(REPLACING))?;
+            self.core.beside(|| remove_durably(&self.core.dir.join(REPLACING)))?;
             self.core.replacing.store(false, Ordering::Release);
         }
         Ok(())
@@ -576,6 +594,22 @@ impl CommittedFile {
         CommittedFile { path, file: None }
     }
 
+    fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Opens (creates) the file by path: once, before the first save.
+    fn open(&mut self) -> io::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)?;
+        self.file = Some(file);
+        Ok(())
+    }
+
     fn save(&mut self, committed: &Option<LogId<NodeId>>) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         let mut frame = [0u8; COMMITTED_FRAME];
@@ -583,16 +617,7 @@ impl CommittedFile {
         frame[4] = len as u8;
         let crc = crc32c::crc32c(&frame[4..5 + len]);
         frame[..4].copy_from_slice(&crc.to_le_bytes());
-        if self.file.is_none() {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&self.path)?;
-            self.file = Some(file);
-        }
-        let file = self.file.as_ref().expect("opened above");
+        let file = self.file.as_ref().ok_or_else(|| io_err("the committed file is not open"))?;
         file.write_all_at(&frame, 0)
     }
 
@@ -664,9 +689,9 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let path = self.core.dir.join("vote");
+        let core = self.core.clone();
         let bytes = postcard::to_stdvec(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        blocking(move || write_small_file(&path, &bytes))
+        blocking(move || core.beside(|| write_small_file(&core.dir.join("vote"), &bytes)))
             .await
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
@@ -688,7 +713,11 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
     ) -> Result<(), StorageError<NodeId>> {
         // Only speeds up re-applying at start (openraft re-applies up to it): a lost or stale
         // value costs nothing but time, so it is written in place without an fsync.
-        lock(&self.core.committed).save(&committed).map_err(sto)
+        let mut file = lock(&self.core.committed);
+        if !file.is_open() {
+            self.core.beside(|| file.open()).map_err(sto)?;
+        }
+        file.save(&committed).map_err(sto)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -733,7 +762,7 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
                 return Ok(());
             };
             core.log.truncate_from(Offset(offset)).map_err(io_err)?;
-            table.truncate_from(log_id.index)
+            core.beside(|| table.truncate_from(log_id.index))
         })
         .await
         .map_err(sto)
@@ -772,7 +801,7 @@ impl<C: SegmentTc> RaftLogStorage<C> for SegmentStore<C> {
                     tracing::warn!(dir = %core.dir.display(), %log_id, "purge past the log without its snapshot installed");
                     table.sync()?;
                     mark_replacing(&core)?;
-                    table.purge_upto(log_id.index)?;
+                    core.beside(|| table.purge_upto(log_id.index))?;
                     *lock(&core.purged) = Some((log_id, core.log.end_offset().0));
                     return Ok(());
                 }
@@ -821,15 +850,15 @@ fn purge_to(
         mark_replacing(core)?;
     }
     let bytes = postcard::to_stdvec(&(log_id, offset)).map_err(io_err)?;
-    write_small_file(&core.dir.join("purged"), &bytes)?;
+    core.beside(|| write_small_file(&core.dir.join("purged"), &bytes))?;
     *lock(&core.purged) = Some((log_id, offset));
-    table.purge_upto(log_id.index)?;
+    core.beside(|| table.purge_upto(log_id.index))?;
     if replaces_log {
         core.log.restart_at(Offset(offset)).map_err(io_err)?;
     } else {
         core.log.delete_before(Offset(offset)).map_err(io_err)?;
     }
-    remove_durably(&core.dir.join(REPLACING))?;
+    core.beside(|| remove_durably(&core.dir.join(REPLACING)))?;
     core.replacing.store(false, Ordering::Release);
     Ok(())
 }
@@ -843,7 +872,7 @@ const REPLACING: &str = "replacing";
 
 /// Puts the [`REPLACING`] marker on disk.
 fn mark_replacing(core: &Core) -> io::Result<()> {
-    write_small_file(&core.dir.join(REPLACING), &[])?;
+    core.beside(|| write_small_file(&core.dir.join(REPLACING), &[]))?;
     core.replacing.store(true, Ordering::Release);
     Ok(())
 }
@@ -1106,6 +1135,7 @@ mod tests {
         let path = dir.path().join("committed");
         let mut file = CommittedFile::new(path.clone());
         assert_eq!(file.read(), None, "no file yet");
+        file.open().unwrap();
         let id = |index| Some(LogId::new(CommittedLeaderId::new(u64::MAX, 7), index));
         file.save(&id(u64::MAX)).unwrap();
         file.save(&id(3)).unwrap();
@@ -1121,5 +1151,51 @@ mod tests {
         // The earlier format (bare postcard) is not mistaken for a frame.
         std::fs::write(&path, postcard::to_stdvec(&id(9)).unwrap()).unwrap();
         assert_eq!(file.read(), None);
+    }
+
+    /// Every file of `dir` with its contents.
+    fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    /// A replica moved away and back reuses its directory's path. Once its log is retired,
+    /// the old store and state machine write nothing there, however late their tasks run
+    /// (openraft's state machine worker finishes a queued snapshot install after shutdown).
+    #[tokio::test]
+    async fn a_retired_store_never_touches_the_store_that_takes_its_path() {
+        use openraft::RaftSnapshotBuilder;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("0.g7");
+        let mut old = open(&dir);
+        let high_watermark = Arc::new(tokio::sync::watch::channel(0).0);
+        let mut sm = crate::partition_sm::PartitionSm::new(old.clone(), high_watermark).unwrap();
+        old.save_vote(&Vote::new(1, 1)).await.unwrap();
+        old.append_now(vec![blank(1, 0)]).unwrap();
+        old.append_now((1..=4).map(|i| data(1, i, 2)).collect()).unwrap();
+        old.core.log.flush().unwrap();
+        // Moved away (shut down, log retired, directory to the trash), then back.
+        old.core.log.retire();
+        std::fs::rename(&dir, root.path().join("trash")).unwrap();
+        let mut new = open(&dir);
+        new.save_vote(&Vote::new(2, 2)).await.unwrap();
+        new.append_now(vec![blank(2, 0)]).unwrap();
+        let before = files(&dir.join("raft"));
+        // What the old incarnation's late tasks would do: each writes by path.
+        assert!(old.save_vote(&Vote::new(1, 1)).await.is_err(), "vote");
+        assert!(old.save_committed(Some(id(1, 2))).await.is_err(), "committed, opened by path");
+        assert!(old.truncate(id(1, 3)).await.is_err(), "entries rewritten");
+        assert!(old.purge(id(1, 2)).await.is_err(), "purged, entries rewritten");
+        assert!(old.purge(id(2, 10)).await.is_err(), "replacing (past the log)");
+        assert!(sm.build_snapshot().await.is_err(), "snapshot");
+        assert_eq!(files(&dir.join("raft")), before, "the new store's files are untouched");
+        drop(new);
+        let reopened = open(&dir);
+        assert_eq!(metas(&reopened).iter().map(|m| m.log_id).collect::<Vec<_>>(), [id(2, 0)]);
     }
 }

@@ -62,6 +62,9 @@ pub struct Log {
     /// Set by [`Log::retire`]: the log's directory is being moved away, and nothing may be
     /// written at its path any more.
     retired: AtomicBool,
+    /// Held while a file that lives and dies with this log's directory (a replica's Raft
+    /// files) is written by path: see [`Log::write_beside`].
+    beside: Mutex<()>,
     /// The node-wide group commit this log's fsyncs go through, if it joined one.
     sync_group: OnceLock<Arc<SyncGroup>>,
     /// Whether the configuration in force fsyncs every append: read on every append through
@@ -260,6 +263,7 @@ impl Log {
             durable_end: AtomicU64::new(end.0),
             failure: OnceLock::new(),
             retired: AtomicBool::new(false),
+            beside: Mutex::new(()),
             sync_group: OnceLock::new(),
             every_append: AtomicBool::new(every_append),
             id,
@@ -1039,11 +1043,27 @@ impl Log {
     /// and this log, still referenced by requests in flight, must not create, rewrite or
     /// delete a file there. Waits for writes in progress; reads go on being served.
     pub fn retire(&self) {
+        // First: a write beside the log takes no other lock of it.
+        let _beside = self.beside.lock().unwrap_or_else(|e| e.into_inner());
         let _sync = self.sync_guard();
         let _state = self.write_state();
         // Also under the tail-mark guard, under which a mark's commit checks and writes.
         let _marks = self.tail_mark_guard();
         self.retired.store(true, Ordering::Release);
+    }
+
+    /// Runs `write`, which writes files kept beside this log that share its directory's fate
+    /// (a replica's Raft files), unless the log is retired. Under a lock [`Log::retire`]
+    /// takes, so a write in progress finishes before `retire` returns and none starts after:
+    /// tasks of a replica that outlive its shutdown never write into the directory of the
+    /// replica that later takes its path. `write` must not call back into this log (the lock
+    /// is not re-entrant).
+    pub fn write_beside<T>(&self, write: impl FnOnce() -> T) -> Result<T> {
+        let _beside = self.beside.lock().unwrap_or_else(|e| e.into_inner());
+        if self.retired.load(Ordering::Acquire) {
+            return Err(StorageError::Retired { dir: self.dir.clone() });
+        }
+        Ok(write())
     }
 
     /// Before bytes of a segment are rewritten or deleted: no mark may vouch for them again.

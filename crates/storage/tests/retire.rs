@@ -90,3 +90,38 @@ fn a_tail_mark_drafted_before_the_log_retired_is_never_written() {
     assert_eq!(files(&path), before, "no tail mark or index entry in the new log's directory");
     assert!(!root.path().join("trash").join("tail.mark").exists());
 }
+
+/// Files kept beside a log (a replica's Raft files) are written under the retire gate: a
+/// write in progress holds `retire` until it is done, and none runs after.
+#[test]
+fn retire_waits_for_a_write_beside_the_log_and_refuses_later_ones() {
+    use std::sync::{Arc, mpsc};
+    use std::thread;
+    use std::time::Duration;
+
+    let root = tempfile::tempdir().unwrap();
+    let log =
+        Arc::new(Log::open(root.path().join("t-0"), with_durability(Durability::Never)).unwrap());
+    let (entered, wait_entered) = mpsc::channel();
+    let (go, wait_go) = mpsc::channel::<()>();
+    let writer = thread::spawn({
+        let log = log.clone();
+        move || {
+            log.write_beside(|| {
+                entered.send(()).unwrap();
+                wait_go.recv().unwrap();
+            })
+        }
+    });
+    wait_entered.recv().unwrap();
+    let retiring = thread::spawn({
+        let log = log.clone();
+        move || log.retire()
+    });
+    thread::sleep(Duration::from_millis(100));
+    assert!(!retiring.is_finished(), "retire waits for the write in progress");
+    go.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+    retiring.join().unwrap();
+    assert!(is_retired(log.write_beside(|| ())));
+}
