@@ -101,6 +101,50 @@ async fn malformed_batches_are_rejected_precisely_and_change_nothing() {
     assert_eq!(ok.batches[0].base_offset, 0, "the rejected requests stored nothing");
 }
 
+/// A consumer reads fetch answers from their HTTP/2 frames (not through tonic's decoder):
+/// records come back whole, a refusal keeps its code and message, and an offset past the end
+/// is reset by the consumer's policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_decodes_fetch_answers_and_refusals_from_frames() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "frames", 1).await;
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let values: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; 100 + i as usize * 37]).collect();
+    let mut deliveries = Vec::new();
+    for value in &values {
+        deliveries.push(producer.send(Record::new("frames").value(value.clone())).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    producer.close().await.unwrap();
+
+    // Past the end: OUT_OF_RANGE from the server, then the policy's reset (earliest).
+    let config = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..Default::default() };
+    let mut consumer = Consumer::new(client.clone(), config.clone());
+    consumer.assign(vec![("frames".into(), 0)]).await.unwrap();
+    consumer.seek("frames", 0, Offset(10_000)).unwrap();
+    let mut read = Vec::new();
+    while read.len() < values.len() {
+        let polled = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert!(!polled.is_empty(), "{} of {} records", read.len(), values.len());
+        read.extend(polled);
+    }
+    for (i, record) in read.iter().enumerate() {
+        assert_eq!(record.offset, Offset(i as u64));
+        assert_eq!(record.value.as_deref(), Some(&values[i][..]));
+    }
+
+    // A topic deleted under the consumer: NOT_FOUND, with the server's message.
+    let mut lost = Consumer::new(client.clone(), config);
+    lost.assign(vec![("frames".into(), 0)]).await.unwrap();
+    Admin::new(client).delete_topic("frames").await.unwrap();
+    let refused = lost.poll(Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::NotFound), "{refused:?}");
+    assert!(refused.to_string().contains("frames"), "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_request_produces_to_many_partitions_each_answered_on_its_own() {
     let server = Server::start();

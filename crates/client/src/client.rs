@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 use crate::{ClientError, Result};
 
 /// Largest message the client accepts from the server (a fetch answer).
-const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 /// A connection to a Strata cluster, cheap to clone (clones share connections and what they
 /// learnt). Requests about a partition go to its leader, learnt from metadata and from
@@ -110,6 +110,11 @@ impl Client {
                 self.address()
             }
         }
+    }
+
+    /// The connection to `topic`/`partition`'s leader if known, else to the current broker.
+    pub(crate) fn channel_for(&self, topic: &str, partition: u32) -> Channel {
+        self.channel(&self.leader_address(topic, partition))
     }
 
     /// The broker at `address`.

@@ -17,6 +17,8 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::Code;
 
+use crate::client::MAX_RESPONSE_BYTES;
+use crate::fetch_frames;
 use crate::record::{ConsumerRecord, decode};
 use crate::{Client, ClientError, Result};
 
@@ -110,8 +112,7 @@ pub struct Consumer {
     in_flight: BTreeMap<TopicPartition, (Offset, AbortHandle)>,
 }
 
-type FetchOutcome =
-    (TopicPartition, Offset, std::result::Result<tonic::Response<FetchResponse>, tonic::Status>);
+type FetchOutcome = (TopicPartition, Offset, std::result::Result<FetchResponse, tonic::Status>);
 
 impl Consumer {
     pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
@@ -425,7 +426,9 @@ impl Consumer {
             self.start_fetches();
             let records = self.drain();
             if !records.is_empty() {
-                // Fetches started above keep running: the next poll finds their records.
+                // The partitions drained have room again: their next fetches run while the
+                // application handles these records, and the next poll finds their answers.
+                self.start_fetches();
                 return Ok(records);
             }
             let now = Instant::now();
@@ -468,7 +471,7 @@ impl Consumer {
             .map(|(tp, s)| (tp.clone(), s.fetch_from))
             .collect();
         for (tp, offset) in wanted {
-            let mut broker = self.client.broker_for(&tp.0, tp.1);
+            let channel = self.client.channel_for(&tp.0, tp.1);
             let request = FetchRequest {
                 topic: tp.0.clone(),
                 partition: tp.1,
@@ -478,26 +481,31 @@ impl Consumer {
                 max_bytes: self.config.fetch_max_bytes,
             };
             let key = tp.clone();
-            let handle =
-                self.fetches.spawn(async move { (key, offset, broker.fetch(request).await) });
+            let handle = self.fetches.spawn(async move {
+                let answer = fetch_frames::fetch(channel, &request, MAX_RESPONSE_BYTES).await;
+                (key, offset, answer)
+            });
             self.in_flight.insert(tp, (offset, handle));
         }
     }
 
     fn drain(&mut self) -> Vec<ConsumerRecord> {
-        let mut out = Vec::new();
+        let max = self.config.max_poll_records;
+        let buffered: usize = self.partitions.values().map(|s| s.buffered.len()).sum();
+        let mut out = Vec::with_capacity(buffered.min(max));
         for (tp, state) in &mut self.partitions {
             if self.paused.contains(tp) {
                 continue;
             }
-            while out.len() < self.config.max_poll_records {
-                let Some(record) = state.buffered.pop_front() else {
-                    break;
-                };
-                state.position = record.offset.plus(1);
-                state.buffered_bytes = state.buffered_bytes.saturating_sub(record_bytes(&record));
-                out.push(record);
-            }
+            let take = state.buffered.len().min(max - out.len());
+            let Some(last) = take.checked_sub(1).map(|i| state.buffered[i].offset) else {
+                continue;
+            };
+            let start = out.len();
+            out.extend(state.buffered.drain(..take));
+            let bytes: usize = out[start..].iter().map(record_bytes).sum();
+            state.position = last.plus(1);
+            state.buffered_bytes = state.buffered_bytes.saturating_sub(bytes);
         }
         out
     }
@@ -507,7 +515,7 @@ impl Consumer {
         &mut self,
         tp: TopicPartition,
         offset: Offset,
-        result: std::result::Result<tonic::Response<strata_proto::FetchResponse>, tonic::Status>,
+        result: std::result::Result<FetchResponse, tonic::Status>,
     ) -> Result<bool> {
         // Only the answer to the fetch still registered for this partition counts: after a
         // seek or a revocation the partition moved on.
@@ -519,19 +527,23 @@ impl Consumer {
         }
         match result {
             Ok(response) => {
-                let response = response.into_inner();
                 let Some(state) = self.partitions.get_mut(&tp) else { return Ok(false) };
-                let mut records = Vec::new();
+                // Decoded in place: a record moves once into the buffer and once out of it.
+                let before = state.buffered.len();
                 for batch in &response.batches {
-                    decode(&tp.0, tp.1, batch, offset, &mut records)?;
+                    if let Err(err) = decode(&tp.0, tp.1, batch, offset, &mut state.buffered) {
+                        state.buffered.truncate(before);
+                        return Err(err);
+                    }
                 }
-                if let Some(last) = records.last() {
-                    state.fetch_from = last.offset.plus(1);
-                }
-                let got = !records.is_empty();
-                state.buffered_bytes += records.iter().map(record_bytes).sum::<usize>();
-                state.buffered.extend(records);
-                Ok(got)
+                let Some(last) = state.buffered.back().filter(|_| state.buffered.len() > before)
+                else {
+                    return Ok(false);
+                };
+                state.fetch_from = last.offset.plus(1);
+                state.buffered_bytes +=
+                    state.buffered.range(before..).map(record_bytes).sum::<usize>();
+                Ok(true)
             }
             Err(status) if status.code() == Code::OutOfRange => {
                 // Retention passed us, or the log was truncated: start over per policy.

@@ -24,6 +24,7 @@ mod answers;
 mod client;
 mod consumer;
 mod error;
+mod fetch_frames;
 mod produce_request;
 mod producer;
 mod record;

@@ -1,5 +1,7 @@
 //! Records as applications see them.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use strata_record::{BATCH_HEADER_LEN, DEFAULT_MAX_DECOMPRESSED, Offset, RecordBatch, Timestamp};
 
@@ -64,14 +66,15 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
-/// Decodes the records of `batch` at or after `from`. Values of an uncompressed batch are
-/// slices of it; a compressed batch is decompressed once and its records slice that buffer.
+/// Decodes the records of `batch` at or after `from`, appending them to `out`. Values of an
+/// uncompressed batch are slices of it; a compressed batch is decompressed once and its
+/// records slice that buffer. On an error, `out` may hold some of the batch's records.
 pub(crate) fn decode(
     topic: &str,
     partition: u32,
     batch: &Bytes,
     from: Offset,
-    out: &mut Vec<ConsumerRecord>,
+    out: &mut VecDeque<ConsumerRecord>,
 ) -> Result<()> {
     let view = RecordBatch::new(batch)?;
     let (section, records) = match view.decompressed_records(DEFAULT_MAX_DECOMPRESSED)? {
@@ -81,7 +84,11 @@ pub(crate) fn decode(
         }
         None => (batch.slice(BATCH_HEADER_LEN..), batch.clone()),
     };
-    for record in view.records_in(&section)? {
+    let decoded = view.records_in(&section)?;
+    // Room for the batch at once (a record is ~130 bytes of struct, moved on every growth);
+    // `records_in` checked that the count fits the batch's bytes.
+    out.reserve(usize::try_from(view.header().record_count).unwrap_or(0));
+    for record in decoded {
         let record = record?;
         if record.offset() < from {
             continue;
@@ -92,7 +99,7 @@ pub(crate) fn decode(
             let header = header?;
             headers.push((header.key.to_owned(), slice(header.value)));
         }
-        out.push(ConsumerRecord {
+        out.push_back(ConsumerRecord {
             topic: topic.to_owned(),
             partition,
             offset: record.offset(),
