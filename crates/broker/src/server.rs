@@ -23,7 +23,7 @@ use crate::groups::{Groups, OffsetStore};
 use crate::metrics::Metrics;
 use crate::offsets::OffsetSource;
 use crate::partition::Partition;
-use crate::service::{AdminService, BrokerService, ProduceFrames};
+use crate::service::{AdminService, BatchFrames, BrokerService};
 use crate::topics::{Topic, Topics};
 
 /// How a broker runs. `strata server` fills it from flags, environment and defaults.
@@ -367,7 +367,7 @@ pub async fn run(
         shared.tasks.spawn(crate::metrics::serve(listener, metrics.clone(), shutdown.clone()));
     }
 
-    let broker = ProduceFrames::new(BrokerService::new(shared.clone()), max_request);
+    let broker = BatchFrames::new(BrokerService::new(shared.clone()), max_request);
     let admin =
         AdminServer::new(AdminService::new(shared.clone())).max_decoding_message_size(1024 * 1024);
     tracing::info!(

@@ -2,10 +2,11 @@
 //!
 //! tonic's generated client copies every DATA frame of an answer into a buffer of its own,
 //! which it grows as the message comes in: for a consumer, a copy of every byte it reads (a
-//! fifth of a consuming process's samples at 1 GB/s, `perf`, session 15). Read with
-//! [`strata_proto::frames::read_unary`], an answer that arrived in one DATA frame (the client
-//! takes frames of up to `CLIENT_MAX_FRAME_BYTES`, larger than a fetch answer's budget) is
-//! decoded in place: its record batches are slices of the frame h2 read from the socket.
+//! fifth of a consuming process's samples at 1 GB/s, `perf`, session 15). The broker sends
+//! each record batch of at least 4 KiB in frames of its own, and the client takes frames of up
+//! to `CLIENT_MAX_FRAME_BYTES`, so such a batch arrives in one frame, and
+//! [`strata_proto::frames::read_unary`] and prost decode it as a slice of that frame, as h2
+//! read it from the socket.
 //!
 //! The call is otherwise what tonic makes of it: the same path, headers and message, and the
 //! same statuses from the answer's headers or trailers, so a refusal's code and message (a

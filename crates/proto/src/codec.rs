@@ -9,7 +9,7 @@
 //! Decoding is tonic's. It appends each HTTP/2 DATA frame to its buffer and then reserves the
 //! message's length on top of what the buffer holds, which copies a message that arrived in
 //! one frame a second time; the broker decodes `ProduceMany`, where that matters, from the
-//! frames itself (`strata-broker`, `service/produce_frames.rs`).
+//! frames itself (`strata-broker`, `service/batch_frames.rs`).
 
 use std::marker::PhantomData;
 

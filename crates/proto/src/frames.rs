@@ -1,17 +1,22 @@
-//! A unary gRPC call's one message, read straight from its HTTP/2 frames, and written as one.
+//! A unary gRPC call's one message, read straight from its HTTP/2 frames, and written as
+//! frames that carry record batches as they are.
 //!
 //! tonic copies every DATA frame of a message into a buffer of its own before decoding it, and
 //! then reserves the message's length on top of what that buffer holds, which copies what came
-//! in the first frame a second time. h2 hands over each frame as `Bytes` cut from its read
-//! buffer, and prost decodes `bytes::Bytes` fields (record batches) as slices of what it
-//! decodes from: a message read here from one DATA frame, the usual case when the peer takes
-//! frames as large as the message, is decoded without a copy after the socket's. A message in
-//! several frames is gathered once, into a buffer of its declared length.
+//! in the first frame a second time; it encodes an answer into one buffer, a copy of every
+//! batch it carries. h2 hands over each frame as `Bytes` cut from its read buffer and sends
+//! each `Bytes` it is given without copying it, and prost decodes `bytes::Bytes` fields (record
+//! batches) with `copy_to_bytes`, which [`Chunks`] answers with a slice when the bytes lie in
+//! one frame. So a batch that travels in frames of its own is neither copied by the sender nor
+//! by the receiver: only the sockets copy it.
 //!
-//! Both ends use it where record batches travel: the broker for `ProduceMany` requests
-//! (`strata-broker`, `service/produce_frames.rs`), the client for `Fetch` answers
-//! (`strata-client`, `fetch_frames.rs`). Errors carry tonic's codes and messages, except that a
-//! second message in a unary body (tonic reads and ignores it) is refused with `INTERNAL`.
+//! Both ends use it where record batches travel: the broker for `ProduceMany` requests and
+//! `Fetch` answers (`strata-broker`, `service/batch_frames.rs`), the client for `Fetch`
+//! answers (`strata-client`, `fetch_frames.rs`). Errors carry tonic's codes and messages,
+//! except that a second message in a unary body (tonic reads and ignores it) is refused with
+//! `INTERNAL`.
+
+use std::collections::VecDeque;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -23,29 +28,31 @@ use tonic::codegen::http;
 /// A gRPC message's prefix: a compression flag and the message's length.
 pub const PREFIX_BYTES: usize = 5;
 
+/// DATA frames at least this large are kept as they came; smaller ones are copied together
+/// (so a peer sending tiny frames costs no more memory than the message), and so are record
+/// batches this small when an answer is written.
+pub const OWN_FRAME_BYTES: usize = 4096;
+
 /// What a unary call's body held: its message (without the prefix), if any, and its trailers.
 #[derive(Debug)]
 pub struct Unary {
-    pub message: Option<Bytes>,
+    pub message: Option<Chunks>,
     pub trailers: Option<http::HeaderMap>,
 }
 
 /// Reads the one message of a unary call's body and its trailers. The message's length is
-/// checked against `max_message` from its prefix, before the rest of the body is read. A
-/// message that arrived in one DATA frame is returned as that frame's bytes; one in several is
-/// gathered into a buffer of its declared length (so a peer sending tiny frames costs no more
-/// memory than the message). Empty DATA frames are skipped: tonic's client ends every request
-/// body with one.
+/// checked against `max_message` from its prefix, before the rest of the body is read. Frames
+/// of at least [`OWN_FRAME_BYTES`] are kept as they came, smaller runs copied together; empty
+/// DATA frames are skipped (tonic's client ends every request body with one).
 pub async fn read_unary(mut body: Body, max_message: usize) -> Result<Unary, Status> {
-    // The frames until the prefix is complete (at most five); then the message, once its
-    // length is known (`expected`, prefix included).
-    let mut head: Vec<Bytes> = Vec::new();
-    let mut message = None;
-    let mut expected = usize::MAX;
-    let mut received = 0usize;
+    let mut prefix = [0u8; PREFIX_BYTES];
+    let mut prefix_read = 0;
+    let mut length = 0;
+    let mut message = Chunks::default();
+    let mut small = BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let data = match frame?.into_data() {
+        let mut data = match frame?.into_data() {
             Ok(data) => data,
             Err(frame) => {
                 if let Ok(more) = frame.into_trailers() {
@@ -54,72 +61,107 @@ pub async fn read_unary(mut body: Body, max_message: usize) -> Result<Unary, Sta
                 continue;
             }
         };
-        if data.is_empty() {
-            continue;
-        }
-        received += data.len();
-        if received > expected {
-            return Err(Status::internal("a unary call carries exactly one message"));
-        }
-        match &mut message {
-            Some(Received::Gathering(gathered)) => gathered.put(data),
-            Some(Received::Whole(_)) => unreachable!("a whole message is all the body holds"),
-            None => {
-                head.push(data);
-                if received < PREFIX_BYTES {
-                    continue;
-                }
-                let length = message_length(&prefix(&head))?;
+        if prefix_read < PREFIX_BYTES {
+            let take = (PREFIX_BYTES - prefix_read).min(data.len());
+            prefix[prefix_read..prefix_read + take].copy_from_slice(&data[..take]);
+            data.advance(take);
+            prefix_read += take;
+            if prefix_read == PREFIX_BYTES {
+                length = message_length(&prefix)?;
                 if length > max_message {
                     return Err(Status::out_of_range(format!(
                         "Error, decoded message length too large: found {length} bytes, the limit is: {max_message} bytes"
                     )));
                 }
-                expected = PREFIX_BYTES + length;
-                if received > expected {
-                    return Err(Status::internal("a unary call carries exactly one message"));
-                }
-                message = Some(if head.len() == 1 && received == expected {
-                    Received::Whole(head.pop().expect("one frame"))
-                } else {
-                    let mut gathered = BytesMut::with_capacity(expected);
-                    head.drain(..).for_each(|frame| gathered.put(frame));
-                    Received::Gathering(gathered)
-                });
             }
         }
-    }
-    let mut whole = match message {
-        None if received == 0 => return Ok(Unary { message: None, trailers }),
-        Some(Received::Whole(frame)) => frame,
-        Some(Received::Gathering(gathered)) if gathered.len() == expected => gathered.freeze(),
-        _ => return Err(Status::internal("Unexpected EOF decoding stream.")),
-    };
-    whole.advance(PREFIX_BYTES);
-    Ok(Unary { message: Some(whole), trailers })
-}
-
-/// A message, once its prefix was read.
-enum Received {
-    /// All of it, in one frame.
-    Whole(Bytes),
-    /// Copied into a buffer of its declared length, as its frames arrive.
-    Gathering(BytesMut),
-}
-
-/// The first [`PREFIX_BYTES`] of the body, which may span frames.
-fn prefix(frames: &[Bytes]) -> [u8; PREFIX_BYTES] {
-    let mut prefix = [0u8; PREFIX_BYTES];
-    let mut filled = 0;
-    for frame in frames {
-        let take = (PREFIX_BYTES - filled).min(frame.len());
-        prefix[filled..filled + take].copy_from_slice(&frame[..take]);
-        filled += take;
-        if filled == PREFIX_BYTES {
-            break;
+        if data.is_empty() {
+            continue;
+        }
+        if message.remaining() + small.len() + data.len() > length {
+            return Err(Status::internal("a unary call carries exactly one message"));
+        }
+        if data.len() >= OWN_FRAME_BYTES {
+            message.push(small.split().freeze());
+            message.push(data);
+        } else {
+            small.extend_from_slice(&data);
         }
     }
-    prefix
+    message.push(small.freeze());
+    match prefix_read {
+        0 => Ok(Unary { message: None, trailers }),
+        PREFIX_BYTES if message.remaining() == length => {
+            Ok(Unary { message: Some(message), trailers })
+        }
+        _ => Err(Status::internal("Unexpected EOF decoding stream.")),
+    }
+}
+
+/// A message's bytes in the pieces they arrived in, read as one [`Buf`]. Taking bytes that lie
+/// within one piece (`copy_to_bytes`, which prost uses for `bytes::Bytes` fields) slices it
+/// instead of copying: a record batch that came in a frame of its own is decoded in place.
+#[derive(Debug, Clone, Default)]
+pub struct Chunks {
+    /// Never an empty one.
+    chunks: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.remaining += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+}
+
+impl From<Bytes> for Chunks {
+    fn from(bytes: Bytes) -> Chunks {
+        let mut chunks = Chunks::default();
+        chunks.push(bytes);
+        chunks
+    }
+}
+
+impl Buf for Chunks {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |c| &c[..])
+    }
+
+    fn advance(&mut self, mut count: usize) {
+        assert!(count <= self.remaining, "advance past the end of the message");
+        self.remaining -= count;
+        while count > 0 {
+            let front = self.chunks.front_mut().expect("bytes remain");
+            if count < front.len() {
+                front.advance(count);
+                return;
+            }
+            count -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        let Some(front) = self.chunks.front_mut().filter(|front| front.len() >= len) else {
+            assert!(len <= self.remaining, "copy_to_bytes past the end of the message");
+            let mut gathered = BytesMut::with_capacity(len);
+            gathered.put((&mut *self).take(len));
+            return gathered.freeze();
+        };
+        let taken = front.split_to(len);
+        if front.is_empty() {
+            self.chunks.pop_front();
+        }
+        self.remaining -= len;
+        taken
+    }
 }
 
 /// The message length a prefix gives, if its message is not compressed (Strata's server
@@ -162,13 +204,57 @@ pub fn unary_body(message: &impl Message) -> Result<Body, Status> {
 
 /// A unary call's successful answer: the prefixed message, then `grpc-status: 0`.
 pub fn ok_response(message: &impl Message) -> http::Response<Body> {
-    let message = match prefixed(message) {
-        Ok(message) => message,
-        Err(status) => return status.into_http(),
+    match prefixed(message) {
+        Ok(message) => answer(vec![http_body::Frame::data(message)]),
+        Err(status) => status.into_http(),
+    }
+}
+
+/// A unary call's successful answer: `head`'s fields, then `batches` as its repeated `bytes`
+/// field `tag` (which `head` leaves empty). Batches of at least [`OWN_FRAME_BYTES`] are sent as
+/// they are, each in frames of its own (a fetch answer's batches are slices of the log's mapped
+/// segments: the socket's copy is their only one); the rest is encoded around them.
+pub fn ok_response_with_batches(
+    head: &impl Message,
+    tag: u32,
+    batches: &[Bytes],
+) -> http::Response<Body> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let framing = |batch: &Bytes| key_len(tag) + encoded_len_varint(batch.len() as u64);
+    let inline_batches: usize =
+        batches.iter().filter(|b| b.len() < OWN_FRAME_BYTES).map(Bytes::len).sum();
+    let framings: usize = batches.iter().map(framing).sum();
+    let own_frames: usize =
+        batches.iter().filter(|b| b.len() >= OWN_FRAME_BYTES).map(Bytes::len).sum();
+    let length = head.encoded_len() + framings + inline_batches + own_frames;
+    let Ok(prefix_length) = u32::try_from(length) else {
+        return Status::resource_exhausted("the answer exceeds 4 GiB").into_http();
     };
+    // Everything but the batches sent as they are, in one buffer that each of those splits.
+    let mut inline = BytesMut::with_capacity(PREFIX_BYTES + length - own_frames);
+    inline.put_u8(0);
+    inline.put_u32(prefix_length);
+    let mut frames = Vec::new();
+    for batch in batches {
+        encode_key(tag, WireType::LengthDelimited, &mut inline);
+        encode_varint(batch.len() as u64, &mut inline);
+        if batch.len() >= OWN_FRAME_BYTES {
+            frames.push(http_body::Frame::data(inline.split().freeze()));
+            frames.push(http_body::Frame::data(batch.clone()));
+        } else {
+            inline.extend_from_slice(batch);
+        }
+    }
+    head.encode_raw(&mut inline);
+    frames.push(http_body::Frame::data(inline.freeze()));
+    answer(frames)
+}
+
+/// `frames`, then `grpc-status: 0`, as an answer.
+fn answer(mut frames: Vec<http_body::Frame<Bytes>>) -> http::Response<Body> {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let frames = vec![http_body::Frame::data(message), http_body::Frame::trailers(trailers)];
+    frames.push(http_body::Frame::trailers(trailers));
     let mut response = http::Response::new(body(frames));
     response
         .headers_mut()
@@ -199,14 +285,19 @@ mod tests {
         read_unary(body(frames), MAX).await
     }
 
+    fn contents(mut chunks: Chunks) -> Vec<u8> {
+        chunks.copy_to_bytes(chunks.remaining()).to_vec()
+    }
+
     #[tokio::test]
     async fn a_message_in_one_frame_is_not_copied() {
-        let frame = Bytes::from(with_prefix(b"batches"));
+        let frame = Bytes::from(with_prefix(&[7; OWN_FRAME_BYTES]));
         let end = http_body::Frame::data(Bytes::new()); // tonic's client ends with one
-        let read = read(vec![http_body::Frame::data(frame.clone()), end]).await.unwrap();
-        let message = read.message.unwrap();
-        assert_eq!(&message[..], b"batches");
-        assert_eq!(message.as_ptr(), frame[PREFIX_BYTES..].as_ptr(), "a slice of the frame");
+        let read =
+            read_unary(body(vec![http_body::Frame::data(frame.clone()), end]), 2 * OWN_FRAME_BYTES);
+        let message = read.await.unwrap().message.unwrap();
+        assert_eq!(message.chunk().as_ptr(), frame[PREFIX_BYTES..].as_ptr(), "a slice of it");
+        assert_eq!(contents(message), [7; OWN_FRAME_BYTES]);
     }
 
     #[tokio::test]
@@ -217,8 +308,38 @@ mod tests {
         trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
         frames.push(http_body::Frame::trailers(trailers.clone()));
         let read = read(frames).await.unwrap();
-        assert_eq!(&read.message.unwrap()[..], b"split everywhere");
+        let message = read.message.unwrap();
+        assert_eq!(message.chunks.len(), 1, "copied together");
+        assert_eq!(contents(message), b"split everywhere");
         assert_eq!(read.trailers, Some(trailers));
+    }
+
+    #[test]
+    fn bytes_within_one_chunk_are_sliced_and_across_chunks_gathered() {
+        let (first, second) = (Bytes::from_static(b"abcdef"), Bytes::from_static(b"ghij"));
+        let mut chunks = Chunks::from(first.clone());
+        chunks.push(Bytes::new());
+        chunks.push(second);
+        assert_eq!(chunks.remaining(), 10);
+        let head = chunks.copy_to_bytes(4);
+        assert_eq!((&head[..], head.as_ptr()), (&b"abcd"[..], first.as_ptr()), "sliced");
+        let across = chunks.copy_to_bytes(4);
+        assert_eq!(&across[..], b"efgh", "gathered");
+        chunks.advance(1);
+        assert_eq!((chunks.chunk(), chunks.remaining()), (&b"j"[..], 1));
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_batches_decodes_with_its_large_batches_in_place() {
+        let large = Bytes::from(vec![1; OWN_FRAME_BYTES]);
+        let batches = vec![Bytes::from_static(b"small"), large.clone(), Bytes::from_static(b"s")];
+        let head = crate::FetchResponse { batches: vec![], high_watermark: 9, log_start_offset: 2 };
+        let answer = ok_response_with_batches(&head, 1, &batches);
+        let read = read_unary(answer.into_body(), 4 * OWN_FRAME_BYTES).await.unwrap();
+        assert!(read.trailers.is_some_and(|t| t["grpc-status"] == "0"));
+        let decoded = crate::FetchResponse::decode(read.message.unwrap()).unwrap();
+        assert_eq!(decoded, crate::FetchResponse { batches: batches.clone(), ..head });
+        assert_eq!(decoded.batches[1].as_ptr(), large.as_ptr(), "the large batch, not a copy");
     }
 
     #[tokio::test]

@@ -1,12 +1,12 @@
 //! The gRPC services: thin adapters from the generated API onto topics, partitions and groups.
 
 mod admin;
+mod batch_frames;
 mod broker;
-mod produce_frames;
 
 pub use admin::AdminService;
+pub(crate) use batch_frames::BatchFrames;
 pub use broker::BrokerService;
-pub(crate) use produce_frames::ProduceFrames;
 
 use std::future::Future;
 use std::time::Instant;

@@ -1,23 +1,25 @@
-//! `ProduceMany` decoded straight from the request's HTTP/2 frames.
+//! The two calls that carry record batches, `ProduceMany` requests and `Fetch` answers, read
+//! and written as HTTP/2 frames by the broker itself rather than by tonic.
 //!
-//! tonic copies every DATA frame of a request into a buffer of its own before decoding it:
-//! for a produce request, a copy of every byte produced. Read with
-//! [`strata_proto::frames::read_unary`], a request whose message arrived in one DATA frame, the
-//! usual case (a server takes frames of up to `SERVER_MAX_FRAME_BYTES`; tonic's client sends
-//! the message, then an empty frame that ends the stream), reaches the log without a copy
-//! after the socket's.
+//! tonic copies every DATA frame of a request into a buffer of its own before decoding it, and
+//! encodes every answer into one buffer: a copy of every byte produced, and of every byte
+//! fetched. Here a produce request's batches reach the log as slices of the frames h2 read
+//! from the socket ([`strata_proto::frames::read_unary`]), and a fetch answer's batches, slices
+//! of the log's mapped segments, go to h2 as they are, in frames of their own
+//! ([`strata_proto::frames::ok_response_with_batches`]); the socket's copy is their only one.
 //!
-//! Every other call goes to tonic as before, and so does a `ProduceMany` whose message is
-//! compressed (`grpc-encoding`), which tonic refuses: the server enables no compression.
+//! Every other call goes to tonic, and so does a request whose message is compressed
+//! (`grpc-encoding`), which tonic refuses: the server enables no compression.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use prost::Message;
-use strata_proto::ProduceManyRequest;
 use strata_proto::broker_server::{Broker, BrokerServer};
-use strata_proto::frames::{Unary, ok_response, read_unary};
+use strata_proto::frames::{Unary, ok_response, ok_response_with_batches, read_unary};
+use strata_proto::{FetchRequest, ProduceManyRequest};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -25,37 +27,40 @@ use tonic::codegen::{BoxFuture, Service, http};
 use super::BrokerService;
 
 const PRODUCE_MANY_PATH: &str = "/strata.v1.Broker/ProduceMany";
+const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
+/// A fetch request's largest message: a few small fields (tonic's default limit).
+const MAX_FETCH_REQUEST: usize = 4 * 1024 * 1024;
 /// Partition entries a request may carry: every partition of the largest topic ten times
 /// over. Counted in the encoded message before it is decoded, because each entry decodes into
 /// a `PartitionBatches` with a `String` of its own: a 64 MiB request of 2-byte entries would
 /// otherwise become ~32 M of them, gigabytes.
 pub(crate) const MAX_REQUEST_PARTITIONS: usize = 10 * crate::topics::MAX_PARTITIONS as usize;
 
-/// The broker's gRPC service, with `ProduceMany` taken before tonic decodes it.
+/// The broker's gRPC service, with `ProduceMany` and `Fetch` taken before tonic sees them.
 #[derive(Debug, Clone)]
-pub(crate) struct ProduceFrames {
+pub(crate) struct BatchFrames {
     tonic: BrokerServer<BrokerService>,
     service: Arc<BrokerService>,
     max_request: usize,
 }
 
-impl ProduceFrames {
+impl BatchFrames {
     /// `tonic` serves every other call; `max_request` bounds a request's message, as tonic's
     /// `max_decoding_message_size` does for them.
-    pub(crate) fn new(service: BrokerService, max_request: usize) -> ProduceFrames {
+    pub(crate) fn new(service: BrokerService, max_request: usize) -> BatchFrames {
         let service = Arc::new(service);
         let tonic = BrokerServer::from_arc(service.clone())
             .max_decoding_message_size(max_request)
             .max_encoding_message_size(usize::MAX);
-        ProduceFrames { tonic, service, max_request }
+        BatchFrames { tonic, service, max_request }
     }
 }
 
-impl tonic::server::NamedService for ProduceFrames {
+impl tonic::server::NamedService for BatchFrames {
     const NAME: &'static str = strata_proto::broker_server::SERVICE_NAME;
 }
 
-impl Service<http::Request<Body>> for ProduceFrames {
+impl Service<http::Request<Body>> for BatchFrames {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<http::Response<Body>, Infallible>;
@@ -69,14 +74,54 @@ impl Service<http::Request<Body>> for ProduceFrames {
             .headers()
             .get("grpc-encoding")
             .is_some_and(|encoding| encoding.as_bytes() != b"identity");
-        if request.uri().path() != PRODUCE_MANY_PATH || compressed {
-            return self.tonic.call(request);
-        }
         let service = self.service.clone();
-        let max_request = self.max_request;
-        Box::pin(async move { Ok(produce_many(&service, request, max_request).await) })
+        match request.uri().path() {
+            _ if compressed => self.tonic.call(request),
+            PRODUCE_MANY_PATH => {
+                let max_request = self.max_request;
+                Box::pin(async move { Ok(produce_many(&service, request, max_request).await) })
+            }
+            FETCH_PATH => Box::pin(async move { Ok(fetch(&service, request).await) }),
+            _ => self.tonic.call(request),
+        }
     }
 }
+
+/// A unary request's message, decoded; or tonic's answer to one that does not come or decode.
+async fn read_request<M: Message + Default>(
+    request: http::Request<Body>,
+    max_request: usize,
+) -> Result<tonic::Request<M>, http::Response<Body>> {
+    let (parts, body) = request.into_parts();
+    let message = match read_unary(body, max_request).await {
+        Ok(Unary { message: Some(message), .. }) => message,
+        Ok(Unary { message: None, .. }) => {
+            return Err(Status::internal("Missing request message.").into_http());
+        }
+        Err(status) => return Err(status.into_http()),
+    };
+    let decoded =
+        M::decode(message).map_err(|err| Status::internal(err.to_string()).into_http())?;
+    Ok(tonic::Request::from_http(http::Request::from_parts(parts, decoded)))
+}
+
+async fn fetch(service: &BrokerService, request: http::Request<Body>) -> http::Response<Body> {
+    let request = match read_request::<FetchRequest>(request, MAX_FETCH_REQUEST).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    match service.fetch(request).await {
+        Ok(response) => {
+            let mut head = response.into_inner();
+            let batches = std::mem::take(&mut head.batches);
+            ok_response_with_batches(&head, FETCH_BATCHES_TAG, &batches)
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+/// The tag of `FetchResponse.batches` (`proto/strata/v1/client.proto`).
+const FETCH_BATCHES_TAG: u32 = 1;
 
 async fn produce_many(
     service: &BrokerService,
@@ -91,7 +136,7 @@ async fn produce_many(
         }
         Err(status) => return status.into_http(),
     };
-    match partition_entries(&message) {
+    match partition_entries(message.clone()) {
         Ok(entries) if entries > MAX_REQUEST_PARTITIONS => {
             return Status::invalid_argument(format!(
                 "a produce request carries at most {MAX_REQUEST_PARTITIONS} partition entries, not {entries}"
@@ -115,10 +160,10 @@ async fn produce_many(
 
 /// How many `partitions` entries (field 2) an encoded `ProduceManyRequest` holds, from its
 /// field keys and lengths alone.
-fn partition_entries(mut message: &[u8]) -> Result<usize, prost::DecodeError> {
+fn partition_entries(mut message: impl Buf) -> Result<usize, prost::DecodeError> {
     use prost::encoding::{DecodeContext, decode_key, skip_field};
     let mut entries = 0;
-    while !message.is_empty() {
+    while message.has_remaining() {
         let (tag, wire_type) = decode_key(&mut message)?;
         if tag == 2 {
             entries += 1;
@@ -142,7 +187,7 @@ mod tests {
             batches: vec![Bytes::from_static(b"batch")],
         };
         let request = ProduceManyRequest { acks: -1, partitions: (0..300).map(entry).collect() };
-        assert_eq!(partition_entries(&request.encode_to_vec()).unwrap(), 300);
-        assert!(partition_entries(&[0x12, 0x05, 0x00]).is_err(), "a length past the end");
+        assert_eq!(partition_entries(&request.encode_to_vec()[..]).unwrap(), 300);
+        assert!(partition_entries(&[0x12u8, 0x05, 0x00][..]).is_err(), "a length past the end");
     }
 }
