@@ -410,7 +410,12 @@ pub async fn run(
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
+    // Keepalive pings: a peer that stopped reading is dropped within a minute, and with it the
+    // answers it held (a fetch answer's batches are slices of the log's mapped segments, which
+    // a deleted segment's disk space waits for).
     let served = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .initial_stream_window_size(8 * 1024 * 1024)
         .initial_connection_window_size(32 * 1024 * 1024)
         .max_frame_size(strata_proto::SERVER_MAX_FRAME_BYTES)

@@ -2,11 +2,11 @@
 //!
 //! tonic's generated client copies every DATA frame of an answer into a buffer of its own,
 //! which it grows as the message comes in: for a consumer, a copy of every byte it reads (a
-//! fifth of a consuming process's samples at 1 GB/s, `perf`, session 15). The broker sends
-//! each record batch of at least 4 KiB in frames of its own, and the client takes frames of up
-//! to `CLIENT_MAX_FRAME_BYTES`, so such a batch arrives in one frame, and
-//! [`strata_proto::frames::read_unary`] and prost decode it as a slice of that frame, as h2
-//! read it from the socket.
+//! fifth of a consuming process's samples at 1 GB/s, `perf`, session 15). The broker sends a
+//! large record batch in frames of its own and the rest of an answer in one buffer, and the
+//! client takes frames of up to `CLIENT_MAX_FRAME_BYTES`, so each arrives in one frame, and
+//! [`strata_proto::frames::read_unary`] and prost decode the batches as slices of those
+//! frames, as h2 read them from the socket.
 //!
 //! The call is otherwise what tonic makes of it: the same path, headers and message, and the
 //! same statuses from the answer's headers or trailers, so a refusal's code and message (a
@@ -46,18 +46,54 @@ pub(crate) async fn fetch(
             status
         });
     }
-    let Unary { message, trailers } = read_unary(answer, max_answer).await?;
+    if parts.status != http::StatusCode::OK {
+        return Err(http_refusal(parts.status));
+    }
+    let Unary { message, trailers } = match read_unary(answer, max_answer).await {
+        Ok(read) => read,
+        // Our own limit, not the server's word on the offset: never a reason to reset.
+        Err(status) if status.code() == Code::OutOfRange => {
+            return Err(Status::resource_exhausted(status.message().to_owned()));
+        }
+        Err(status) => return Err(status),
+    };
     match trailers.as_ref().and_then(Status::from_header_map) {
         Some(status) if status.code() == Code::Ok => {}
         Some(status) => return Err(status),
-        None if parts.status != http::StatusCode::OK => {
-            return Err(Status::unknown(format!(
-                "HTTP status {} without a gRPC status",
-                parts.status
-            )));
-        }
         None => return Err(Status::unknown("the answer ended without a grpc-status trailer")),
     }
     let message = message.ok_or_else(|| Status::internal("Missing response message."))?;
     FetchResponse::decode(message).map_err(|e| Status::internal(e.to_string()))
+}
+
+/// A non-200 answer without a gRPC status (from a proxy, say), coded as gRPC maps HTTP
+/// statuses (and tonic with it): a gateway or an overloaded server is UNAVAILABLE, which the
+/// consumer retries elsewhere.
+fn http_refusal(status: http::StatusCode) -> Status {
+    let code = match status {
+        http::StatusCode::BAD_REQUEST => Code::Internal,
+        http::StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        http::StatusCode::FORBIDDEN => Code::PermissionDenied,
+        http::StatusCode::NOT_FOUND => Code::Unimplemented,
+        http::StatusCode::TOO_MANY_REQUESTS
+        | http::StatusCode::BAD_GATEWAY
+        | http::StatusCode::SERVICE_UNAVAILABLE
+        | http::StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(code, format!("HTTP status {status} without a gRPC status"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_map_as_grpc_maps_them() {
+        let code = |status| http_refusal(status).code();
+        assert_eq!(code(http::StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
+        assert_eq!(code(http::StatusCode::BAD_GATEWAY), Code::Unavailable);
+        assert_eq!(code(http::StatusCode::NOT_FOUND), Code::Unimplemented);
+        assert_eq!(code(http::StatusCode::IM_A_TEAPOT), Code::Unknown);
+    }
 }

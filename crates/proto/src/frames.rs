@@ -29,9 +29,16 @@ use tonic::codegen::http;
 pub const PREFIX_BYTES: usize = 5;
 
 /// DATA frames at least this large are kept as they came; smaller ones are copied together
-/// (so a peer sending tiny frames costs no more memory than the message), and so are record
-/// batches this small when an answer is written.
+/// (so a peer sending tiny frames costs no more memory than the message).
 pub const OWN_FRAME_BYTES: usize = 4096;
+
+/// Record batches at least this large go in frames of their own when an answer is written;
+/// smaller ones are copied into the frames around them. Each frame of its own costs a
+/// `writev` and a frame's handling at both ends, more than copying a small batch: fetch
+/// answers of 64 KiB batches each in its own frames took more CPU on both sides than copied
+/// ones (node 0.82-1.02 s against 0.75-0.90 s, consumer 1.15-1.25 s against 0.93-1.0 s per
+/// 2 GB), while 1 MiB batches in their own frames took 25 % less node CPU (session 15).
+pub const OWN_FRAME_BATCH_BYTES: usize = 256 * 1024;
 
 /// What a unary call's body held: its message (without the prefix), if any, and its trailers.
 #[derive(Debug)]
@@ -197,9 +204,9 @@ pub fn body(frames: Vec<http_body::Frame<Bytes>>) -> Body {
     Body::new(http_body_util::StreamBody::new(frames))
 }
 
-/// A unary call's body: `message`, prefixed, in one frame.
+/// A unary call's body: `message`, prefixed, in one frame that also ends the stream.
 pub fn unary_body(message: &impl Message) -> Result<Body, Status> {
-    Ok(body(vec![http_body::Frame::data(prefixed(message)?)]))
+    Ok(Body::new(http_body_util::Full::new(prefixed(message)?)))
 }
 
 /// A unary call's successful answer: the prefixed message, then `grpc-status: 0`.
@@ -211,8 +218,8 @@ pub fn ok_response(message: &impl Message) -> http::Response<Body> {
 }
 
 /// A unary call's successful answer: `head`'s fields, then `batches` as its repeated `bytes`
-/// field `tag` (which `head` leaves empty). Batches of at least [`OWN_FRAME_BYTES`] are sent as
-/// they are, each in frames of its own (a fetch answer's batches are slices of the log's mapped
+/// field `tag` (which `head` leaves empty). Batches of at least [`OWN_FRAME_BATCH_BYTES`] are
+/// sent as they are, each in frames of its own (a fetch answer's batches are slices of the log's mapped
 /// segments: the socket's copy is their only one); the rest is encoded around them.
 pub fn ok_response_with_batches(
     head: &impl Message,
@@ -222,10 +229,10 @@ pub fn ok_response_with_batches(
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
     let framing = |batch: &Bytes| key_len(tag) + encoded_len_varint(batch.len() as u64);
     let inline_batches: usize =
-        batches.iter().filter(|b| b.len() < OWN_FRAME_BYTES).map(Bytes::len).sum();
+        batches.iter().filter(|b| b.len() < OWN_FRAME_BATCH_BYTES).map(Bytes::len).sum();
     let framings: usize = batches.iter().map(framing).sum();
     let own_frames: usize =
-        batches.iter().filter(|b| b.len() >= OWN_FRAME_BYTES).map(Bytes::len).sum();
+        batches.iter().filter(|b| b.len() >= OWN_FRAME_BATCH_BYTES).map(Bytes::len).sum();
     let length = head.encoded_len() + framings + inline_batches + own_frames;
     let Ok(prefix_length) = u32::try_from(length) else {
         return Status::resource_exhausted("the answer exceeds 4 GiB").into_http();
@@ -238,7 +245,7 @@ pub fn ok_response_with_batches(
     for batch in batches {
         encode_key(tag, WireType::LengthDelimited, &mut inline);
         encode_varint(batch.len() as u64, &mut inline);
-        if batch.len() >= OWN_FRAME_BYTES {
+        if batch.len() >= OWN_FRAME_BATCH_BYTES {
             frames.push(http_body::Frame::data(inline.split().freeze()));
             frames.push(http_body::Frame::data(batch.clone()));
         } else {
@@ -246,7 +253,9 @@ pub fn ok_response_with_batches(
         }
     }
     head.encode_raw(&mut inline);
-    frames.push(http_body::Frame::data(inline.freeze()));
+    if !inline.is_empty() {
+        frames.push(http_body::Frame::data(inline.freeze()));
+    }
     answer(frames)
 }
 
@@ -331,15 +340,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_with_batches_decodes_with_its_large_batches_in_place() {
-        let large = Bytes::from(vec![1; OWN_FRAME_BYTES]);
-        let batches = vec![Bytes::from_static(b"small"), large.clone(), Bytes::from_static(b"s")];
+        let large = Bytes::from(vec![1; OWN_FRAME_BATCH_BYTES]);
+        let copied = Bytes::from(vec![2; OWN_FRAME_BATCH_BYTES - 1]);
+        let batches = vec![Bytes::from_static(b"small"), large.clone(), copied.clone()];
         let head = crate::FetchResponse { batches: vec![], high_watermark: 9, log_start_offset: 2 };
         let answer = ok_response_with_batches(&head, 1, &batches);
-        let read = read_unary(answer.into_body(), 4 * OWN_FRAME_BYTES).await.unwrap();
+        let read = read_unary(answer.into_body(), 4 * OWN_FRAME_BATCH_BYTES).await.unwrap();
         assert!(read.trailers.is_some_and(|t| t["grpc-status"] == "0"));
         let decoded = crate::FetchResponse::decode(read.message.unwrap()).unwrap();
         assert_eq!(decoded, crate::FetchResponse { batches: batches.clone(), ..head });
         assert_eq!(decoded.batches[1].as_ptr(), large.as_ptr(), "the large batch, not a copy");
+        assert_ne!(decoded.batches[2].as_ptr(), copied.as_ptr(), "a smaller one copied");
     }
 
     #[tokio::test]

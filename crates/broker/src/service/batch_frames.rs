@@ -4,9 +4,10 @@
 //! tonic copies every DATA frame of a request into a buffer of its own before decoding it, and
 //! encodes every answer into one buffer: a copy of every byte produced, and of every byte
 //! fetched. Here a produce request's batches reach the log as slices of the frames h2 read
-//! from the socket ([`strata_proto::frames::read_unary`]), and a fetch answer's batches, slices
-//! of the log's mapped segments, go to h2 as they are, in frames of their own
-//! ([`strata_proto::frames::ok_response_with_batches`]); the socket's copy is their only one.
+//! from the socket ([`strata_proto::frames::read_unary`]), and a fetch answer's large batches,
+//! slices of the log's mapped segments, go to h2 as they are, in frames of their own
+//! ([`strata_proto::frames::ok_response_with_batches`]): the socket's copy is their only one.
+//! Smaller batches are copied into one buffer with the rest of the answer, once.
 //!
 //! Every other call goes to tonic, and so does a request whose message is compressed
 //! (`grpc-encoding`), which tonic refuses: the server enables no compression.
@@ -28,8 +29,8 @@ use super::BrokerService;
 
 const PRODUCE_MANY_PATH: &str = "/strata.v1.Broker/ProduceMany";
 const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
-/// A fetch request's largest message: a few small fields (tonic's default limit).
-const MAX_FETCH_REQUEST: usize = 4 * 1024 * 1024;
+/// A fetch request's largest message: a topic name and four numbers.
+const MAX_FETCH_REQUEST: usize = 64 * 1024;
 /// Partition entries a request may carry: every partition of the largest topic ten times
 /// over. Counted in the encoded message before it is decoded, because each entry decodes into
 /// a `PartitionBatches` with a `String` of its own: a 64 MiB request of 2-byte entries would
