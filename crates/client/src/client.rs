@@ -75,7 +75,8 @@ impl Client {
         addresses.get(current).cloned().unwrap_or_default()
     }
 
-    fn channel(&self, address: &str) -> Channel {
+    /// The connection to the broker at `address`.
+    pub(crate) fn channel_at(&self, address: &str) -> Channel {
         let mut channels = self.inner.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(address) {
             return channel.clone();
@@ -91,7 +92,7 @@ impl Client {
     }
 
     pub(crate) fn broker(&self) -> BrokerClient<Channel> {
-        BrokerClient::new(self.channel(&self.address()))
+        BrokerClient::new(self.channel_at(&self.address()))
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
@@ -114,16 +115,16 @@ impl Client {
 
     /// The connection to `topic`/`partition`'s leader if known, else to the current broker.
     pub(crate) fn channel_for(&self, topic: &str, partition: u32) -> Channel {
-        self.channel(&self.leader_address(topic, partition))
+        self.channel_at(&self.leader_address(topic, partition))
     }
 
     /// The broker at `address`.
     pub(crate) fn broker_at(&self, address: &str) -> BrokerClient<Channel> {
-        BrokerClient::new(self.channel(address)).max_decoding_message_size(MAX_RESPONSE_BYTES)
+        BrokerClient::new(self.channel_at(address)).max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     pub(crate) fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel(&self.address()))
+        AdminClient::new(self.channel_at(&self.address()))
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 

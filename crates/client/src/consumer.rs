@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::client::MAX_RESPONSE_BYTES;
-use crate::fetch_frames;
 use crate::record::{ConsumerRecord, decode};
+use crate::unary_frames;
 use crate::{Client, ClientError, Result};
 
 /// How often finding a partition's offsets follows a leader change before giving up.
@@ -482,7 +482,7 @@ impl Consumer {
             };
             let key = tp.clone();
             let handle = self.fetches.spawn(async move {
-                let answer = fetch_frames::fetch(channel, &request, MAX_RESPONSE_BYTES).await;
+                let answer = unary_frames::fetch(channel, &request, MAX_RESPONSE_BYTES).await;
                 (key, offset, answer)
             });
             self.in_flight.insert(tp, (offset, handle));

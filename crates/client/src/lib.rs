@@ -24,10 +24,10 @@ mod answers;
 mod client;
 mod consumer;
 mod error;
-mod fetch_frames;
 mod produce_request;
 mod producer;
 mod record;
+mod unary_frames;
 
 pub use admin::{Admin, ResetSpec, ResetTarget, TopicSpec};
 pub use client::Client;

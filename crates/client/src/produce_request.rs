@@ -12,8 +12,10 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use crate::answers::Answers;
+use crate::client::MAX_RESPONSE_BYTES;
 use crate::producer::{Acks, ProducerConfig, Waiter};
 use crate::record::Delivered;
+use crate::unary_frames;
 use crate::{Client, ClientError, Result};
 
 pub(crate) type PartitionKey = (String, u32);
@@ -170,12 +172,12 @@ async fn send_once(
     };
     let sent = tokio::time::timeout(
         config.request_timeout,
-        client.broker_at(address).produce_many(request),
+        unary_frames::produce_many(client.channel_at(address), &request, MAX_RESPONSE_BYTES),
     )
     .await
     .unwrap_or_else(|_| Err(Status::unavailable("produce request timed out")));
     let response = match sent {
-        Ok(response) => response.into_inner(),
+        Ok(response) => response,
         Err(status) => {
             // The whole request failed: each topic's leaders are looked up once.
             let mut learnt = HashSet::new();

@@ -259,6 +259,56 @@ pub fn ok_response_with_batches(
     answer(frames)
 }
 
+/// A `ProduceMany` request's body, byte for byte what prost encodes, but with each batch of
+/// at least [`OWN_FRAME_BATCH_BYTES`] in frames of its own, as the producer built it (tonic
+/// would copy it into one buffer with the rest of the request).
+pub fn produce_many_body(request: &crate::ProduceManyRequest) -> Result<Body, Status> {
+    use prost::encoding::{WireType, encode_key, encode_varint, int32, string, uint32};
+    let length = request.encoded_len();
+    let Ok(prefix_length) = u32::try_from(length) else {
+        return Err(Status::resource_exhausted("a message exceeds 4 GiB"));
+    };
+    let own_frames: usize = request
+        .partitions
+        .iter()
+        .flat_map(|p| &p.batches)
+        .filter(|b| b.len() >= OWN_FRAME_BATCH_BYTES)
+        .map(Bytes::len)
+        .sum();
+    let mut inline = BytesMut::with_capacity(PREFIX_BYTES + length - own_frames);
+    inline.put_u8(0);
+    inline.put_u32(prefix_length);
+    let mut frames = Vec::new();
+    // Fields in tag order, defaults left out, as prost's generated code writes them.
+    if request.acks != 0 {
+        int32::encode(1, &request.acks, &mut inline);
+    }
+    for entry in &request.partitions {
+        encode_key(2, WireType::LengthDelimited, &mut inline);
+        encode_varint(entry.encoded_len() as u64, &mut inline);
+        if !entry.topic.is_empty() {
+            string::encode(1, &entry.topic, &mut inline);
+        }
+        if entry.partition != 0 {
+            uint32::encode(2, &entry.partition, &mut inline);
+        }
+        for batch in &entry.batches {
+            encode_key(3, WireType::LengthDelimited, &mut inline);
+            encode_varint(batch.len() as u64, &mut inline);
+            if batch.len() >= OWN_FRAME_BATCH_BYTES {
+                frames.push(http_body::Frame::data(inline.split().freeze()));
+                frames.push(http_body::Frame::data(batch.clone()));
+            } else {
+                inline.extend_from_slice(batch);
+            }
+        }
+    }
+    if !inline.is_empty() {
+        frames.push(http_body::Frame::data(inline.freeze()));
+    }
+    Ok(body(frames))
+}
+
 /// `frames`, then `grpc-status: 0`, as an answer.
 fn answer(mut frames: Vec<http_body::Frame<Bytes>>) -> http::Response<Body> {
     let mut trailers = http::HeaderMap::new();
@@ -384,6 +434,49 @@ mod tests {
                 .expect("answered without waiting for the body")
                 .unwrap_err();
         assert_eq!(refused.code(), Code::OutOfRange);
+    }
+
+    /// Every DATA frame's bytes, in order, and the frames' count.
+    async fn frames_of(mut body: Body) -> (Vec<u8>, usize) {
+        let (mut bytes, mut count) = (Vec::new(), 0);
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                bytes.extend_from_slice(&data);
+                count += 1;
+            }
+        }
+        (bytes, count)
+    }
+
+    #[tokio::test]
+    async fn written_messages_are_byte_for_byte_what_prost_encodes() {
+        let large = Bytes::from(vec![3; OWN_FRAME_BATCH_BYTES]);
+        let entry = |topic: &str, partition, batches: Vec<Bytes>| crate::PartitionBatches {
+            topic: topic.into(),
+            partition,
+            batches,
+        };
+        let request = crate::ProduceManyRequest {
+            acks: -1,
+            partitions: vec![
+                entry("t", 0, vec![Bytes::from_static(b"small"), large.clone()]),
+                entry("", 7, vec![large.clone(), large.clone()]),
+                entry("u", 1, vec![]),
+            ],
+        };
+        let (bytes, frames) = frames_of(produce_many_body(&request).unwrap()).await;
+        assert_eq!(bytes, prefixed(&request).unwrap(), "a produce request");
+        assert_eq!(frames, 7, "each large batch in a frame of its own");
+        let defaults =
+            crate::ProduceManyRequest { acks: 0, partitions: vec![entry("", 0, vec![])] };
+        let (bytes, _) = frames_of(produce_many_body(&defaults).unwrap()).await;
+        assert_eq!(bytes, prefixed(&defaults).unwrap(), "defaults left out");
+
+        let batches = vec![large.clone(), Bytes::from_static(b"b")];
+        let full = crate::FetchResponse { batches, high_watermark: 5, log_start_offset: 0 };
+        let head = crate::FetchResponse { batches: vec![], ..full.clone() };
+        let answer = ok_response_with_batches(&head, 1, &full.batches).into_body();
+        assert_eq!(frames_of(answer).await.0, prefixed(&full).unwrap(), "a fetch answer");
     }
 
     #[test]

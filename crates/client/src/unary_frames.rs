@@ -1,4 +1,6 @@
-//! `Fetch` answers decoded straight from the response's HTTP/2 frames.
+//! The two calls that carry record batches, made over tonic's channel directly: `Fetch`
+//! answers decoded straight from the response's HTTP/2 frames, `ProduceMany` requests written
+//! with their large batches in frames of their own.
 //!
 //! tonic's generated client copies every DATA frame of an answer into a buffer of its own,
 //! which it grows as the message comes in: for a consumer, a copy of every byte it reads (a
@@ -6,30 +8,56 @@
 //! large record batch in frames of its own and the rest of an answer in one buffer, and the
 //! client takes frames of up to `CLIENT_MAX_FRAME_BYTES`, so each arrives in one frame, and
 //! [`strata_proto::frames::read_unary`] and prost decode the batches as slices of those
-//! frames, as h2 read them from the socket.
+//! frames, as h2 read them from the socket. The other way, tonic encodes a produce request
+//! into one buffer, a copy of every batch; here a large batch goes to h2 as the producer built
+//! it.
 //!
-//! The call is otherwise what tonic makes of it: the same path, headers and message, and the
-//! same statuses from the answer's headers or trailers, so a refusal's code and message (a
-//! not-leader answer naming the leader) reach the consumer unchanged.
+//! The calls are otherwise what tonic makes of them: the same paths, headers and messages, and
+//! the same statuses from the answer's headers or trailers, so a refusal's code and message (a
+//! not-leader answer naming the leader) reach the client unchanged.
 
 use prost::Message;
-use strata_proto::frames::{Unary, read_unary, unary_body};
-use strata_proto::{FetchRequest, FetchResponse};
+use strata_proto::frames::{Chunks, Unary, produce_many_body, read_unary, unary_body};
+use strata_proto::{FetchRequest, FetchResponse, ProduceManyRequest, ProduceManyResponse};
+use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
+const PRODUCE_MANY_PATH: &str = "/strata.v1.Broker/ProduceMany";
 
 /// Sends `request` over `channel` and decodes its answer, of at most `max_answer` bytes.
 pub(crate) async fn fetch(
-    mut channel: Channel,
+    channel: Channel,
     request: &FetchRequest,
     max_answer: usize,
 ) -> Result<FetchResponse, Status> {
-    let mut call = http::Request::new(unary_body(request)?);
+    let answer = call(channel, FETCH_PATH, unary_body(request)?, max_answer).await?;
+    FetchResponse::decode(answer).map_err(|e| Status::internal(e.to_string()))
+}
+
+/// Sends `request` over `channel`, its large batches as they are, and decodes its answer.
+pub(crate) async fn produce_many(
+    channel: Channel,
+    request: &ProduceManyRequest,
+    max_answer: usize,
+) -> Result<ProduceManyResponse, Status> {
+    let answer = call(channel, PRODUCE_MANY_PATH, produce_many_body(request)?, max_answer).await?;
+    ProduceManyResponse::decode(answer).map_err(|e| Status::internal(e.to_string()))
+}
+
+/// A unary call of `path` with `body` (a prefixed message); its answer's message, of at most
+/// `max_answer` bytes, or its status.
+async fn call(
+    mut channel: Channel,
+    path: &'static str,
+    body: Body,
+    max_answer: usize,
+) -> Result<Chunks, Status> {
+    let mut call = http::Request::new(body);
     *call.method_mut() = http::Method::POST;
-    *call.uri_mut() = http::Uri::from_static(FETCH_PATH);
+    *call.uri_mut() = http::Uri::from_static(path);
     let headers = call.headers_mut();
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
@@ -51,7 +79,7 @@ pub(crate) async fn fetch(
     }
     let Unary { message, trailers } = match read_unary(answer, max_answer).await {
         Ok(read) => read,
-        // Our own limit, not the server's word on the offset: never a reason to reset.
+        // Our own limit, not the server's word on an offset: never a reason to reset.
         Err(status) if status.code() == Code::OutOfRange => {
             return Err(Status::resource_exhausted(status.message().to_owned()));
         }
@@ -62,8 +90,7 @@ pub(crate) async fn fetch(
         Some(status) => return Err(status),
         None => return Err(Status::unknown("the answer ended without a grpc-status trailer")),
     }
-    let message = message.ok_or_else(|| Status::internal("Missing response message."))?;
-    FetchResponse::decode(message).map_err(|e| Status::internal(e.to_string()))
+    message.ok_or_else(|| Status::internal("Missing response message."))
 }
 
 /// A non-200 answer without a gRPC status (from a proxy, say), coded as gRPC maps HTTP
