@@ -17,7 +17,7 @@
 //! not-leader answer naming the leader) reach the client unchanged.
 
 use prost::Message;
-use strata_proto::frames::{Chunks, Unary, produce_many_body, read_unary, unary_body};
+use strata_proto::frames::{Unary, produce_many_body, read_unary, unary_body};
 use strata_proto::{FetchRequest, FetchResponse, ProduceManyRequest, ProduceManyResponse};
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
@@ -33,8 +33,7 @@ pub(crate) async fn fetch(
     request: &FetchRequest,
     max_answer: usize,
 ) -> Result<FetchResponse, Status> {
-    let answer = call(channel, FETCH_PATH, unary_body(request)?, max_answer).await?;
-    FetchResponse::decode(answer).map_err(|e| Status::internal(e.to_string()))
+    call(channel, FETCH_PATH, unary_body(request)?, max_answer).await
 }
 
 /// Sends `request` over `channel`, its large batches as they are, and decodes its answer.
@@ -43,18 +42,17 @@ pub(crate) async fn produce_many(
     request: &ProduceManyRequest,
     max_answer: usize,
 ) -> Result<ProduceManyResponse, Status> {
-    let answer = call(channel, PRODUCE_MANY_PATH, produce_many_body(request)?, max_answer).await?;
-    ProduceManyResponse::decode(answer).map_err(|e| Status::internal(e.to_string()))
+    call(channel, PRODUCE_MANY_PATH, produce_many_body(request)?, max_answer).await
 }
 
-/// A unary call of `path` with `body` (a prefixed message); its answer's message, of at most
-/// `max_answer` bytes, or its status.
-async fn call(
+/// A unary call of `path` with `body` (a prefixed message); its answer, decoded from a message
+/// of at most `max_answer` bytes, or its status.
+async fn call<A: Message + Default>(
     mut channel: Channel,
     path: &'static str,
     body: Body,
     max_answer: usize,
-) -> Result<Chunks, Status> {
+) -> Result<A, Status> {
     let mut call = http::Request::new(body);
     *call.method_mut() = http::Method::POST;
     *call.uri_mut() = http::Uri::from_static(path);
@@ -90,7 +88,8 @@ async fn call(
         Some(status) => return Err(status),
         None => return Err(Status::unknown("the answer ended without a grpc-status trailer")),
     }
-    message.ok_or_else(|| Status::internal("Missing response message."))
+    let message = message.ok_or_else(|| Status::internal("Missing response message."))?;
+    A::decode(message).map_err(|e| Status::internal(e.to_string()))
 }
 
 /// A non-200 answer without a gRPC status (from a proxy, say), coded as gRPC maps HTTP

@@ -219,44 +219,26 @@ pub fn ok_response(message: &impl Message) -> http::Response<Body> {
 
 /// A unary call's successful answer: `head`'s fields, then `batches` as its repeated `bytes`
 /// field `tag` (which `head` leaves empty). Batches of at least [`OWN_FRAME_BATCH_BYTES`] are
-/// sent as they are, each in frames of its own (a fetch answer's batches are slices of the log's mapped
-/// segments: the socket's copy is their only one); the rest is encoded around them.
+/// sent as they are, each in frames of its own (a fetch answer's batches are slices of the
+/// log's mapped segments: the socket's copy is their only one); the rest is encoded around
+/// them.
 pub fn ok_response_with_batches(
     head: &impl Message,
     tag: u32,
     batches: &[Bytes],
 ) -> http::Response<Body> {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-    let framing = |batch: &Bytes| key_len(tag) + encoded_len_varint(batch.len() as u64);
-    let inline_batches: usize =
-        batches.iter().filter(|b| b.len() < OWN_FRAME_BATCH_BYTES).map(Bytes::len).sum();
-    let framings: usize = batches.iter().map(framing).sum();
-    let own_frames: usize =
-        batches.iter().filter(|b| b.len() >= OWN_FRAME_BATCH_BYTES).map(Bytes::len).sum();
-    let length = head.encoded_len() + framings + inline_batches + own_frames;
-    let Ok(prefix_length) = u32::try_from(length) else {
-        return Status::resource_exhausted("the answer exceeds 4 GiB").into_http();
+    use prost::encoding::{encoded_len_varint, key_len};
+    let framing: usize =
+        batches.iter().map(|b| key_len(tag) + encoded_len_varint(b.len() as u64) + b.len()).sum();
+    let mut writer = match BatchWriter::new(head.encoded_len() + framing, batches.iter()) {
+        Ok(writer) => writer,
+        Err(status) => return status.into_http(),
     };
-    // Everything but the batches sent as they are, in one buffer that each of those splits.
-    let mut inline = BytesMut::with_capacity(PREFIX_BYTES + length - own_frames);
-    inline.put_u8(0);
-    inline.put_u32(prefix_length);
-    let mut frames = Vec::new();
     for batch in batches {
-        encode_key(tag, WireType::LengthDelimited, &mut inline);
-        encode_varint(batch.len() as u64, &mut inline);
-        if batch.len() >= OWN_FRAME_BATCH_BYTES {
-            frames.push(http_body::Frame::data(inline.split().freeze()));
-            frames.push(http_body::Frame::data(batch.clone()));
-        } else {
-            inline.extend_from_slice(batch);
-        }
+        writer.put_batch(tag, batch);
     }
-    head.encode_raw(&mut inline);
-    if !inline.is_empty() {
-        frames.push(http_body::Frame::data(inline.freeze()));
-    }
-    answer(frames)
+    head.encode_raw(&mut writer.inline);
+    answer(writer.finish())
 }
 
 /// A `ProduceMany` request's body, byte for byte what prost encodes, but with each batch of
@@ -264,49 +246,68 @@ pub fn ok_response_with_batches(
 /// would copy it into one buffer with the rest of the request).
 pub fn produce_many_body(request: &crate::ProduceManyRequest) -> Result<Body, Status> {
     use prost::encoding::{WireType, encode_key, encode_varint, int32, string, uint32};
-    let length = request.encoded_len();
-    let Ok(prefix_length) = u32::try_from(length) else {
-        return Err(Status::resource_exhausted("a message exceeds 4 GiB"));
-    };
-    let own_frames: usize = request
-        .partitions
-        .iter()
-        .flat_map(|p| &p.batches)
-        .filter(|b| b.len() >= OWN_FRAME_BATCH_BYTES)
-        .map(Bytes::len)
-        .sum();
-    let mut inline = BytesMut::with_capacity(PREFIX_BYTES + length - own_frames);
-    inline.put_u8(0);
-    inline.put_u32(prefix_length);
-    let mut frames = Vec::new();
+    let batches = request.partitions.iter().flat_map(|p| &p.batches);
+    let mut writer = BatchWriter::new(request.encoded_len(), batches)?;
     // Fields in tag order, defaults left out, as prost's generated code writes them.
     if request.acks != 0 {
-        int32::encode(1, &request.acks, &mut inline);
+        int32::encode(1, &request.acks, &mut writer.inline);
     }
     for entry in &request.partitions {
-        encode_key(2, WireType::LengthDelimited, &mut inline);
-        encode_varint(entry.encoded_len() as u64, &mut inline);
+        encode_key(2, WireType::LengthDelimited, &mut writer.inline);
+        encode_varint(entry.encoded_len() as u64, &mut writer.inline);
         if !entry.topic.is_empty() {
-            string::encode(1, &entry.topic, &mut inline);
+            string::encode(1, &entry.topic, &mut writer.inline);
         }
         if entry.partition != 0 {
-            uint32::encode(2, &entry.partition, &mut inline);
+            uint32::encode(2, &entry.partition, &mut writer.inline);
         }
         for batch in &entry.batches {
-            encode_key(3, WireType::LengthDelimited, &mut inline);
-            encode_varint(batch.len() as u64, &mut inline);
-            if batch.len() >= OWN_FRAME_BATCH_BYTES {
-                frames.push(http_body::Frame::data(inline.split().freeze()));
-                frames.push(http_body::Frame::data(batch.clone()));
-            } else {
-                inline.extend_from_slice(batch);
-            }
+            writer.put_batch(3, batch);
         }
     }
-    if !inline.is_empty() {
-        frames.push(http_body::Frame::data(inline.freeze()));
+    Ok(body(writer.finish()))
+}
+
+/// Writes a message of known length as DATA frames: its large batches as they are, in frames
+/// of their own, everything else into one buffer that each of those splits.
+struct BatchWriter {
+    inline: BytesMut,
+    frames: Vec<http_body::Frame<Bytes>>,
+}
+
+impl BatchWriter {
+    /// A message of `length` bytes, with `batches` among them; its prefix written.
+    fn new<'a>(length: usize, batches: impl Iterator<Item = &'a Bytes>) -> Result<Self, Status> {
+        let Ok(prefix_length) = u32::try_from(length) else {
+            return Err(Status::resource_exhausted("a message exceeds 4 GiB"));
+        };
+        let own_frames: usize =
+            batches.filter(|b| b.len() >= OWN_FRAME_BATCH_BYTES).map(|b| b.len()).sum();
+        let mut inline = BytesMut::with_capacity(PREFIX_BYTES + length - own_frames);
+        inline.put_u8(0);
+        inline.put_u32(prefix_length);
+        Ok(BatchWriter { inline, frames: Vec::new() })
     }
-    Ok(body(frames))
+
+    /// A `bytes` field `tag` holding `batch`.
+    fn put_batch(&mut self, tag: u32, batch: &Bytes) {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        encode_key(tag, WireType::LengthDelimited, &mut self.inline);
+        encode_varint(batch.len() as u64, &mut self.inline);
+        if batch.len() >= OWN_FRAME_BATCH_BYTES {
+            self.frames.push(http_body::Frame::data(self.inline.split().freeze()));
+            self.frames.push(http_body::Frame::data(batch.clone()));
+        } else {
+            self.inline.extend_from_slice(batch);
+        }
+    }
+
+    fn finish(mut self) -> Vec<http_body::Frame<Bytes>> {
+        if !self.inline.is_empty() {
+            self.frames.push(http_body::Frame::data(self.inline.freeze()));
+        }
+        self.frames
+    }
 }
 
 /// `frames`, then `grpc-status: 0`, as an answer.
