@@ -446,8 +446,18 @@ impl Topics {
     pub fn discard(&self, dir: &Path) {
         let Some(name) = dir.file_name() else { return };
         let target = self.trash.join(format!("{}-{}", name.to_string_lossy(), Timestamp::now().0));
-        if fs::rename(dir, &target).is_err() {
-            return;
+        match fs::rename(dir, &target) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+            Err(err) => {
+                // Left in place, it would be opened again by a replica of the same path (one
+                // moved back): removed here instead.
+                tracing::warn!(dir = %dir.display(), error = %err, "could not move to the trash; removing in place");
+                if let Err(err) = fs::remove_dir_all(dir) {
+                    tracing::warn!(dir = %dir.display(), error = %err, "could not remove deleted data");
+                }
+                return;
+            }
         }
         std::thread::spawn(move || {
             if let Err(err) = fs::remove_dir_all(&target) {

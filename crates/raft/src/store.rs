@@ -1189,7 +1189,7 @@ mod tests {
         // What the old incarnation's late tasks would do: each writes by path.
         assert!(old.save_vote(&Vote::new(1, 1)).await.is_err(), "vote");
         assert!(old.save_committed(Some(id(1, 2))).await.is_err(), "committed, opened by path");
-        assert!(old.truncate(id(1, 3)).await.is_err(), "entries rewritten");
+        assert!(old.truncate(id(1, 3)).await.is_err(), "truncate (the log refuses first)");
         assert!(old.purge(id(1, 2)).await.is_err(), "purged, entries rewritten");
         assert!(old.purge(id(2, 10)).await.is_err(), "replacing (past the log)");
         assert!(sm.build_snapshot().await.is_err(), "snapshot");

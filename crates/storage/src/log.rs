@@ -62,9 +62,9 @@ pub struct Log {
     /// Set by [`Log::retire`]: the log's directory is being moved away, and nothing may be
     /// written at its path any more.
     retired: AtomicBool,
-    /// Held while a file that lives and dies with this log's directory (a replica's Raft
-    /// files) is written by path: see [`Log::write_beside`].
-    beside: Mutex<()>,
+    /// Read-held while a file that lives and dies with this log's directory (a replica's Raft
+    /// files) is written by path, write-held by [`Log::retire`]: see [`Log::write_beside`].
+    beside: RwLock<()>,
     /// The node-wide group commit this log's fsyncs go through, if it joined one.
     sync_group: OnceLock<Arc<SyncGroup>>,
     /// Whether the configuration in force fsyncs every append: read on every append through
@@ -263,7 +263,7 @@ impl Log {
             durable_end: AtomicU64::new(end.0),
             failure: OnceLock::new(),
             retired: AtomicBool::new(false),
-            beside: Mutex::new(()),
+            beside: RwLock::new(()),
             sync_group: OnceLock::new(),
             every_append: AtomicBool::new(every_append),
             id,
@@ -1044,7 +1044,7 @@ impl Log {
     /// delete a file there. Waits for writes in progress; reads go on being served.
     pub fn retire(&self) {
         // First: a write beside the log takes no other lock of it.
-        let _beside = self.beside.lock().unwrap_or_else(|e| e.into_inner());
+        let _beside = self.beside.write().unwrap_or_else(|e| e.into_inner());
         let _sync = self.sync_guard();
         let _state = self.write_state();
         // Also under the tail-mark guard, under which a mark's commit checks and writes.
@@ -1056,10 +1056,10 @@ impl Log {
     /// (a replica's Raft files), unless the log is retired. Under a lock [`Log::retire`]
     /// takes, so a write in progress finishes before `retire` returns and none starts after:
     /// tasks of a replica that outlive its shutdown never write into the directory of the
-    /// replica that later takes its path. `write` must not call back into this log (the lock
-    /// is not re-entrant).
+    /// replica that later takes its path. Such writes do not wait for each other. `write` must
+    /// not retire this log.
     pub fn write_beside<T>(&self, write: impl FnOnce() -> T) -> Result<T> {
-        let _beside = self.beside.lock().unwrap_or_else(|e| e.into_inner());
+        let _beside = self.beside.read().unwrap_or_else(|e| e.into_inner());
         if self.retired.load(Ordering::Acquire) {
             return Err(StorageError::Retired { dir: self.dir.clone() });
         }
