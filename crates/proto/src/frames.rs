@@ -268,6 +268,25 @@ pub fn produce_many_body(request: &crate::ProduceManyRequest) -> Result<Body, St
     Ok(body(writer.finish()))
 }
 
+/// A request's body: `head`'s fields, then `batches` as its repeated `bytes` field `tag`, the
+/// field after every other (which `head` leaves empty): prost's encoding, but with each batch
+/// of at least [`OWN_FRAME_BATCH_BYTES`] in frames of its own, as it is.
+pub fn body_with_batches_last(
+    head: &impl Message,
+    tag: u32,
+    batches: &[Bytes],
+) -> Result<Body, Status> {
+    use prost::encoding::{encoded_len_varint, key_len};
+    let framing: usize =
+        batches.iter().map(|b| key_len(tag) + encoded_len_varint(b.len() as u64) + b.len()).sum();
+    let mut writer = BatchWriter::new(head.encoded_len() + framing, batches.iter())?;
+    head.encode_raw(&mut writer.inline);
+    for batch in batches {
+        writer.put_batch(tag, batch);
+    }
+    Ok(body(writer.finish()))
+}
+
 /// Writes a message of known length as DATA frames: its large batches as they are, in frames
 /// of their own, everything else into one buffer that each of those splits.
 struct BatchWriter {
@@ -472,6 +491,17 @@ mod tests {
             crate::ProduceManyRequest { acks: 0, partitions: vec![entry("", 0, vec![])] };
         let (bytes, _) = frames_of(produce_many_body(&defaults).unwrap()).await;
         assert_eq!(bytes, prefixed(&defaults).unwrap(), "defaults left out");
+
+        let raft = crate::internal::RaftBatchesRequest {
+            group_id: 9,
+            payload: Bytes::from_static(b"entries"),
+            batches: vec![large.clone(), Bytes::from_static(b"b"), large.clone()],
+        };
+        let head = crate::internal::RaftBatchesRequest { batches: vec![], ..raft.clone() };
+        let (bytes, frames) =
+            frames_of(body_with_batches_last(&head, 3, &raft.batches).unwrap()).await;
+        assert_eq!(bytes, prefixed(&raft).unwrap(), "a raft batches request");
+        assert_eq!(frames, 4, "the large batches in frames of their own");
 
         let batches = vec![large.clone(), Bytes::from_static(b"b")];
         let full = crate::FetchResponse { batches, high_watermark: 5, log_start_offset: 0 };

@@ -19,6 +19,7 @@ mod generated {
     }
 }
 
+pub mod calls;
 pub mod codec;
 pub mod frames;
 

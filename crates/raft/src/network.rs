@@ -6,9 +6,11 @@
 //! instances and serves `strata.v1.internal.Raft`.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use openraft::error::{
@@ -22,9 +24,13 @@ use openraft::raft::{
 use openraft::{EntryPayload, Raft, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use strata_proto::calls::{read_request, unary_call};
+use strata_proto::frames::{body_with_batches_last, ok_response};
 use strata_proto::internal::raft_client::RaftClient;
 use strata_proto::internal::raft_server::{Raft as RaftService, RaftServer};
 use strata_proto::internal::{RaftBatchesRequest, RaftReply, RaftRequest};
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Service, http};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -39,7 +45,7 @@ pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
 /// One lazily connected channel per peer address, shared by every group.
 #[derive(Debug, Default)]
 pub struct Peers {
-    channels: Mutex<HashMap<String, RaftClient<Channel>>>,
+    channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Peers {
@@ -47,11 +53,11 @@ impl Peers {
         Arc::new(Peers::default())
     }
 
-    /// The client for `addr` (`host:port`), connecting on first use.
-    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    /// The channel to `addr` (`host:port`), connecting on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = channels.get(addr) {
-            return Ok(client.clone());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .tcp_nodelay(true)
@@ -62,12 +68,20 @@ impl Peers {
             .initial_connection_window_size(32 * 1024 * 1024)
             .max_frame_size(strata_proto::CLIENT_MAX_FRAME_BYTES)
             .connect_lazy();
-        let client = RaftClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        channels.insert(addr.to_owned(), client.clone());
-        Ok(client)
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
     }
+
+    /// The client for `addr`, on its shared channel.
+    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        Ok(raft_client(self.channel(addr)?))
+    }
+}
+
+fn raft_client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, postcard::Error> {
@@ -91,7 +105,7 @@ impl<C> GroupNetwork<C> {
 /// A connection of one group to one peer.
 #[derive(Debug)]
 pub struct GroupClient<C> {
-    client: Option<RaftClient<Channel>>,
+    channel: Option<Channel>,
     addr: String,
     target: NodeId,
     group: GroupId,
@@ -107,7 +121,7 @@ where
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> GroupClient<C> {
         GroupClient {
-            client: self.peers.client(&node.addr).ok(),
+            channel: self.peers.channel(&node.addr).ok(),
             addr: node.addr.clone(),
             target,
             group: self.group,
@@ -181,10 +195,11 @@ where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let Some(client) = self.client.as_mut() else {
+        let Some(channel) = self.channel.clone() else {
             let err = std::io::Error::other(format!("bad peer address {}", self.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
         };
+        let mut client = raft_client(channel.clone());
         let payload = encode(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         fn timed<T>(message: T, option: &RPCOption) -> Request<T> {
             let mut request = Request::new(message);
@@ -196,8 +211,20 @@ where
         let reply = match kind {
             Call::Append => client.append_entries(plain(payload)).await,
             Call::AppendBatches(batches) => {
-                let request = RaftBatchesRequest { group_id, payload, batches };
-                client.append_batches(timed(request, option)).await
+                // The batches as they are, in frames of their own when large (see
+                // `RaftFrames`): not copied into one request buffer by tonic.
+                let head = RaftBatchesRequest { group_id, payload, batches: Vec::new() };
+                match body_with_batches_last(&head, BATCHES_TAG, &batches) {
+                    Ok(body) => {
+                        let call =
+                            unary_call(channel, APPEND_BATCHES_PATH, body, MAX_MESSAGE_BYTES);
+                        match tokio::time::timeout(option.hard_ttl(), call).await {
+                            Ok(answer) => answer.map(Response::new),
+                            Err(_) => Err(Status::deadline_exceeded("raft request timed out")),
+                        }
+                    }
+                    Err(status) => Err(status),
+                }
             }
             Call::Vote => client.vote(plain(payload)).await,
             Call::Snapshot => client.install_snapshot(plain(payload)).await,
@@ -313,10 +340,61 @@ impl Router {
     }
 
     /// The gRPC service over this router.
-    pub fn service(self: &Arc<Self>) -> RaftServer<RouterService> {
-        RaftServer::new(RouterService(self.clone()))
+    pub fn service(self: &Arc<Self>) -> RaftFrames {
+        let service = RouterService(self.clone());
+        let tonic = RaftServer::new(service.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        RaftFrames { tonic, service }
+    }
+}
+
+const APPEND_BATCHES_PATH: &str = "/strata.v1.internal.Raft/AppendBatches";
+/// The tag of `RaftBatchesRequest.batches` (`proto/strata/v1/internal.proto`).
+const BATCHES_TAG: u32 = 3;
+
+/// `strata.v1.internal.Raft`, with `AppendBatches` read from the request's HTTP/2 frames
+/// (`strata_proto::frames`): a follower's batches reach its log as slices of what the socket
+/// delivered, where tonic copied each into its buffer, and again when growing it. Every other
+/// call goes to tonic.
+#[derive(Debug, Clone)]
+pub struct RaftFrames {
+    tonic: RaftServer<RouterService>,
+    service: RouterService,
+}
+
+impl tonic::server::NamedService for RaftFrames {
+    const NAME: &'static str = strata_proto::internal::raft_server::SERVICE_NAME;
+}
+
+impl Service<http::Request<Body>> for RaftFrames {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<http::Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let compressed = request
+            .headers()
+            .get("grpc-encoding")
+            .is_some_and(|encoding| encoding.as_bytes() != b"identity");
+        if request.uri().path() != APPEND_BATCHES_PATH || compressed {
+            return self.tonic.call(request);
+        }
+        let service = self.service.clone();
+        Box::pin(async move {
+            let request = match read_request(request, MAX_MESSAGE_BYTES).await {
+                Ok(request) => request,
+                Err(refusal) => return Ok(refusal),
+            };
+            Ok(match service.append_batches(request).await {
+                Ok(reply) => ok_response(&reply.into_inner()),
+                Err(status) => status.into_http(),
+            })
+        })
     }
 }
 

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use prost::Message;
 use strata_proto::broker_server::{Broker, BrokerServer};
+use strata_proto::calls::read_request;
 use strata_proto::frames::{Unary, ok_response, ok_response_with_batches, read_unary};
 use strata_proto::{FetchRequest, ProduceManyRequest};
 use tonic::Status;
@@ -86,24 +87,6 @@ impl Service<http::Request<Body>> for BatchFrames {
             _ => self.tonic.call(request),
         }
     }
-}
-
-/// A unary request's message, decoded; or tonic's answer to one that does not come or decode.
-async fn read_request<M: Message + Default>(
-    request: http::Request<Body>,
-    max_request: usize,
-) -> Result<tonic::Request<M>, http::Response<Body>> {
-    let (parts, body) = request.into_parts();
-    let message = match read_unary(body, max_request).await {
-        Ok(Unary { message: Some(message), .. }) => message,
-        Ok(Unary { message: None, .. }) => {
-            return Err(Status::internal("Missing request message.").into_http());
-        }
-        Err(status) => return Err(status.into_http()),
-    };
-    let decoded =
-        M::decode(message).map_err(|err| Status::internal(err.to_string()).into_http())?;
-    Ok(tonic::Request::from_http(http::Request::from_parts(parts, decoded)))
 }
 
 async fn fetch(service: &BrokerService, request: http::Request<Body>) -> http::Response<Body> {
