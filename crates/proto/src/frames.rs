@@ -12,7 +12,9 @@
 //!
 //! Both ends use it where record batches travel: the broker for `ProduceMany` requests and
 //! `Fetch` answers (`strata-broker`, `service/batch_frames.rs`), the client for `Fetch`
-//! answers (`strata-client`, `fetch_frames.rs`). Errors carry tonic's codes and messages,
+//! answers and `ProduceMany` requests (`strata-client`, `unary_frames.rs`), and nodes for
+//! Raft's `AppendBatches` (`strata-raft`, `network.rs`), through [`crate::calls`]. Errors
+//! carry tonic's codes and messages,
 //! except that a second message in a unary body (tonic reads and ignores it) is refused with
 //! `INTERNAL`.
 

@@ -38,7 +38,7 @@ pub const SERVER_MAX_FRAME_BYTES: u32 = 4 * 1024 * 1024;
 /// The largest HTTP/2 DATA frame a Strata client accepts, so the largest a server answers
 /// with: HTTP/2's largest. A server sends each large record batch of a fetch answer in frames
 /// of its own, and a batch that comes in one frame is decoded where h2 read it, without a copy
-/// (`strata-client`, `fetch_frames.rs`); h2 cuts a frame short only where the flow-control
+/// (`strata-client`, `unary_frames.rs`); h2 cuts a frame short only where the flow-control
 /// window (8 MiB per stream, 32 MiB per connection) runs out, and a batch cut so is copied
 /// together. (With tonic's decoding, which copied every frame anyway, 1 MiB frames had
 /// measured faster than 16 KiB, 2 MiB or 4 MiB ones.)
