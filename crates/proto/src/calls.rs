@@ -8,24 +8,58 @@ use tonic::codegen::{Service, http};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::frames::{Unary, read_unary};
+use crate::frames::{Chunks, Unary, ok_response, read_unary};
+
+/// Whether a request's message is compressed (`grpc-encoding` other than identity): such a
+/// request goes to tonic, which refuses it (the server enables no compression).
+pub fn is_compressed(request: &http::Request<Body>) -> bool {
+    request
+        .headers()
+        .get("grpc-encoding")
+        .is_some_and(|encoding| encoding.as_bytes() != b"identity")
+}
+
+/// A unary request's head and message, not yet decoded; or tonic's answer to a request whose
+/// message does not come.
+pub async fn read_message(
+    request: http::Request<Body>,
+    max_request: usize,
+) -> Result<(http::request::Parts, Chunks), http::Response<Body>> {
+    let (parts, body) = request.into_parts();
+    match read_unary(body, max_request).await {
+        Ok(Unary { message: Some(message), .. }) => Ok((parts, message)),
+        Ok(Unary { message: None, .. }) => {
+            Err(Status::internal("Missing request message.").into_http())
+        }
+        Err(status) => Err(status.into_http()),
+    }
+}
+
+/// `message` decoded as the request it came with; or tonic's refusal of one that does not
+/// decode.
+pub fn decode_request<M: Message + Default>(
+    parts: http::request::Parts,
+    message: Chunks,
+) -> Result<tonic::Request<M>, Status> {
+    let decoded = M::decode(message).map_err(|err| Status::internal(err.to_string()))?;
+    Ok(tonic::Request::from_http(http::Request::from_parts(parts, decoded)))
+}
 
 /// A unary request's message, decoded; or tonic's answer to one that does not come or decode.
 pub async fn read_request<M: Message + Default>(
     request: http::Request<Body>,
     max_request: usize,
 ) -> Result<tonic::Request<M>, http::Response<Body>> {
-    let (parts, body) = request.into_parts();
-    let message = match read_unary(body, max_request).await {
-        Ok(Unary { message: Some(message), .. }) => message,
-        Ok(Unary { message: None, .. }) => {
-            return Err(Status::internal("Missing request message.").into_http());
-        }
-        Err(status) => return Err(status.into_http()),
-    };
-    let decoded =
-        M::decode(message).map_err(|err| Status::internal(err.to_string()).into_http())?;
-    Ok(tonic::Request::from_http(http::Request::from_parts(parts, decoded)))
+    let (parts, message) = read_message(request, max_request).await?;
+    decode_request(parts, message).map_err(Status::into_http)
+}
+
+/// A service's answer as tonic would send it: the message, or the refusal.
+pub fn respond<M: Message>(answer: Result<tonic::Response<M>, Status>) -> http::Response<Body> {
+    match answer {
+        Ok(response) => ok_response(&response.into_inner()),
+        Err(status) => status.into_http(),
+    }
 }
 
 /// A unary call of `path` with `body` (a prefixed message); its answer, decoded from a message

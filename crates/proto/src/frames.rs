@@ -14,9 +14,8 @@
 //! `Fetch` answers (`strata-broker`, `service/batch_frames.rs`), the client for `Fetch`
 //! answers and `ProduceMany` requests (`strata-client`, `unary_frames.rs`), and nodes for
 //! Raft's `AppendBatches` (`strata-raft`, `network.rs`), through [`crate::calls`]. Errors
-//! carry tonic's codes and messages,
-//! except that a second message in a unary body (tonic reads and ignores it) is refused with
-//! `INTERNAL`.
+//! carry tonic's codes and messages, except that a second message in a unary body (tonic reads
+//! and ignores it) is refused with `INTERNAL`.
 
 use std::collections::VecDeque;
 
@@ -219,28 +218,20 @@ pub fn ok_response(message: &impl Message) -> http::Response<Body> {
     }
 }
 
-/// A unary call's successful answer: `head`'s fields, then `batches` as its repeated `bytes`
-/// field `tag` (which `head` leaves empty). Batches of at least [`OWN_FRAME_BATCH_BYTES`] are
-/// sent as they are, each in frames of its own (a fetch answer's batches are slices of the
-/// log's mapped segments: the socket's copy is their only one); the rest is encoded around
-/// them.
+/// A unary call's successful answer: `batches` as its repeated `bytes` field `tag`, the field
+/// before every other, then `head`'s fields (`head` leaves `tag` empty). Batches of at least
+/// [`OWN_FRAME_BATCH_BYTES`] are sent as they are, each in frames of its own (a fetch answer's
+/// batches are slices of the log's mapped segments: the socket's copy is their only one); the
+/// rest is encoded around them.
 pub fn ok_response_with_batches(
     head: &impl Message,
     tag: u32,
     batches: &[Bytes],
 ) -> http::Response<Body> {
-    use prost::encoding::{encoded_len_varint, key_len};
-    let framing: usize =
-        batches.iter().map(|b| key_len(tag) + encoded_len_varint(b.len() as u64) + b.len()).sum();
-    let mut writer = match BatchWriter::new(head.encoded_len() + framing, batches.iter()) {
-        Ok(writer) => writer,
-        Err(status) => return status.into_http(),
-    };
-    for batch in batches {
-        writer.put_batch(tag, batch);
+    match with_batches(head, tag, batches, BatchesGo::First) {
+        Ok(frames) => answer(frames),
+        Err(status) => status.into_http(),
     }
-    head.encode_raw(&mut writer.inline);
-    answer(writer.finish())
 }
 
 /// A `ProduceMany` request's body, byte for byte what prost encodes, but with each batch of
@@ -278,15 +269,36 @@ pub fn body_with_batches_last(
     tag: u32,
     batches: &[Bytes],
 ) -> Result<Body, Status> {
+    with_batches(head, tag, batches, BatchesGo::Last).map(body)
+}
+
+/// Where a message's batches field stands among its fields: prost writes fields in tag order.
+enum BatchesGo {
+    First,
+    Last,
+}
+
+/// The frames of `head` with `batches` as its `bytes` field `tag` (see [`BatchWriter`]).
+fn with_batches(
+    head: &impl Message,
+    tag: u32,
+    batches: &[Bytes],
+    order: BatchesGo,
+) -> Result<Vec<http_body::Frame<Bytes>>, Status> {
     use prost::encoding::{encoded_len_varint, key_len};
     let framing: usize =
         batches.iter().map(|b| key_len(tag) + encoded_len_varint(b.len() as u64) + b.len()).sum();
     let mut writer = BatchWriter::new(head.encoded_len() + framing, batches.iter())?;
-    head.encode_raw(&mut writer.inline);
+    if let BatchesGo::Last = order {
+        head.encode_raw(&mut writer.inline);
+    }
     for batch in batches {
         writer.put_batch(tag, batch);
     }
-    Ok(body(writer.finish()))
+    if let BatchesGo::First = order {
+        head.encode_raw(&mut writer.inline);
+    }
+    Ok(writer.finish())
 }
 
 /// Writes a message of known length as DATA frames: its large batches as they are, in frames

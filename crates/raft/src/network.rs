@@ -24,8 +24,8 @@ use openraft::raft::{
 use openraft::{EntryPayload, Raft, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use strata_proto::calls::{read_request, unary_call};
-use strata_proto::frames::{body_with_batches_last, ok_response};
+use strata_proto::calls::{is_compressed, read_request, respond, unary_call};
+use strata_proto::frames::body_with_batches_last;
 use strata_proto::internal::raft_client::RaftClient;
 use strata_proto::internal::raft_server::{Raft as RaftService, RaftServer};
 use strata_proto::internal::{RaftBatchesRequest, RaftReply, RaftRequest};
@@ -377,22 +377,14 @@ impl Service<http::Request<Body>> for RaftFrames {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let compressed = request
-            .headers()
-            .get("grpc-encoding")
-            .is_some_and(|encoding| encoding.as_bytes() != b"identity");
-        if request.uri().path() != APPEND_BATCHES_PATH || compressed {
+        if request.uri().path() != APPEND_BATCHES_PATH || is_compressed(&request) {
             return self.tonic.call(request);
         }
         let service = self.service.clone();
         Box::pin(async move {
-            let request = match read_request(request, MAX_MESSAGE_BYTES).await {
-                Ok(request) => request,
-                Err(refusal) => return Ok(refusal),
-            };
-            Ok(match service.append_batches(request).await {
-                Ok(reply) => ok_response(&reply.into_inner()),
-                Err(status) => status.into_http(),
+            Ok(match read_request(request, MAX_MESSAGE_BYTES).await {
+                Ok(request) => respond(service.append_batches(request).await),
+                Err(refusal) => refusal,
             })
         })
     }

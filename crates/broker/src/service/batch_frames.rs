@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Buf;
-use prost::Message;
 use strata_proto::broker_server::{Broker, BrokerServer};
-use strata_proto::calls::read_request;
-use strata_proto::frames::{Unary, ok_response, ok_response_with_batches, read_unary};
+use strata_proto::calls::{decode_request, is_compressed, read_message, read_request, respond};
+use strata_proto::frames::ok_response_with_batches;
 use strata_proto::{FetchRequest, ProduceManyRequest};
 use tonic::Status;
 use tonic::body::Body;
@@ -72,13 +71,9 @@ impl Service<http::Request<Body>> for BatchFrames {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let compressed = request
-            .headers()
-            .get("grpc-encoding")
-            .is_some_and(|encoding| encoding.as_bytes() != b"identity");
         let service = self.service.clone();
         match request.uri().path() {
-            _ if compressed => self.tonic.call(request),
+            _ if is_compressed(&request) => self.tonic.call(request),
             PRODUCE_MANY_PATH => {
                 let max_request = self.max_request;
                 Box::pin(async move { Ok(produce_many(&service, request, max_request).await) })
@@ -112,13 +107,9 @@ async fn produce_many(
     request: http::Request<Body>,
     max_request: usize,
 ) -> http::Response<Body> {
-    let (parts, body) = request.into_parts();
-    let message = match read_unary(body, max_request).await {
-        Ok(Unary { message: Some(message), .. }) => message,
-        Ok(Unary { message: None, .. }) => {
-            return Status::internal("Missing request message.").into_http();
-        }
-        Err(status) => return status.into_http(),
+    let (parts, message) = match read_message(request, max_request).await {
+        Ok(read) => read,
+        Err(refusal) => return refusal,
     };
     match partition_entries(message.clone()) {
         Ok(entries) if entries > MAX_REQUEST_PARTITIONS => {
@@ -130,14 +121,8 @@ async fn produce_many(
         Ok(_) => {}
         Err(err) => return Status::internal(err.to_string()).into_http(),
     }
-    let decoded = match ProduceManyRequest::decode(message) {
-        Ok(decoded) => decoded,
-        // tonic's answer to a message that does not decode.
-        Err(err) => return Status::internal(err.to_string()).into_http(),
-    };
-    let request = tonic::Request::from_http(http::Request::from_parts(parts, decoded));
-    match service.produce_many(request).await {
-        Ok(response) => ok_response(&response.into_inner()),
+    match decode_request::<ProduceManyRequest>(parts, message) {
+        Ok(request) => respond(service.produce_many(request).await),
         Err(status) => status.into_http(),
     }
 }
@@ -160,6 +145,7 @@ fn partition_entries(mut message: impl Buf) -> Result<usize, prost::DecodeError>
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use prost::Message;
 
     use super::*;
 
