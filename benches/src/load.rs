@@ -383,6 +383,7 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
     let client = Client::connect(&brokers).await?;
     ensure_topic(&client, &common.topic, common.partitions).await?;
     let payload = run_payload((0..common.record_size).map(|i| (i * 7 % 251) as u8).collect());
+    let window = args.window.unwrap_or_else(|| default_window(common.partitions));
     let config = ProducerConfig {
         acks: acks(args.acks),
         linger: Duration::from_millis(args.linger_ms),
@@ -393,9 +394,13 @@ pub(crate) async fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
             CompressionArg::Zstd => Compression::Zstd,
         },
         max_in_flight: args.max_in_flight,
+        // The window bounds what is unanswered, as before the producer had a buffer bound:
+        // the buffer holds a whole window (and at least Kafka's 32 MiB).
+        buffer_bytes: ProducerConfig::default()
+            .buffer_bytes
+            .max(window * (common.record_size + 64)),
         ..ProducerConfig::default()
     };
-    let window = args.window.unwrap_or_else(|| default_window(common.partitions));
     line(format!(
         "produce: {} records of {} bytes to {} ({} partitions), {} producers, acks={:?}, {} in flight per partition, window={window} per producer, rate={}, keys={}",
         common.records,

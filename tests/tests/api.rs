@@ -915,6 +915,36 @@ async fn callbacks_report_where_each_record_landed() {
     assert!(missing_answered, "the failing record's callback never ran");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_buffer_holds_send_until_earlier_records_are_answered() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "buffered", 1).await;
+    // Room for one record of 1,000 bytes: each send waits until the one before it is answered.
+    let config =
+        ProducerConfig { buffer_bytes: 1500, linger: Duration::ZERO, ..Default::default() };
+    let producer = Producer::new(client.clone(), config);
+    let value = Bytes::from(vec![b'b'; 1000]);
+    let mut previous: Option<strata_client::DeliveryFuture> = None;
+    for i in 0..50u64 {
+        let delivery = producer.send(Record::new("buffered").value(value.clone())).await.unwrap();
+        if let Some(mut earlier) = previous.take() {
+            // Polled once: answered already, since its answer freed the room this send took.
+            let answered = tokio::time::timeout(Duration::ZERO, &mut earlier).await;
+            let delivered =
+                answered.expect("send returned before the record before it was answered");
+            assert_eq!(delivered.unwrap().offset, Some(Offset(i - 1)));
+        }
+        previous = Some(delivery);
+    }
+    assert_eq!(previous.unwrap().await.unwrap().offset, Some(Offset(49)));
+    // A record larger than the whole buffer still goes, alone.
+    let large = Bytes::from(vec![b'L'; 4000]);
+    let delivery = producer.send(Record::new("buffered").value(large)).await.unwrap();
+    assert_eq!(delivery.await.unwrap().offset, Some(Offset(50)));
+    producer.close().await.unwrap();
+}
+
 /// Sends `message`, whatever it holds, as a ProduceMany call's message: what a client with
 /// another protobuf library, or a broken one, could send.
 async fn produce_many_raw(

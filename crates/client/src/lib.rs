@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accumulator;
 mod admin;
 mod answers;
 mod client;

@@ -26,6 +26,8 @@ pub(crate) struct Outgoing {
     pub(crate) number: u64,
     pub(crate) bytes: Bytes,
     pub(crate) waiters: Vec<Waiter>,
+    /// Its records' bytes in the producer's buffer, given back when it is answered.
+    buffered: usize,
     /// Its partition's answers, which it joins in number order.
     pub(crate) answers: Answers,
     pub(crate) done: mpsc::UnboundedSender<Done>,
@@ -39,10 +41,11 @@ impl Outgoing {
         number: u64,
         bytes: Bytes,
         waiters: Vec<Waiter>,
+        buffered: usize,
         answers: Answers,
         done: mpsc::UnboundedSender<Done>,
     ) -> Outgoing {
-        Outgoing { key, number, bytes, waiters, answers, done, settled: false }
+        Outgoing { key, number, bytes, waiters, buffered, answers, done, settled: false }
     }
 
     /// Answers the batch's records in their partition's turn, and tells the accumulator.
@@ -57,7 +60,8 @@ impl Outgoing {
         let waiters = std::mem::take(&mut self.waiters);
         self.answers.settle(self.number, waiters, self.key.1, outcome);
         let key = std::mem::take(&mut self.key);
-        let _ = self.done.send(Done::Answered { key, number: self.number, failed });
+        let (number, buffered) = (self.number, self.buffered);
+        let _ = self.done.send(Done::Answered { key, number, failed, buffered });
     }
 }
 
@@ -75,8 +79,8 @@ pub(crate) enum Done {
     /// A request was answered (or failed): its slot is free. Its batches report separately.
     RequestFinished,
     /// Batch `number` of partition `key` was answered, finally: delivered, or `failed` for
-    /// good.
-    Answered { key: PartitionKey, number: u64, failed: bool },
+    /// good; its `buffered` bytes are free.
+    Answered { key: PartitionKey, number: u64, failed: bool, buffered: usize },
 }
 
 /// Batches for one broker gathered during one pass of the accumulator; sent as one request.
