@@ -15,11 +15,13 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 use foldhash::{HashMap, HashMapExt};
-use strata_record::{BatchBuilder, Offset, Timestamp};
+use strata_record::{BatchBuilder, Timestamp};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::answers::Answers;
+use crate::buffer_room::BufferRoom;
 use crate::produce_request::{Done, Outgoing, PartitionKey, Staged, spawn_request};
 use crate::producer::{Acks, Partitioner, ProducerConfig, Waiter};
 use crate::record::Record;
@@ -30,7 +32,7 @@ struct Batch {
     waiters: Vec<Waiter>,
     /// When the batch is ready even if not full (first record + linger).
     deadline: Instant,
-    /// Its records' bytes counted in `Accumulator::buffered`, given back when it is answered.
+    /// Its records' bytes taken from `Accumulator::room`, given back when it is answered.
     buffered: usize,
 }
 
@@ -181,15 +183,15 @@ pub(crate) struct Accumulator {
     /// Partitions with a ready batch that found every request slot taken, in the order they
     /// found it: each answer hands its slot to the first of them.
     slot_waiters: VecDeque<PartitionKey>,
-    /// Bytes of records added and not yet answered, against `ProducerConfig::buffer_bytes`.
-    buffered: usize,
-    /// A caller of `send` waits for `buffered` to fall: answers wake it.
-    pub(crate) room_wanted: bool,
+    /// The bounded buffer: records added and not yet answered, and the callers of `send`
+    /// waiting for room.
+    pub(crate) room: BufferRoom,
+    /// Where request tasks run: the runtime the producer was made in, whatever runs `send`.
+    runtime: Handle,
 }
 
-/// What one caller's turn at the accumulator asks of the producer: wake its task, or the
-/// callers waiting for buffer room.
-#[derive(Default)]
+/// What one turn at the accumulator asks of the producer: wake its task, or the callers
+/// waiting for buffer room.
 pub(crate) struct Wakes {
     pub(crate) task: bool,
     pub(crate) room: bool,
@@ -201,6 +203,7 @@ impl Accumulator {
         config: ProducerConfig,
     ) -> (Self, mpsc::UnboundedReceiver<Done>) {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let config_buffer = config.buffer_bytes;
         let accumulator = Accumulator {
             client,
             config,
@@ -219,31 +222,24 @@ impl Accumulator {
             task_wakes_at: None,
             wake_task: false,
             slot_waiters: VecDeque::new(),
-            buffered: 0,
-            room_wanted: false,
+            room: BufferRoom::new(config_buffer),
+            runtime: Handle::current(),
         };
         (accumulator, done_rx)
     }
 
-    /// Whether a record of `bytes` may be added now: it fits in the buffer, or nothing is
-    /// buffered (a record larger than the whole buffer still goes, alone).
-    pub(crate) fn has_room_for(&self, bytes: usize) -> bool {
-        self.buffered == 0 || self.buffered + bytes <= self.config.buffer_bytes
-    }
-
-    /// Sends each broker's staged batches as one request, and says whom to wake. Every turn
-    /// at the accumulator ends with it.
+    /// Sends each broker's staged batches as one request, answers the flushes that are done,
+    /// and says whom to wake. Every turn at the accumulator ends with it.
     pub(crate) fn end_turn(&mut self) -> Wakes {
         // Most turns stage nothing; draining an empty map still clears its table.
         if !self.staged.is_empty() {
             for (address, staged) in self.staged.drain() {
-                spawn_request(&self.client, &self.config, address, staged, &self.done_tx);
+                let (client, config, done) = (&self.client, &self.config, &self.done_tx);
+                spawn_request(&self.runtime, client, config, address, staged, done);
             }
         }
-        // Waiters look again once answers freed room; one still short of it asks again.
-        let room = self.room_wanted && self.buffered < self.config.buffer_bytes;
-        self.room_wanted &= !room;
-        Wakes { task: std::mem::take(&mut self.wake_task), room }
+        self.answer_flushes();
+        Wakes { task: std::mem::take(&mut self.wake_task), room: self.room.wake_waiters() }
     }
 
     /// A request task's report.
@@ -257,7 +253,7 @@ impl Accumulator {
                 }
             }
             Done::Answered { key, number, failed, buffered } => {
-                self.buffered -= buffered;
+                self.room.give_back(buffered);
                 if let Some(queue) = self.queues.get_mut(&key) {
                     queue.answered(number);
                     queue.restart_pending |= failed;
@@ -278,7 +274,6 @@ impl Accumulator {
         self.flushes.push(done);
         self.draining = true;
         self.send_all_ready();
-        self.answer_flushes();
     }
 
     /// Whether nothing is queued or in flight.
@@ -288,7 +283,7 @@ impl Accumulator {
     }
 
     /// Answers the flushes once everything they wait for is answered.
-    pub(crate) fn answer_flushes(&mut self) {
+    fn answer_flushes(&mut self) {
         // Only flush and close wait for everything to drain: look only then.
         if (!self.flushes.is_empty() || self.closed) && self.is_drained() {
             self.draining = false;
@@ -332,14 +327,22 @@ impl Accumulator {
         }
     }
 
-    /// Adds `record` (of a topic with `count` partitions, `bytes` by [`buffered_size`]) to its
-    /// partition's open batch, and sends what that made ready.
-    pub(crate) fn add(&mut self, record: Record, waiter: Waiter, count: u32, bytes: usize) {
+    /// Adds `record` (of a topic with `count` partitions, `bytes` by [`buffered_size`], room
+    /// for which was taken) to its partition's open batch, and sends what that made ready. A
+    /// record that has no such partition is given back with the error, for the caller to
+    /// answer once the lock is released (a callback never runs under it).
+    pub(crate) fn add(
+        &mut self,
+        record: Record,
+        waiter: Waiter,
+        count: u32,
+        bytes: usize,
+    ) -> Option<(Waiter, ClientError)> {
         let partition = match self.partition_for(&record, count) {
             Ok(p) => p,
             Err(err) => {
-                waiter.answer(Err(err));
-                return;
+                self.room.give_back(bytes);
+                return Some((waiter, err));
             }
         };
         let sticky = self.is_sticky(&record);
@@ -359,8 +362,8 @@ impl Accumulator {
             let size = b.builder.record_size(timestamp, record_key, value, &headers);
             b.builder.size() + size <= limit
         });
-        // The clock is read only where a deadline is set or due at once (no linger): a batch
-        // lingering past its deadline is the task's to send.
+        // The monotonic clock is read only where a deadline is set or due at once (no
+        // linger): a batch lingering past its deadline is the task's to send.
         let now = (!fits || linger.is_zero()).then(Instant::now);
         if !fits {
             queue.batches.push_back(Batch {
@@ -383,7 +386,6 @@ impl Accumulator {
         let sealed = queue.batches.len() > 1;
         // Without room in flight nothing of this partition can go: an answer looks at it again.
         let has_room = queue.has_room(max_in_flight);
-        self.buffered += bytes;
         if next_opens_batch && sticky {
             // The next record like this one would open a new batch: the next partition gets it.
             Self::move_sticky_on(&mut self.sticky, &self.partition_counts, &key);
@@ -397,6 +399,7 @@ impl Accumulator {
         } else if opened_first {
             self.schedule(&key);
         }
+        None
     }
 
     /// Sends the topic's keyless records on to the next partition, if `key` is the one they go
@@ -630,21 +633,7 @@ impl Accumulator {
             batch.builder.producer(queue.producer_id, 0, queue.next_sequence);
             queue.next_sequence = queue.next_sequence.wrapping_add(records);
         }
-        let bytes = match batch.builder.build_compressed(Offset(0), self.config.compression) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                // Answered in the partition's turn, after the batches sent before it.
-                let number = queue.sent;
-                queue.sent += 1;
-                queue.answers.settle(number, batch.waiters, key.1, Err(err.into()));
-                self.buffered -= batch.buffered;
-                // Its sequences were never sent: the next batch takes them.
-                if self.config.acks != Acks::None {
-                    queue.next_sequence = queue.next_sequence.wrapping_sub(records);
-                }
-                return;
-            }
-        };
+        // Built (CRC, compression) by its request task, outside the lock.
         let number = queue.sent;
         queue.sent += 1;
         queue.unretired.push_back((number, false));
@@ -654,7 +643,8 @@ impl Accumulator {
             // Full, or holding a batch of this partition already: it goes now, and this batch
             // starts the broker's next request (`can_send` saw a free slot for it).
             let full = self.staged.remove(&address).expect("just looked up");
-            spawn_request(&self.client, &self.config, address.clone(), full, &self.done_tx);
+            let (client, config, done) = (&self.client, &self.config, &self.done_tx);
+            spawn_request(&self.runtime, client, config, address.clone(), full, done);
         }
         let staged = self.staged.entry(address).or_insert_with(|| {
             self.requests_in_flight += 1;
@@ -662,7 +652,7 @@ impl Accumulator {
         });
         let answers = queue.answers.clone();
         let done = self.done_tx.clone();
-        let (waiters, buffered) = (batch.waiters, batch.buffered);
-        staged.push(Outgoing::new(key, number, bytes, waiters, buffered, answers, done));
+        let (builder, waiters, buffered) = (batch.builder, batch.waiters, batch.buffered);
+        staged.push(Outgoing::new(key, number, builder, waiters, buffered, answers, done));
     }
 }

@@ -22,6 +22,7 @@
 mod accumulator;
 mod admin;
 mod answers;
+mod buffer_room;
 mod client;
 mod consumer;
 mod error;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::{PartitionBatches, ProduceManyRequest};
-use strata_record::Offset;
+use strata_record::{BatchBuilder, Compression, Offset};
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
@@ -20,11 +21,16 @@ use crate::{Client, ClientError, Result};
 
 pub(crate) type PartitionKey = (String, u32);
 
-/// A built batch on its way, numbered in its partition's queue.
+/// A batch on its way, numbered in its partition's queue.
 pub(crate) struct Outgoing {
     pub(crate) key: PartitionKey,
     pub(crate) number: u64,
-    pub(crate) bytes: Bytes,
+    /// The batch's records, numbered (producer id and sequence) but not yet built: its request
+    /// task builds it, so that a CRC or a compression is not computed under the producer's
+    /// lock.
+    builder: Option<BatchBuilder>,
+    /// The built batch, sent and resent as it is.
+    bytes: Bytes,
     pub(crate) waiters: Vec<Waiter>,
     /// Its records' bytes in the producer's buffer, given back when it is answered.
     buffered: usize,
@@ -39,13 +45,31 @@ impl Outgoing {
     pub(crate) fn new(
         key: PartitionKey,
         number: u64,
-        bytes: Bytes,
+        builder: BatchBuilder,
         waiters: Vec<Waiter>,
         buffered: usize,
         answers: Answers,
         done: mpsc::UnboundedSender<Done>,
     ) -> Outgoing {
-        Outgoing { key, number, bytes, waiters, buffered, answers, done, settled: false }
+        let (builder, bytes) = (Some(builder), Bytes::new());
+        Outgoing { key, number, builder, bytes, waiters, buffered, answers, done, settled: false }
+    }
+
+    /// Builds the batch, compressed with `codec`. Its records are numbered already, so if the
+    /// codec fails the batch goes uncompressed, with a warning, rather than leave a gap in
+    /// its partition's sequence.
+    fn build(&mut self, codec: Compression) {
+        let Some(builder) = self.builder.take() else { return };
+        let (bytes, failed) = builder.build_compressed_or_plain(Offset(0), codec);
+        if let Some(err) = failed {
+            tracing::warn!(topic = %self.key.0, partition = self.key.1, error = %err, "compression failed: batch sent uncompressed");
+        }
+        self.bytes = bytes;
+    }
+
+    /// Bytes the batch takes in a request (before compression, while not built).
+    fn len(&self) -> usize {
+        self.builder.as_ref().map_or(self.bytes.len(), BatchBuilder::size)
     }
 
     /// Answers the batch's records in their partition's turn, and tells the accumulator.
@@ -96,7 +120,7 @@ pub(crate) struct Staged {
 
 impl Staged {
     pub(crate) fn push(&mut self, outgoing: Outgoing) {
-        self.bytes += outgoing.bytes.len();
+        self.bytes += outgoing.len();
         self.partitions.insert(outgoing.key.clone());
         self.batches.push(outgoing);
     }
@@ -113,6 +137,7 @@ impl Staged {
 /// keeps its slot until every batch is answered for good, so retries stay within
 /// `max_requests_in_flight`.
 pub(crate) fn spawn_request(
+    runtime: &Handle,
     client: &Client,
     config: &ProducerConfig,
     address: String,
@@ -120,8 +145,11 @@ pub(crate) fn spawn_request(
     done: &mpsc::UnboundedSender<Done>,
 ) {
     let (client, config, done) = (client.clone(), config.clone(), done.clone());
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut batches = staged.batches;
+        for batch in &mut batches {
+            batch.build(config.compression);
+        }
         if config.acks == Acks::None {
             // Fire and forget for the caller, but the request still completes before the
             // partitions' next ones start (order) and before flush returns (no loss).

@@ -91,10 +91,10 @@ pub struct ProducerConfig {
     /// A request takes no more batches once it holds this many bytes (Kafka's
     /// `max.request.size`); a single larger batch still goes, alone.
     pub max_request_bytes: usize,
-    /// Bytes of records sent and not yet answered, at most (Kafka's `buffer.memory`): a
-    /// `send` that would go over waits until answers free room, so a producer faster than
-    /// its cluster holds this much, not everything it was given. A record larger than the
-    /// whole buffer goes alone.
+    /// Bytes of records added (queued or sent) and not yet answered, at most (Kafka's
+    /// `buffer.memory`): a `send` that would go over waits until answers free room, first
+    /// come first served, so a producer faster than its cluster holds this much, not
+    /// everything it was given. A record larger than the whole buffer goes alone.
     pub buffer_bytes: usize,
 }
 
@@ -281,21 +281,24 @@ impl Producer {
         };
         let bytes = buffered_size(&record);
         let mut entry = Some((record, waiter));
+        // A place in the line for buffer room, left if this send is dropped while waiting.
+        let mut ticket = Ticket { shared: &self.shared, number: None };
         loop {
             // Made before looking, so that room freed meanwhile still wakes it.
             let room = self.shared.room.notified();
-            if self.try_add(&mut entry, count, bytes)? {
+            if self.try_add(&mut entry, &mut ticket.number, count, bytes)? {
                 return Ok(());
             }
             room.await;
         }
     }
 
-    /// Adds the record in `entry` if the buffer has room for its `bytes` (`true`), or notes
-    /// that a caller waits for room (`false`).
+    /// Adds the record in `entry` if the buffer has room for its `bytes` and it is this
+    /// caller's turn (`true`); otherwise this caller waits in line with `ticket` (`false`).
     fn try_add(
         &self,
         entry: &mut Option<(Record, Waiter)>,
+        ticket: &mut Option<u64>,
         count: u32,
         bytes: usize,
     ) -> Result<bool> {
@@ -303,13 +306,16 @@ impl Producer {
         if accumulator.closed {
             return Err(ClientError::Closed);
         }
-        if !accumulator.has_room_for(bytes) {
-            accumulator.room_wanted = true;
+        if !accumulator.room.take(bytes, ticket) {
             return Ok(false);
         }
         let (record, waiter) = entry.take().expect("added once");
-        accumulator.add(record, waiter, count, bytes);
+        let refused = accumulator.add(record, waiter, count, bytes);
         self.shared.end_turn(accumulator);
+        // Answered outside the lock: a callback never runs under it.
+        if let Some((waiter, err)) = refused {
+            waiter.answer(Err(err));
+        }
         Ok(true)
     }
 
@@ -361,6 +367,24 @@ impl Producer {
     }
 }
 
+/// A caller's place in the line for buffer room, if it has one.
+struct Ticket<'a> {
+    shared: &'a Shared,
+    number: Option<u64>,
+}
+
+impl Drop for Ticket<'_> {
+    /// A `send` dropped while waiting for room leaves the line, or those behind it would wait
+    /// for its turn forever.
+    fn drop(&mut self) {
+        if let Some(number) = self.number {
+            let mut accumulator = self.shared.lock();
+            accumulator.room.leave(number);
+            self.shared.end_turn(accumulator);
+        }
+    }
+}
+
 impl Drop for Producer {
     fn drop(&mut self) {
         self.stop();
@@ -386,7 +410,6 @@ async fn run(shared: Arc<Shared>, mut done: mpsc::UnboundedReceiver<Done>) {
                 while let Ok(next) = done.try_recv() {
                     accumulator.on_done(next);
                 }
-                accumulator.answer_flushes();
                 shared.end_turn(accumulator);
             }
             _ = sleep_until_or_forever(deadline) => {
@@ -399,7 +422,6 @@ async fn run(shared: Arc<Shared>, mut done: mpsc::UnboundedReceiver<Done>) {
                 if accumulator.closed {
                     // Dropped without close: what is queued still goes.
                     accumulator.send_all_ready();
-                    accumulator.answer_flushes();
                 }
                 shared.end_turn(accumulator);
             }

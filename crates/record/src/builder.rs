@@ -11,7 +11,7 @@ use crate::compression::compress;
 use crate::varint::{varlong_len, write_varlong};
 use crate::{
     BATCH_HEADER_LEN, Compression, MAGIC_V2, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
-    Offset, Result, Timestamp,
+    Offset, RecordError, Result, Timestamp,
 };
 
 /// Builds one uncompressed RecordBatch v2, record by record.
@@ -181,6 +181,27 @@ impl BatchBuilder {
             self.buf.extend_from_slice(&packed);
         }
         Ok(self.finish(base_offset, codec))
+    }
+
+    /// Finishes the batch compressed by `codec`, or uncompressed if the codec fails, so that
+    /// the records go either way (a producer has numbered them already); the codec's error
+    /// comes back with it, to be reported.
+    pub fn build_compressed_or_plain(
+        mut self,
+        base_offset: Offset,
+        codec: Compression,
+    ) -> (Bytes, Option<RecordError>) {
+        if codec == Compression::None {
+            return (self.finish(base_offset, codec), None);
+        }
+        match compress(codec, &self.buf[BATCH_HEADER_LEN..]) {
+            Ok(packed) => {
+                self.buf.truncate(BATCH_HEADER_LEN);
+                self.buf.extend_from_slice(&packed);
+                (self.finish(base_offset, codec), None)
+            }
+            Err(err) => (self.finish(base_offset, Compression::None), Some(err)),
+        }
     }
 
     fn finish(mut self, base_offset: Offset, codec: Compression) -> Bytes {
