@@ -8,8 +8,8 @@ use bytes::Bytes;
 use strata_client::proto::broker_client::BrokerClient;
 use strata_client::proto::{FetchRequest, PartitionBatches, ProduceManyRequest, ProduceRequest};
 use strata_client::{
-    Admin, Client, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig, Record,
-    ResetSpec, ResetTarget, TopicSpec,
+    Admin, Client, ClientError, Compression, Consumer, ConsumerConfig, OffsetReset, Producer,
+    ProducerConfig, Record, ResetSpec, ResetTarget, TopicSpec,
 };
 use strata_e2e::Server;
 use strata_record::{BatchBuilder, Offset, Timestamp};
@@ -943,6 +943,23 @@ async fn a_full_buffer_holds_send_until_earlier_records_are_answered() {
     let delivery = producer.send(Record::new("buffered").value(large)).await.unwrap();
     assert_eq!(delivery.await.unwrap().offset, Some(Offset(50)));
     producer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsupported_codec_is_refused_at_send_to_the_caller_and_its_callback() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "gzip", 1).await;
+    let config = ProducerConfig { compression: Compression::Gzip, ..Default::default() };
+    let producer = Producer::new(client.clone(), config);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let record = Record::new("gzip").value("v");
+    let sent = producer.send_with_callback(record, move |d| drop(tx.send(d))).await;
+    assert!(matches!(sent, Err(ClientError::InvalidArgument(_))), "{sent:?}");
+    let heard = rx.await.unwrap();
+    assert!(matches!(heard, Err(ClientError::InvalidArgument(_))), "{heard:?}");
+    producer.close().await.unwrap();
+    assert_eq!(high_watermark(&raw(&server).await, "gzip", 0).await, 0, "nothing written");
 }
 
 /// Sends `message`, whatever it holds, as a ProduceMany call's message: what a client with

@@ -16,13 +16,12 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use foldhash::{HashMap, HashMapExt};
 use strata_record::{BatchBuilder, Timestamp};
-use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::answers::Answers;
 use crate::buffer_room::BufferRoom;
-use crate::produce_request::{Done, Outgoing, PartitionKey, Staged, spawn_request};
+use crate::produce_request::{Done, Outgoing, PartitionKey, Staged};
 use crate::producer::{Acks, Partitioner, ProducerConfig, Waiter};
 use crate::record::Record;
 use crate::{Client, ClientError, Result};
@@ -186,13 +185,15 @@ pub(crate) struct Accumulator {
     /// The bounded buffer: records added and not yet answered, and the callers of `send`
     /// waiting for room.
     pub(crate) room: BufferRoom,
-    /// Where request tasks run: the runtime the producer was made in, whatever runs `send`.
-    runtime: Handle,
+    /// Requests staged during this turn and complete: spawned once the lock is released.
+    ready: Vec<(String, Staged)>,
 }
 
 /// What one turn at the accumulator asks of the producer: wake its task, or the callers
 /// waiting for buffer room.
 pub(crate) struct Wakes {
+    /// Requests to spawn, each to its broker.
+    pub(crate) requests: Vec<(String, Staged)>,
     pub(crate) task: bool,
     pub(crate) room: bool,
 }
@@ -201,10 +202,10 @@ impl Accumulator {
     pub(crate) fn new(
         client: Client,
         config: ProducerConfig,
-    ) -> (Self, mpsc::UnboundedReceiver<Done>) {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        done_tx: mpsc::UnboundedSender<Done>,
+    ) -> Self {
         let config_buffer = config.buffer_bytes;
-        let accumulator = Accumulator {
+        Accumulator {
             client,
             config,
             queues: HashMap::new(),
@@ -223,23 +224,23 @@ impl Accumulator {
             wake_task: false,
             slot_waiters: VecDeque::new(),
             room: BufferRoom::new(config_buffer),
-            runtime: Handle::current(),
-        };
-        (accumulator, done_rx)
+            ready: Vec::new(),
+        }
     }
 
-    /// Sends each broker's staged batches as one request, answers the flushes that are done,
-    /// and says whom to wake. Every turn at the accumulator ends with it.
+    /// Hands over each broker's staged batches as one request, answers the flushes that are
+    /// done, and says whom to wake. Every turn at the accumulator ends with it.
     pub(crate) fn end_turn(&mut self) -> Wakes {
         // Most turns stage nothing; draining an empty map still clears its table.
         if !self.staged.is_empty() {
-            for (address, staged) in self.staged.drain() {
-                let (client, config, done) = (&self.client, &self.config, &self.done_tx);
-                spawn_request(&self.runtime, client, config, address, staged, done);
-            }
+            self.ready.extend(self.staged.drain());
         }
         self.answer_flushes();
-        Wakes { task: std::mem::take(&mut self.wake_task), room: self.room.wake_waiters() }
+        Wakes {
+            requests: std::mem::take(&mut self.ready),
+            task: std::mem::take(&mut self.wake_task),
+            room: self.room.wake_waiters(),
+        }
     }
 
     /// A request task's report.
@@ -643,8 +644,7 @@ impl Accumulator {
             // Full, or holding a batch of this partition already: it goes now, and this batch
             // starts the broker's next request (`can_send` saw a free slot for it).
             let full = self.staged.remove(&address).expect("just looked up");
-            let (client, config, done) = (&self.client, &self.config, &self.done_tx);
-            spawn_request(&self.runtime, client, config, address.clone(), full, done);
+            self.ready.push((address.clone(), full));
         }
         let staged = self.staged.entry(address).or_insert_with(|| {
             self.requests_in_flight += 1;

@@ -132,54 +132,71 @@ impl Staged {
     }
 }
 
-/// Sends `staged` to the broker at `address` and reports to `done`. Partitions that failed
-/// retriably are retried together, to their leaders as last known, with backoff; the request
-/// keeps its slot until every batch is answered for good, so retries stay within
-/// `max_requests_in_flight`.
-pub(crate) fn spawn_request(
-    runtime: &Handle,
-    client: &Client,
-    config: &ProducerConfig,
-    address: String,
-    staged: Staged,
-    done: &mpsc::UnboundedSender<Done>,
-) {
-    let (client, config, done) = (client.clone(), config.clone(), done.clone());
-    runtime.spawn(async move {
-        let mut batches = staged.batches;
-        for batch in &mut batches {
-            batch.build(config.compression);
-        }
-        if config.acks == Acks::None {
-            // Fire and forget for the caller, but the request still completes before the
-            // partitions' next ones start (order) and before flush returns (no loss).
+/// What starts produce requests, kept outside the producer's lock: a request is spawned after
+/// the turn that staged it released the lock, so that nothing it drops (a runtime shutting down
+/// drops the task at once, answering its batches `Closed`) runs a callback under the lock.
+pub(crate) struct Requests {
+    /// The runtime the producer was made in, whatever executor runs `send`.
+    pub(crate) runtime: Handle,
+    pub(crate) client: Client,
+    pub(crate) config: ProducerConfig,
+    pub(crate) done: mpsc::UnboundedSender<Done>,
+}
+
+/// Tells the accumulator a request is finished when dropped: at its end, and also if its task
+/// panics or is dropped unpolled, or its slot would never free and flush would wait forever.
+struct Finished(mpsc::UnboundedSender<Done>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.0.send(Done::RequestFinished);
+    }
+}
+
+impl Requests {
+    /// Sends `staged` to the broker at `address` and reports to `done`. Partitions that failed
+    /// retriably are retried together, to their leaders as last known, with backoff; the
+    /// request keeps its slot until every batch is answered for good, so retries stay within
+    /// `max_requests_in_flight`.
+    pub(crate) fn spawn(&self, address: String, staged: Staged) {
+        let (client, config) = (self.client.clone(), self.config.clone());
+        let finished = Finished(self.done.clone());
+        self.runtime.spawn(async move {
+            let _finished = finished;
+            let mut batches = staged.batches;
             for batch in &mut batches {
-                for waiter in batch.waiters.drain(..) {
-                    waiter.answer(Ok(Delivered { partition: batch.key.1, offset: None }));
+                batch.build(config.compression);
+            }
+            if config.acks == Acks::None {
+                // Fire and forget for the caller, but the request still completes before the
+                // partitions' next ones start (order) and before flush returns (no loss).
+                for batch in &mut batches {
+                    for waiter in batch.waiters.drain(..) {
+                        waiter.answer(Ok(Delivered { partition: batch.key.1, offset: None }));
+                    }
                 }
             }
-        }
-        let mut targets = vec![(address, batches)];
-        let mut attempt = 0;
-        loop {
-            let mut retry = Vec::new();
-            for (address, batches) in targets {
-                retry.extend(send_once(&client, &config, &address, batches, attempt).await);
+            let mut targets = vec![(address, batches)];
+            let mut attempt = 0;
+            loop {
+                let mut retry = Vec::new();
+                for (address, batches) in targets {
+                    retry.extend(send_once(&client, &config, &address, batches, attempt).await);
+                }
+                if retry.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(backoff(&config, attempt)).await;
+                attempt += 1;
+                let mut by_leader: HashMap<String, Vec<Outgoing>> = HashMap::new();
+                for batch in retry {
+                    let leader = client.leader_address(&batch.key.0, batch.key.1);
+                    by_leader.entry(leader).or_default().push(batch);
+                }
+                targets = by_leader.into_iter().collect();
             }
-            if retry.is_empty() {
-                break;
-            }
-            tokio::time::sleep(backoff(&config, attempt)).await;
-            attempt += 1;
-            let mut by_leader: HashMap<String, Vec<Outgoing>> = HashMap::new();
-            for batch in retry {
-                let leader = client.leader_address(&batch.key.0, batch.key.1);
-                by_leader.entry(leader).or_default().push(batch);
-            }
-            targets = by_leader.into_iter().collect();
-        }
-        let _ = done.send(Done::RequestFinished);
-    });
+        });
+    }
 }
 
 /// Sends one request of `batches` (one per partition) to `address` and settles each batch

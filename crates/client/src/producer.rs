@@ -12,12 +12,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use strata_record::Compression;
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::accumulator::{Accumulator, Wakes, buffered_size};
-use crate::produce_request::Done;
+use crate::produce_request::{Done, Requests};
 use crate::record::{Delivered, Record};
 use crate::{Client, ClientError, Result};
 
@@ -88,8 +89,8 @@ pub struct ProducerConfig {
     /// the bound keeps a slow disk's queue at the client, where batches keep filling, instead
     /// of at the server past their timeout.
     pub max_requests_in_flight: usize,
-    /// A request takes no more batches once it holds this many bytes (Kafka's
-    /// `max.request.size`); a single larger batch still goes, alone.
+    /// A request takes no more batches once it holds this many bytes, counted before
+    /// compression (Kafka's `max.request.size`); a single larger batch still goes, alone.
     pub max_request_bytes: usize,
     /// Bytes of records added (queued or sent) and not yet answered, at most (Kafka's
     /// `buffer.memory`): a `send` that would go over waits until answers free room, first
@@ -192,6 +193,8 @@ struct Shared {
     task: Notify,
     /// Wakes the callers waiting for buffer room.
     room: Notify,
+    /// Starts the requests a turn staged, once it released the lock.
+    requests: Requests,
 }
 
 impl Shared {
@@ -201,8 +204,11 @@ impl Shared {
 
     /// Ends a turn at the accumulator: its requests go, and whoever it concerns is woken.
     fn end_turn(&self, mut accumulator: MutexGuard<'_, Accumulator>) {
-        let Wakes { task, room } = accumulator.end_turn();
+        let Wakes { requests, task, room } = accumulator.end_turn();
         drop(accumulator);
+        for (address, staged) in requests {
+            self.requests.spawn(address, staged);
+        }
         if task {
             self.task.notify_one();
         }
@@ -218,6 +224,8 @@ pub struct Producer {
     client: Client,
     shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
+    /// Why `ProducerConfig::compression` cannot be used, if it cannot: every send says so.
+    refused_codec: Option<ClientError>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -227,15 +235,31 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
+    /// A producer whose requests and task run on the current tokio runtime (it must be
+    /// called within one); `send` may then be called from any executor.
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
-        let (accumulator, done) = Accumulator::new(client.clone(), config);
+        let refused_codec = match config.compression {
+            Compression::None | Compression::Lz4 | Compression::Zstd => None,
+            other => Some(ClientError::InvalidArgument(format!(
+                "compression {other:?} is not supported; use none, lz4 or zstd"
+            ))),
+        };
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let requests = Requests {
+            runtime: Handle::current(),
+            client: client.clone(),
+            config: config.clone(),
+            done: done_tx.clone(),
+        };
+        let accumulator = Accumulator::new(client.clone(), config, done_tx);
         let shared = Arc::new(Shared {
             accumulator: Mutex::new(accumulator),
             task: Notify::new(),
             room: Notify::new(),
+            requests,
         });
         let task = tokio::spawn(run(shared.clone(), done));
-        Producer { client, shared, task: Some(task) }
+        Producer { client, shared, task: Some(task), refused_codec }
     }
 
     /// Queues a record and returns the future of its delivery. Records queued one after the
@@ -268,6 +292,10 @@ impl Producer {
     /// Adds `record` to its partition's batch, in this task. Failures that concern the record
     /// (an unknown topic, no such partition) go to its waiter; `Closed` to both.
     async fn append(&self, record: Record, waiter: Waiter) -> Result<()> {
+        if let Some(err) = &self.refused_codec {
+            waiter.answer(Err(err.clone()));
+            return Err(err.clone());
+        }
         let known = self.shared.lock().partition_counts.get(&record.topic).copied();
         let count = match known {
             Some(count) => count,
@@ -319,9 +347,13 @@ impl Producer {
         Ok(true)
     }
 
-    /// Partitions of `topic`, asked of the cluster and remembered.
+    /// Partitions of `topic`, asked of the cluster (on the producer's runtime, whatever
+    /// executor runs `send`) and remembered.
     async fn partition_count(&self, topic: &str) -> Result<u32> {
-        let count = self.client.partition_count(topic).await?;
+        let (client, owned) = (self.client.clone(), topic.to_owned());
+        let lookup =
+            self.shared.requests.runtime.spawn(async move { client.partition_count(&owned).await });
+        let count = lookup.await.map_err(|_| ClientError::Closed)??;
         if count == 0 {
             return Err(ClientError::InvalidArgument(format!("topic {topic} has no partitions")));
         }
