@@ -42,6 +42,7 @@ async fn high_watermark(
         max_wait_ms: 0,
         min_bytes: 0,
         max_bytes: 0,
+        runs: false,
     };
     broker.clone().fetch(request).await.unwrap().into_inner().high_watermark
 }
@@ -92,6 +93,7 @@ async fn malformed_batches_are_rejected_precisely_and_change_nothing() {
             max_wait_ms: 0,
             min_bytes: 1,
             max_bytes: 0,
+            runs: false,
         })
         .await
         .unwrap_err();
@@ -143,6 +145,47 @@ async fn a_consumer_decodes_fetch_answers_and_refusals_from_frames() {
     let refused = lost.poll(Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(refused.code(), Some(Code::NotFound), "{refused:?}");
     assert!(refused.to_string().contains("frames"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_answer_in_runs_holds_the_same_batches_back_to_back() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "runs", 1).await;
+    // Many small batches: one per record, each awaited.
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for i in 0..40u32 {
+        let record = Record::new("runs").value(vec![i as u8; 500 + i as usize]);
+        producer.send(record).await.unwrap().await.unwrap();
+    }
+    producer.close().await.unwrap();
+    let mut broker = raw(&server).await;
+    let fetch = |runs| FetchRequest {
+        topic: "runs".into(),
+        offset: 3,
+        max_bytes: 1 << 20,
+        runs,
+        ..Default::default()
+    };
+    let batches = broker.fetch(fetch(false)).await.unwrap().into_inner();
+    let runs = broker.fetch(fetch(true)).await.unwrap().into_inner();
+    assert!(batches.runs.is_empty() && runs.batches.is_empty(), "one or the other");
+    assert_eq!(batches.batches.len(), 37, "from the batch holding offset 3 on");
+    assert_eq!(runs.runs.len(), 1, "one segment, so one run");
+    assert_eq!(runs.runs.concat(), batches.batches.concat());
+    assert_eq!(runs.high_watermark, 40);
+    // The client splits runs back into batches and reads every record once, in order.
+    let config = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..Default::default() };
+    let mut consumer = Consumer::new(client.clone(), config);
+    consumer.assign(vec![("runs".into(), 0)]).await.unwrap();
+    let mut read = Vec::new();
+    while read.len() < 40 {
+        let polled = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert!(!polled.is_empty(), "{} of 40 records", read.len());
+        read.extend(polled.into_iter().map(|r| (r.offset, r.value.unwrap().len())));
+    }
+    let expected: Vec<_> = (0..40u64).map(|i| (Offset(i), 500 + i as usize)).collect();
+    assert_eq!(read, expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -455,6 +498,7 @@ async fn subscribe_streams_records_as_they_are_committed() {
         max_wait_ms: 0,
         min_bytes: 1,
         max_bytes: 0,
+        runs: false,
     };
     let mut stream = broker.subscribe(request).await.unwrap().into_inner();
     let producer = Producer::new(client.clone(), ProducerConfig::default());

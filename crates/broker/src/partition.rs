@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_raft::{PartitionReplica, ReplicaError, SequenceCheck};
 use strata_record::{BatchHeader, Offset, RecordBatch, Timestamp, TopicName};
-use strata_storage::{AppendInfo, Durability, Log, LogConfig};
+use strata_storage::{AppendInfo, Durability, Log, LogConfig, Runs};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,9 @@ use crate::sequencer::{Sequencer, Turn};
 #[derive(Debug)]
 pub struct Fetched {
     pub batches: Vec<Bytes>,
+    /// The same batches, those that follow each other in one segment as one slice of its map
+    /// (for readers that take runs: `FetchRequest.runs`).
+    pub runs: Vec<Bytes>,
     pub high_watermark: Offset,
     pub log_start: Offset,
 }
@@ -620,15 +623,16 @@ impl Partition {
             changes.borrow_and_update();
             let high_watermark = self.high_watermark();
             self.check_offset(offset, high_watermark)?;
-            let batches = if offset < high_watermark {
-                self.log.read_until(offset, high_watermark, max_bytes)?
+            let read = if offset < high_watermark {
+                self.log.read_runs_until(offset, high_watermark, max_bytes)?
             } else {
-                Vec::new()
+                Runs::default()
             };
-            let bytes: usize = batches.iter().map(Bytes::len).sum();
+            let bytes: usize = read.runs.iter().map(Bytes::len).sum();
             let expired = Instant::now() >= deadline || shutdown.is_cancelled();
             if (bytes > 0 && bytes >= min_bytes) || expired {
-                return Ok(Fetched { batches, high_watermark, log_start: self.log_start() });
+                let Runs { batches, runs } = read;
+                return Ok(Fetched { batches, runs, high_watermark, log_start: self.log_start() });
             }
             // Woken by the next append, or by the deadline or shutdown for a last look.
             tokio::select! {

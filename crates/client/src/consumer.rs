@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::client::MAX_RESPONSE_BYTES;
-use crate::record::{ConsumerRecord, decode};
+use crate::record::{ConsumerRecord, batches_of_run, decode};
 use crate::unary_frames;
 use crate::{Client, ClientError, Result};
 
@@ -479,6 +479,8 @@ impl Consumer {
                 max_wait_ms: self.config.max_wait.as_millis() as u32,
                 min_bytes: 1,
                 max_bytes: self.config.fetch_max_bytes,
+                // Small batches come back to back, as the node stores them: no copy there.
+                runs: true,
             };
             let key = tp.clone();
             let handle = self.fetches.spawn(async move {
@@ -530,11 +532,22 @@ impl Consumer {
                 let Some(state) = self.partitions.get_mut(&tp) else { return Ok(false) };
                 // Decoded in place: a record moves once into the buffer and once out of it.
                 let before = state.buffered.len();
-                for batch in &response.batches {
-                    if let Err(err) = decode(&tp.0, tp.1, batch, offset, &mut state.buffered) {
-                        state.buffered.truncate(before);
-                        return Err(err);
+                let decoded = response.runs.iter().try_for_each(|run| {
+                    for batch in batches_of_run(run)? {
+                        decode(&tp.0, tp.1, &batch, offset, &mut state.buffered)?;
                     }
+                    Ok::<_, ClientError>(())
+                });
+                // A node that does not know runs answers with batches.
+                let decoded = decoded.and_then(|()| {
+                    for batch in &response.batches {
+                        decode(&tp.0, tp.1, batch, offset, &mut state.buffered)?;
+                    }
+                    Ok(())
+                });
+                if let Err(err) = decoded {
+                    state.buffered.truncate(before);
+                    return Err(err);
                 }
                 let Some(last) = state.buffered.back().filter(|_| state.buffered.len() > before)
                 else {

@@ -3,7 +3,10 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use strata_record::{BATCH_HEADER_LEN, DEFAULT_MAX_DECOMPRESSED, Offset, RecordBatch, Timestamp};
+use strata_record::{
+    BATCH_HEADER_LEN, DEFAULT_MAX_DECOMPRESSED, Offset, RecordBatch, RecordError, Timestamp,
+    batch_len_at,
+};
 
 use crate::Result;
 
@@ -66,6 +69,28 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
+/// The batches of a fetch answer's run (whole batches back to back), each a slice of it, split
+/// at each batch's length field. A run that does not end at a batch's end is refused: an
+/// answer cut short or corrupt is never decoded past what it holds.
+pub(crate) fn batches_of_run(run: &Bytes) -> Result<Vec<Bytes>> {
+    let mut batches = Vec::new();
+    let mut at = 0;
+    while at < run.len() {
+        let len = batch_len_at(&run[at..]).and_then(|len| usize::try_from(len).ok());
+        let end = len.and_then(|len| at.checked_add(len)).filter(|&end| end <= run.len());
+        let Some(end) = end.filter(|&end| end > at) else {
+            return Err(RecordError::Truncated {
+                needed: len.unwrap_or(0),
+                available: run.len() - at,
+            }
+            .into());
+        };
+        batches.push(run.slice(at..end));
+        at = end;
+    }
+    Ok(batches)
+}
+
 /// Decodes the records of `batch` at or after `from`, appending them to `out`. Values of an
 /// uncompressed batch are slices of it; a compressed batch is decompressed once and its
 /// records slice that buffer. On an error, `out` may hold some of the batch's records.
@@ -110,4 +135,29 @@ pub(crate) fn decode(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_record::BatchBuilder;
+
+    use super::*;
+
+    fn batch(values: &[&str]) -> Bytes {
+        let mut builder = BatchBuilder::new();
+        for value in values {
+            builder.push(Timestamp(1), None, Some(value.as_bytes()), &[]);
+        }
+        builder.build(Offset(0))
+    }
+
+    #[test]
+    fn a_run_splits_at_each_batch_length_and_a_cut_one_is_refused() {
+        let (a, b) = (batch(&["one", "two"]), batch(&["three"]));
+        let run = Bytes::from([a.clone(), b.clone()].concat());
+        assert_eq!(batches_of_run(&run).unwrap(), vec![a, b]);
+        assert!(batches_of_run(&Bytes::new()).unwrap().is_empty());
+        assert!(batches_of_run(&run.slice(..run.len() - 1)).is_err(), "the last batch is cut");
+        assert!(batches_of_run(&run.slice(..5)).is_err(), "not even a length field");
+    }
 }

@@ -228,7 +228,27 @@ pub fn ok_response_with_batches(
     tag: u32,
     batches: &[Bytes],
 ) -> http::Response<Body> {
-    match with_batches(head, tag, batches, BatchesGo::First) {
+    answer_with_batches(head, tag, batches, BatchesGo::First)
+}
+
+/// A unary call's successful answer: `head`'s fields, then `batches` as its repeated `bytes`
+/// field `tag`, the field after every other (a fetch answer's runs); as
+/// [`ok_response_with_batches`] otherwise.
+pub fn ok_response_with_batches_last(
+    head: &impl Message,
+    tag: u32,
+    batches: &[Bytes],
+) -> http::Response<Body> {
+    answer_with_batches(head, tag, batches, BatchesGo::Last)
+}
+
+fn answer_with_batches(
+    head: &impl Message,
+    tag: u32,
+    batches: &[Bytes],
+    order: BatchesGo,
+) -> http::Response<Body> {
+    match with_batches(head, tag, batches, order) {
         Ok(frames) => answer(frames),
         Err(status) => status.into_http(),
     }
@@ -427,7 +447,12 @@ mod tests {
         let large = Bytes::from(vec![1; OWN_FRAME_BATCH_BYTES]);
         let copied = Bytes::from(vec![2; OWN_FRAME_BATCH_BYTES - 1]);
         let batches = vec![Bytes::from_static(b"small"), large.clone(), copied.clone()];
-        let head = crate::FetchResponse { batches: vec![], high_watermark: 9, log_start_offset: 2 };
+        let head = crate::FetchResponse {
+            batches: vec![],
+            high_watermark: 9,
+            log_start_offset: 2,
+            runs: vec![],
+        };
         let answer = ok_response_with_batches(&head, 1, &batches);
         let read = read_unary(answer.into_body(), 4 * OWN_FRAME_BATCH_BYTES).await.unwrap();
         assert!(read.trailers.is_some_and(|t| t["grpc-status"] == "0"));
@@ -518,10 +543,17 @@ mod tests {
         assert_eq!(frames, 4, "the large batches in frames of their own");
 
         let batches = vec![large.clone(), Bytes::from_static(b"b")];
-        let full = crate::FetchResponse { batches, high_watermark: 5, log_start_offset: 0 };
+        let full =
+            crate::FetchResponse { batches, high_watermark: 5, log_start_offset: 0, runs: vec![] };
         let head = crate::FetchResponse { batches: vec![], ..full.clone() };
         let answer = ok_response_with_batches(&head, 1, &full.batches).into_body();
         assert_eq!(frames_of(answer).await.0, prefixed(&full).unwrap(), "a fetch answer");
+
+        let runs = vec![large.clone(), Bytes::from_static(b"r")];
+        let full = crate::FetchResponse { runs, high_watermark: 5, ..Default::default() };
+        let head = crate::FetchResponse { runs: vec![], ..full.clone() };
+        let answer = ok_response_with_batches_last(&head, 4, &full.runs).into_body();
+        assert_eq!(frames_of(answer).await.0, prefixed(&full).unwrap(), "a fetch answer in runs");
     }
 
     #[test]

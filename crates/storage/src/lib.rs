@@ -30,7 +30,7 @@ mod write_ahead;
 pub use config::{Durability, LogConfig, MAX_BATCH_BYTES, MAX_SEGMENT_BYTES};
 pub use error::{Result, StorageError};
 pub use fs_sync::FilesystemSync;
-pub use log::{AppendInfo, Log, RetentionOutcome, TailMarkDraft};
+pub use log::{AppendInfo, Log, RetentionOutcome, Runs, TailMarkDraft};
 pub use observe::{WriteAheadEvent, set_fsync_observer, set_write_ahead_observer};
 pub use replay::WriteAheadReplay;
 pub use sync_group::SyncGroup;

@@ -34,6 +34,15 @@ pub struct AppendInfo {
 }
 
 /// What a retention pass removed.
+/// Batches read, and the same bytes as runs (see [`Log::read_runs_until`]).
+#[derive(Debug, Default)]
+pub struct Runs {
+    /// Whole batches in offset order, each a slice of its segment map.
+    pub batches: Vec<Bytes>,
+    /// The same batches, those that follow each other in one segment as one slice.
+    pub runs: Vec<Bytes>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetentionOutcome {
     pub segments_deleted: usize,
@@ -758,6 +767,24 @@ impl Log {
     /// Like [`Log::read`], but never returns a batch that holds `until` or anything past it:
     /// the broker passes the high watermark so consumers see only committed records.
     pub fn read_until(&self, from: Offset, until: Offset, max_bytes: usize) -> Result<Vec<Bytes>> {
+        Ok(self.checked_slices(from, until, max_bytes)?.into_iter().map(|s| s.bytes).collect())
+    }
+
+    /// Like [`Log::read_until`], and the same bytes as runs too: batches that follow each
+    /// other in one segment as one slice of its map (a fetch answer sends a run of small
+    /// batches as one piece, without copying them together).
+    pub fn read_runs_until(&self, from: Offset, until: Offset, max_bytes: usize) -> Result<Runs> {
+        let slices = self.checked_slices(from, until, max_bytes)?;
+        let runs = read::runs(&slices);
+        Ok(Runs { batches: slices.into_iter().map(|s| s.bytes).collect(), runs })
+    }
+
+    fn checked_slices(
+        &self,
+        from: Offset,
+        until: Offset,
+        max_bytes: usize,
+    ) -> Result<Vec<read::BatchSlice>> {
         let slices = {
             let state = self.read_state();
             state.check_readable(from)?;

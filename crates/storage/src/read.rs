@@ -16,6 +16,8 @@ use crate::segment::SegmentRef;
 #[derive(Debug)]
 pub(crate) struct BatchSlice {
     pub(crate) bytes: Bytes,
+    /// The whole segment map it was sliced from, to slice runs of batches from.
+    pub(crate) segment: Bytes,
     pub(crate) path: Arc<Path>,
     pub(crate) position: u64,
     /// Whether this process CRC-checked the batch already, appending or scanning it (see
@@ -115,6 +117,7 @@ pub(crate) fn collect_batches(
             }
             out.push(BatchSlice {
                 bytes: walk.slice(position, len),
+                segment: walk.data.clone(),
                 path: segment.core.log_path.clone(),
                 position,
                 checked: position >= segment.core.checked_from,
@@ -128,15 +131,13 @@ pub(crate) fn collect_batches(
 /// Checks the CRC of every slice this process has not checked yet (when appending it or
 /// scanning it at open), keeping the good ones before the first bad one. A bad first batch is
 /// an error: corrupt data from disk is never served.
-pub(crate) fn verify(slices: Vec<BatchSlice>) -> Result<Vec<Bytes>> {
-    let mut out = Vec::with_capacity(slices.len());
-    for slice in slices {
-        if slice.checked {
-            out.push(slice.bytes);
-            continue;
-        }
-        if let Err(err) = RecordBatch::new(&slice.bytes) {
-            if out.is_empty() {
+pub(crate) fn verify(mut slices: Vec<BatchSlice>) -> Result<Vec<BatchSlice>> {
+    let mut good = 0;
+    for slice in &slices {
+        if !slice.checked
+            && let Err(err) = RecordBatch::new(&slice.bytes)
+        {
+            if good == 0 {
                 return Err(StorageError::Corrupt {
                     path: slice.path.to_path_buf(),
                     position: slice.position,
@@ -145,9 +146,37 @@ pub(crate) fn verify(slices: Vec<BatchSlice>) -> Result<Vec<Bytes>> {
             }
             break;
         }
-        out.push(slice.bytes);
+        good += 1;
     }
-    Ok(out)
+    slices.truncate(good);
+    Ok(slices)
+}
+
+/// The bytes of `slices` as runs: batches that follow each other in one segment map as one
+/// slice of it, so that a reader can send many small batches as one piece, without copying.
+pub(crate) fn runs(slices: &[BatchSlice]) -> Vec<Bytes> {
+    let mut runs = Vec::new();
+    let mut open: Option<(&BatchSlice, u64)> = None; // first slice of the run, and its end
+    for slice in slices {
+        let len = slice.bytes.len() as u64;
+        match &mut open {
+            Some((first, end))
+                if first.segment.as_ptr() == slice.segment.as_ptr() && *end == slice.position =>
+            {
+                *end += len;
+            }
+            _ => {
+                if let Some((first, end)) = open.take() {
+                    runs.push(first.segment.slice(first.position as usize..end as usize));
+                }
+                open = Some((slice, slice.position + len));
+            }
+        }
+    }
+    if let Some((first, end)) = open {
+        runs.push(first.segment.slice(first.position as usize..end as usize));
+    }
+    runs
 }
 
 /// First offset at or after `log_start` whose record timestamp is at or after `timestamp`, or

@@ -491,3 +491,29 @@ fn the_active_index_reaches_its_files_only_when_sealed() {
     let log = Log::open(dir.path(), small_config()).unwrap();
     assert_eq!(log.read(Offset(40), 1).unwrap().len(), 1);
 }
+
+#[test]
+fn runs_are_the_batches_back_to_back_one_per_segment_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    for i in 0..40 {
+        log.append(&batch(1 + i % 3, 150, i as i64)).unwrap();
+    }
+    let segments = log.segment_count();
+    assert!(segments > 3, "small segments roll: {segments}");
+    let (from, until) = (Offset(5), log.end_offset());
+    let read = log.read_runs_until(from, until, usize::MAX).unwrap();
+    assert_eq!(read.batches, log.read_until(from, until, usize::MAX).unwrap());
+    // The same bytes, in the same order, cut only where a segment ends.
+    assert_eq!(read.runs.concat(), read.batches.concat());
+    assert!(read.runs.len() <= segments && read.runs.len() > 1, "{} runs", read.runs.len());
+    assert!(read.runs.len() < read.batches.len(), "a run holds several batches");
+    let mut starts = read.batches.iter().map(|b| b.as_ptr());
+    for run in &read.runs {
+        // Each run starts where one of its batches does: a whole batch, sliced in place.
+        assert!(starts.any(|p| p == run.as_ptr()), "a run starts at a batch of the map");
+    }
+    // A budget stops a read at a batch boundary, in runs as in batches.
+    let short = log.read_runs_until(from, until, 700).unwrap();
+    assert_eq!(short.runs.concat(), short.batches.concat());
+}

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use strata_proto::broker_server::{Broker, BrokerServer};
 use strata_proto::calls::{decode_request, is_compressed, read_message, read_request, respond};
-use strata_proto::frames::ok_response_with_batches;
+use strata_proto::frames::{ok_response_with_batches, ok_response_with_batches_last};
 use strata_proto::{FetchRequest, ProduceManyRequest};
 use tonic::Status;
 use tonic::body::Body;
@@ -89,18 +89,25 @@ async fn fetch(service: &BrokerService, request: http::Request<Body>) -> http::R
         Ok(request) => request,
         Err(refusal) => return refusal,
     };
+    let runs = request.get_ref().runs;
     match service.fetch(request).await {
         Ok(response) => {
             let mut head = response.into_inner();
-            let batches = std::mem::take(&mut head.batches);
-            ok_response_with_batches(&head, FETCH_BATCHES_TAG, &batches)
+            if runs {
+                let runs = std::mem::take(&mut head.runs);
+                ok_response_with_batches_last(&head, FETCH_RUNS_TAG, &runs)
+            } else {
+                let batches = std::mem::take(&mut head.batches);
+                ok_response_with_batches(&head, FETCH_BATCHES_TAG, &batches)
+            }
         }
         Err(status) => status.into_http(),
     }
 }
 
-/// The tag of `FetchResponse.batches` (`proto/strata/v1/client.proto`).
+/// The tags of `FetchResponse.batches` and `FetchResponse.runs` (`proto/strata/v1/client.proto`).
 const FETCH_BATCHES_TAG: u32 = 1;
+const FETCH_RUNS_TAG: u32 = 4;
 
 async fn produce_many(
     service: &BrokerService,

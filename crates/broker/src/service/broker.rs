@@ -109,11 +109,15 @@ fn fetch_bytes(requested: u32) -> usize {
     }
 }
 
-fn fetch_response(fetched: Fetched) -> FetchResponse {
+/// A fetch answer: the batches one by one, or as runs if the reader takes them.
+fn fetch_response(fetched: Fetched, runs: bool) -> FetchResponse {
+    let (batches, runs) =
+        if runs { (Vec::new(), fetched.runs) } else { (fetched.batches, Vec::new()) };
     FetchResponse {
-        batches: fetched.batches,
+        batches,
         high_watermark: fetched.high_watermark.0,
         log_start_offset: fetched.log_start.0,
+        runs,
     }
 }
 
@@ -187,7 +191,7 @@ impl Broker for BrokerService {
             let bytes: usize = fetched.batches.iter().map(|b| b.len()).sum();
             let records = record_count(&fetched.batches);
             self.shared.metrics.fetched(&request.topic, request.partition, records, bytes as u64);
-            Ok(fetch_response(fetched))
+            Ok(fetch_response(fetched, request.runs))
         })
         .await
     }
@@ -226,7 +230,7 @@ impl Broker for BrokerService {
                         }
                         // A subscriber that stops reading must not hold up shutdown.
                         tokio::select! {
-                            sent = tx.send(Ok(fetch_response(fetched))) => if sent.is_err() { return },
+                            sent = tx.send(Ok(fetch_response(fetched, request.runs))) => if sent.is_err() { return },
                             _ = shutdown.cancelled() => return,
                         }
                     }
