@@ -76,17 +76,21 @@ pub(crate) fn batches_of_run(run: &Bytes) -> Result<Vec<Bytes>> {
     let mut batches = Vec::new();
     let mut at = 0;
     while at < run.len() {
-        let len = batch_len_at(&run[at..]).and_then(|len| usize::try_from(len).ok());
-        let end = len.and_then(|len| at.checked_add(len)).filter(|&end| end <= run.len());
-        let Some(end) = end.filter(|&end| end > at) else {
-            return Err(RecordError::Truncated {
-                needed: len.unwrap_or(0),
-                available: run.len() - at,
+        let rest = &run[at..];
+        // The 8-byte base offset and 4-byte length field, then what the length declares.
+        let Some(declared) = batch_len_at(rest) else {
+            return Err(if rest.len() < 12 {
+                RecordError::Truncated { needed: 12, available: rest.len() }
+            } else {
+                RecordError::InvalidHeader("negative batch length")
             }
             .into());
         };
-        batches.push(run.slice(at..end));
-        at = end;
+        let Some(len) = usize::try_from(declared).ok().filter(|&len| len <= rest.len()) else {
+            return Err(RecordError::LengthMismatch { declared, actual: rest.len() }.into());
+        };
+        batches.push(run.slice(at..at + len));
+        at += len;
     }
     Ok(batches)
 }

@@ -33,7 +33,6 @@ pub struct AppendInfo {
     pub max_timestamp: Timestamp,
 }
 
-/// What a retention pass removed.
 /// Batches read, and the same bytes as runs (see [`Log::read_runs_until`]).
 #[derive(Debug, Default)]
 pub struct Runs {
@@ -43,6 +42,7 @@ pub struct Runs {
     pub runs: Vec<Bytes>,
 }
 
+/// What a retention pass removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RetentionOutcome {
     pub segments_deleted: usize,
