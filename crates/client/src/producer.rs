@@ -296,55 +296,57 @@ impl Producer {
             waiter.answer(Err(err.clone()));
             return Err(err.clone());
         }
-        let known = self.shared.lock().partition_counts.get(&record.topic).copied();
-        let count = match known {
-            Some(count) => count,
-            None => match self.partition_count(&record.topic).await {
-                Ok(count) => count,
-                Err(err) => {
-                    waiter.answer(Err(err));
-                    return Ok(());
-                }
-            },
-        };
         let bytes = buffered_size(&record);
         let mut entry = Some((record, waiter));
         // A place in the line for buffer room, left if this send is dropped while waiting.
         let mut ticket = Ticket { shared: &self.shared, number: None };
         loop {
-            // Made before looking, so that room freed meanwhile still wakes it.
+            // Made before looking, so that room freed meanwhile still wakes it (cheap: an
+            // atomic read, and nothing to undo if it is never awaited).
             let room = self.shared.room.notified();
-            if self.try_add(&mut entry, &mut ticket.number, count, bytes)? {
-                return Ok(());
+            match self.try_add(&mut entry, &mut ticket.number, bytes)? {
+                Turn::Added => return Ok(()),
+                Turn::NoRoom => room.await,
+                Turn::UnknownTopic => {
+                    let (record, _) = entry.as_ref().expect("not added yet");
+                    if let Err(err) = self.partition_count(&record.topic).await {
+                        let (_, waiter) = entry.take().expect("not added yet");
+                        waiter.answer(Err(err));
+                        return Ok(());
+                    }
+                }
             }
-            room.await;
         }
     }
 
-    /// Adds the record in `entry` if the buffer has room for its `bytes` and it is this
-    /// caller's turn (`true`); otherwise this caller waits in line with `ticket` (`false`).
+    /// Adds the record in `entry` if its topic's partitions are known, the buffer has room for
+    /// its `bytes` and it is this caller's turn; otherwise says what it waits for (in line,
+    /// with `ticket`, for room). One lock for all of it: this runs for every record.
     fn try_add(
         &self,
         entry: &mut Option<(Record, Waiter)>,
         ticket: &mut Option<u64>,
-        count: u32,
         bytes: usize,
-    ) -> Result<bool> {
+    ) -> Result<Turn> {
         let mut accumulator = self.shared.lock();
         if accumulator.closed {
             return Err(ClientError::Closed);
         }
+        let (record, _) = entry.as_ref().expect("not added yet");
+        let Some(&count) = accumulator.partition_counts.get(&record.topic) else {
+            return Ok(Turn::UnknownTopic);
+        };
         if !accumulator.room.take(bytes, ticket) {
-            return Ok(false);
+            return Ok(Turn::NoRoom);
         }
-        let (record, waiter) = entry.take().expect("added once");
+        let (record, waiter) = entry.take().expect("not added yet");
         let refused = accumulator.add(record, waiter, count, bytes);
         self.shared.end_turn(accumulator);
         // Answered outside the lock: a callback never runs under it.
         if let Some((waiter, err)) = refused {
             waiter.answer(Err(err));
         }
-        Ok(true)
+        Ok(Turn::Added)
     }
 
     /// Partitions of `topic`, asked of the cluster (on the producer's runtime, whatever
@@ -397,6 +399,15 @@ impl Producer {
         drop(accumulator);
         self.shared.task.notify_one();
     }
+}
+
+/// What one look at the accumulator did for a record.
+enum Turn {
+    Added,
+    /// The buffer has no room for it yet, or others wait before it.
+    NoRoom,
+    /// Its topic's partitions are not known yet.
+    UnknownTopic,
 }
 
 /// A caller's place in the line for buffer room, if it has one.
