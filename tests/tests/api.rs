@@ -990,6 +990,76 @@ async fn a_full_buffer_holds_send_until_earlier_records_are_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_send_given_up_while_waiting_for_room_leaves_the_line() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "line", 1).await;
+    let config =
+        ProducerConfig { buffer_bytes: 1500, linger: Duration::ZERO, ..Default::default() };
+    let producer = std::sync::Arc::new(Producer::new(client.clone(), config));
+    let value = || Record::new("line").value(vec![b'l'; 1000]);
+    // One record answered first: the producer knows the topic's partitions.
+    producer.send(value()).await.unwrap().await.unwrap();
+    // Nothing is answered while the node is stopped: the first record keeps the room.
+    server.pause();
+    let first = producer.send(value()).await.unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), producer.send(value())).await;
+    assert!(gave_up.is_err(), "the second send waits for room while the first is unanswered");
+    // Behind the one that gave up, the next send gets its turn once room is freed.
+    let next = tokio::spawn({
+        let producer = producer.clone();
+        async move { producer.send(value()).await.unwrap().await }
+    });
+    server.resume();
+    assert_eq!(first.await.unwrap().offset, Some(Offset(1)));
+    let next = tokio::time::timeout(Duration::from_secs(20), next).await;
+    let next = next.expect("the line moved on without the send that gave up").unwrap();
+    assert_eq!(next.unwrap().offset, Some(Offset(2)), "the send that gave up never went");
+}
+
+/// Runs `future` to completion on this thread, outside any tokio runtime: what a caller on
+/// another executor does.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_works_from_a_thread_outside_the_producers_runtime() {
+    let server = Server::start();
+    let client = Client::connect(&[server.brokers()]).await.unwrap();
+    create_topic(&client, "plain", 1).await;
+    let config = ProducerConfig { linger: Duration::ZERO, ..Default::default() };
+    let producer = std::sync::Arc::new(Producer::new(client.clone(), config));
+    let sender = producer.clone();
+    // A plain thread: the topic's first lookup and every request still run on the runtime
+    // the producer was made in.
+    let thread = std::thread::spawn(move || {
+        (0..3)
+            .map(|i| {
+                let delivery = block_on(sender.send(Record::new("plain").value(format!("{i}"))));
+                block_on(delivery.unwrap()).unwrap().offset
+            })
+            .collect::<Vec<_>>()
+    });
+    let offsets = tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
+    assert_eq!(offsets, [Some(Offset(0)), Some(Offset(1)), Some(Offset(2))]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unsupported_codec_is_refused_at_send_to_the_caller_and_its_callback() {
     let server = Server::start();
     let client = Client::connect(&[server.brokers()]).await.unwrap();
