@@ -218,31 +218,12 @@ pub fn ok_response(message: &impl Message) -> http::Response<Body> {
     }
 }
 
-/// A unary call's successful answer: `batches` as its repeated `bytes` field `tag`, the field
-/// before every other, then `head`'s fields (`head` leaves `tag` empty). Batches of at least
-/// [`OWN_FRAME_BATCH_BYTES`] are sent as they are, each in frames of its own (a fetch answer's
-/// batches are slices of the log's mapped segments: the socket's copy is their only one); the
-/// rest is encoded around them.
+/// A unary call's successful answer: `head`'s fields with `batches` as its repeated `bytes`
+/// field `tag` (which `head` leaves empty), written where prost writes that field among the
+/// others (`order`). Batches of at least [`OWN_FRAME_BATCH_BYTES`] are sent as they are, each
+/// in frames of its own (a fetch answer's batches and runs are slices of the log's mapped
+/// segments: the socket's copy is their only one); the rest is encoded around them.
 pub fn ok_response_with_batches(
-    head: &impl Message,
-    tag: u32,
-    batches: &[Bytes],
-) -> http::Response<Body> {
-    answer_with_batches(head, tag, batches, BatchesGo::First)
-}
-
-/// A unary call's successful answer: `head`'s fields, then `batches` as its repeated `bytes`
-/// field `tag`, the field after every other (a fetch answer's runs); as
-/// [`ok_response_with_batches`] otherwise.
-pub fn ok_response_with_batches_last(
-    head: &impl Message,
-    tag: u32,
-    batches: &[Bytes],
-) -> http::Response<Body> {
-    answer_with_batches(head, tag, batches, BatchesGo::Last)
-}
-
-fn answer_with_batches(
     head: &impl Message,
     tag: u32,
     batches: &[Bytes],
@@ -293,7 +274,8 @@ pub fn body_with_batches_last(
 }
 
 /// Where a message's batches field stands among its fields: prost writes fields in tag order.
-enum BatchesGo {
+#[derive(Debug, Clone, Copy)]
+pub enum BatchesGo {
     First,
     Last,
 }
@@ -453,7 +435,7 @@ mod tests {
             log_start_offset: 2,
             runs: vec![],
         };
-        let answer = ok_response_with_batches(&head, 1, &batches);
+        let answer = ok_response_with_batches(&head, 1, &batches, BatchesGo::First);
         let read = read_unary(answer.into_body(), 4 * OWN_FRAME_BATCH_BYTES).await.unwrap();
         assert!(read.trailers.is_some_and(|t| t["grpc-status"] == "0"));
         let decoded = crate::FetchResponse::decode(read.message.unwrap()).unwrap();
@@ -546,13 +528,14 @@ mod tests {
         let full =
             crate::FetchResponse { batches, high_watermark: 5, log_start_offset: 0, runs: vec![] };
         let head = crate::FetchResponse { batches: vec![], ..full.clone() };
-        let answer = ok_response_with_batches(&head, 1, &full.batches).into_body();
+        let answer =
+            ok_response_with_batches(&head, 1, &full.batches, BatchesGo::First).into_body();
         assert_eq!(frames_of(answer).await.0, prefixed(&full).unwrap(), "a fetch answer");
 
         let runs = vec![large.clone(), Bytes::from_static(b"r")];
         let full = crate::FetchResponse { runs, high_watermark: 5, ..Default::default() };
         let head = crate::FetchResponse { runs: vec![], ..full.clone() };
-        let answer = ok_response_with_batches_last(&head, 4, &full.runs).into_body();
+        let answer = ok_response_with_batches(&head, 4, &full.runs, BatchesGo::Last).into_body();
         assert_eq!(frames_of(answer).await.0, prefixed(&full).unwrap(), "a fetch answer in runs");
     }
 

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use strata_proto::broker_server::{Broker, BrokerServer};
 use strata_proto::calls::{decode_request, is_compressed, read_message, read_request, respond};
-use strata_proto::frames::{ok_response_with_batches, ok_response_with_batches_last};
+use strata_proto::frames::{BatchesGo, ok_response_with_batches};
 use strata_proto::{FetchRequest, ProduceManyRequest};
 use tonic::Status;
 use tonic::body::Body;
@@ -93,13 +93,14 @@ async fn fetch(service: &BrokerService, request: http::Request<Body>) -> http::R
     match service.fetch(request).await {
         Ok(response) => {
             let mut head = response.into_inner();
-            if runs {
-                let runs = std::mem::take(&mut head.runs);
-                ok_response_with_batches_last(&head, FETCH_RUNS_TAG, &runs)
+            // Each field where prost writes it: batches first, runs after every other.
+            let (tag, field, order) = if runs {
+                (FETCH_RUNS_TAG, &mut head.runs, BatchesGo::Last)
             } else {
-                let batches = std::mem::take(&mut head.batches);
-                ok_response_with_batches(&head, FETCH_BATCHES_TAG, &batches)
-            }
+                (FETCH_BATCHES_TAG, &mut head.batches, BatchesGo::First)
+            };
+            let batches = std::mem::take(field);
+            ok_response_with_batches(&head, tag, &batches, order)
         }
         Err(status) => status.into_http(),
     }
