@@ -67,13 +67,17 @@ struct PartitionQueue {
     next_sequence: i32,
     /// Answers the batches sent, in the order they were sent.
     answers: Answers,
-    /// Bytes of the last batch sent. The next batch gets room for twice as much at once (up to
-    /// `batch_bytes`): a partition streaming full batches then never regrows its buffer (each
-    /// doubling copied all the records so far, a second copy of every byte with 1 MiB
-    /// batches), nor does one whose batches vary in size, as at 1,000 partitions, where growth
-    /// was 7.5 % of the producer's samples (`perf`, session 14). A batch that used much less
-    /// (compressed) gives the room back when it is built.
-    last_batch_bytes: usize,
+    /// Bytes of the recent batches sent: the last one's, or half the figure before it if that
+    /// is more. The next batch gets room for twice as much at once (up to `batch_bytes`): a
+    /// partition streaming full batches then never regrows its buffer (each doubling copied
+    /// all the records so far, a second copy of every byte with 1 MiB batches), nor does one
+    /// whose batches vary in size, as at 1,000 partitions, where growth was 7.5 % of the
+    /// producer's samples (`perf`, session 14). With no linger a partition's batches alternate
+    /// between a few records (sent as soon as there is room in flight) and full ones, so the
+    /// last batch alone is a poor guide: by it, a full batch after a small one grew from a
+    /// few KiB (session 17). A batch that used much less (compressed) gives the room back when
+    /// it is built.
+    recent_batch_bytes: usize,
 }
 
 impl Default for PartitionQueue {
@@ -88,7 +92,7 @@ impl Default for PartitionQueue {
             producer_id: fresh_producer_id(),
             next_sequence: 0,
             answers: Answers::default(),
-            last_batch_bytes: 0,
+            recent_batch_bytes: 0,
         }
     }
 }
@@ -368,7 +372,12 @@ impl Accumulator {
         let now = (!fits || linger.is_zero()).then(Instant::now);
         if !fits {
             queue.batches.push_back(Batch {
-                builder: BatchBuilder::with_capacity((2 * queue.last_batch_bytes).min(limit)),
+                builder: {
+                    let room = (2 * queue.recent_batch_bytes).min(limit);
+                    let mut builder = BatchBuilder::with_capacity(room);
+                    builder.grow_up_to(limit);
+                    builder
+                },
                 waiters: Vec::new(),
                 deadline: now.expect("read for a new batch") + linger,
                 buffered: 0,
@@ -617,7 +626,8 @@ impl Accumulator {
         let Some(mut batch) = queue.batches.pop_front() else { return };
         // Its `lingering` entry, if any, is stale now; the next batch gets its own.
         queue.scheduled = None;
-        queue.last_batch_bytes = batch.builder.size() - strata_record::BATCH_HEADER_LEN;
+        let size = batch.builder.size() - strata_record::BATCH_HEADER_LEN;
+        queue.recent_batch_bytes = size.max(queue.recent_batch_bytes / 2);
         if queue.batches.is_empty() {
             // The open batch left, perhaps before it filled (linger, flush, linger 0): if it
             // was the sticky partition's, keyless records move on, or a slow producer would

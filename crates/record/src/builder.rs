@@ -28,6 +28,8 @@ pub struct BatchBuilder {
     producer_epoch: i16,
     base_sequence: i32,
     partition_leader_epoch: i32,
+    /// The capacity the buffer grows to at most by doubling (see [`Self::grow_up_to`]).
+    growth_cap: usize,
 }
 
 impl Default for BatchBuilder {
@@ -71,7 +73,19 @@ impl BatchBuilder {
             producer_epoch: NO_PRODUCER_EPOCH,
             base_sequence: NO_SEQUENCE,
             partition_leader_epoch: -1,
+            growth_cap: usize::MAX,
         }
+    }
+
+    /// Lets the buffer grow by doubling only up to `bytes` (the whole batch, header included),
+    /// for a producer that never lets a batch pass that size: doubling past it would copy every
+    /// record so far into a buffer twice the size, and [`Self::build`] would copy them again
+    /// to give the unused half back (with 1 MiB batches, two extra copies of every byte: 24 %
+    /// of a producing process's instructions, `callgrind`, session 17). A record that needs
+    /// more gets exactly what it needs.
+    pub fn grow_up_to(&mut self, bytes: usize) -> &mut Self {
+        self.growth_cap = bytes;
+        self
     }
 
     /// Marks the batch as coming from an idempotent producer.
@@ -146,7 +160,11 @@ impl BatchBuilder {
         }
         self.max_timestamp = self.max_timestamp.max(timestamp.0);
         let out = &mut self.buf;
-        out.reserve(body + 5);
+        let needed = body + 5;
+        if out.capacity() - out.len() < needed {
+            let grown = (2 * out.capacity()).min(self.growth_cap).max(out.len() + needed);
+            out.reserve_exact(grown - out.len());
+        }
         write_varlong(out, body as i64);
         out.push(0); // record attributes: unused in v2
         write_varlong(out, timestamp.0.wrapping_sub(self.base_timestamp));
@@ -257,5 +275,25 @@ mod tests {
         }
         let bytes = builder.build(Offset(0));
         RecordBatch::new(&bytes).unwrap().validate_records().unwrap();
+    }
+
+    #[test]
+    fn a_buffer_grows_no_further_than_its_cap_unless_one_record_needs_more() {
+        let cap = 4096;
+        let mut builder = BatchBuilder::new();
+        builder.grow_up_to(cap);
+        let value = [1u8; 1000];
+        while builder.size() + builder.record_size(Timestamp(0), None, Some(&value), &[]) <= cap {
+            builder.push(Timestamp(0), None, Some(&value), &[]);
+            assert!(builder.buf.capacity() <= cap, "{} > {cap}", builder.buf.capacity());
+        }
+        assert_eq!(builder.len(), 3);
+        let large = vec![2u8; 2 * cap];
+        builder.push(Timestamp(0), None, Some(&large), &[]);
+        assert!(builder.buf.capacity() >= builder.size());
+        let bytes = builder.build(Offset(0));
+        let batch = RecordBatch::new(&bytes).unwrap();
+        batch.validate_records().unwrap();
+        assert_eq!(batch.records().unwrap().count(), 4);
     }
 }
