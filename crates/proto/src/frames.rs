@@ -102,7 +102,12 @@ pub async fn read_unary(mut body: Body, max_message: usize) -> Result<Unary, Sta
         PREFIX_BYTES if message.remaining() == length => {
             Ok(Unary { message: Some(message), trailers })
         }
-        _ => Err(Status::internal("Unexpected EOF decoding stream.")),
+        // A message cut short by a sender that gave up says why in its trailers, if it says.
+        _ => Err(trailers
+            .as_ref()
+            .and_then(Status::from_header_map)
+            .filter(|status| status.code() != tonic::Code::Ok)
+            .unwrap_or_else(|| Status::internal("Unexpected EOF decoding stream."))),
     }
 }
 
@@ -494,6 +499,16 @@ mod tests {
         assert_eq!(code(vec![data(&two)]).await, Code::Internal, "a second message");
         assert_eq!(code(vec![data(&[1, 0, 0, 0, 1, 7])]).await, Code::Internal, "compressed");
         assert_eq!(code(vec![data(&[2, 0, 0, 0, 1, 7])]).await, Code::Internal, "bad flag");
+    }
+
+    #[tokio::test]
+    async fn a_message_cut_short_reports_the_status_its_trailers_give() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        trailers.insert("grpc-message", http::HeaderValue::from_static("node%20stopping"));
+        let cut = data(&with_prefix(b"abc")[..6]);
+        let status = read(vec![cut, http_body::Frame::trailers(trailers)]).await.unwrap_err();
+        assert_eq!((status.code(), status.message()), (Code::Unavailable, "node stopping"));
     }
 
     #[tokio::test]
