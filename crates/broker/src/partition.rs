@@ -292,11 +292,12 @@ impl Partition {
 
     /// Writes a batch on the async runtime if that is only a copy into the page cache, in
     /// microseconds, less than a trip to the blocking pool and back: a small batch, to a log
-    /// whose fsync is the node's sync group (waited for without a thread), that neither waits
-    /// for the log's lock nor rolls a segment. `None`: write it on the blocking pool. See
-    /// `docs/decisions.md`, "Small writes on the async runtime".
+    /// whose fsync is the node's sync group (waited for without a thread) or that has none to
+    /// do per append (`--fsync never`), that neither waits for the log's lock nor rolls a
+    /// segment. `None`: write it on the blocking pool. See `docs/decisions.md`, "Small writes
+    /// on the async runtime".
     fn try_write_inline(&self, batch: &[u8], header: BatchHeader) -> Option<Result<AppendInfo>> {
-        if batch.len() > INLINE_WRITE_BYTES || !self.log.shares_fsyncs() {
+        if batch.len() > INLINE_WRITE_BYTES || !self.log.fsyncs_off_thread() {
             return None;
         }
         Some(self.log.try_write_validated(batch, header)?.map_err(Into::into))

@@ -79,6 +79,9 @@ pub struct Log {
     /// Whether the configuration in force fsyncs every append: read on every append through
     /// [`Log::shares_fsyncs`], so kept here rather than looked up in `config`.
     every_append: AtomicBool,
+    /// Whether the configuration in force fsyncs only on flush, roll and close
+    /// ([`Durability::Never`]): read on every append through [`Log::fsyncs_off_thread`].
+    never_syncs: AtomicBool,
     /// Names this log in write-ahead frames (`log.id`).
     id: u64,
     /// How far the active segment is durable, by fsync or in the write-ahead file: a
@@ -263,6 +266,7 @@ impl Log {
         // Everything up to here is durable: the active segment was just fsynced.
         let logged = state.end_mark();
         let every_append = config.durability == Durability::EveryAppend;
+        let never_syncs = config.durability == Durability::Never;
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
             dir,
@@ -275,6 +279,7 @@ impl Log {
             beside: RwLock::new(()),
             sync_group: OnceLock::new(),
             every_append: AtomicBool::new(every_append),
+            never_syncs: AtomicBool::new(never_syncs),
             id,
             logged: Mutex::new(logged),
             tail_mark: Mutex::new(TailMarkState { generation: 0, saved: recovered.tail_mark }),
@@ -404,8 +409,10 @@ impl Log {
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
         let every_append = config.durability == Durability::EveryAppend;
+        let never_syncs = config.durability == Durability::Never;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         self.every_append.store(every_append, Ordering::Release);
+        self.never_syncs.store(never_syncs, Ordering::Release);
         Ok(())
     }
 
@@ -522,6 +529,13 @@ impl Log {
     /// rather than fsyncing on the caller's thread.
     pub fn shares_fsyncs(&self) -> bool {
         self.shared_sync_group().is_some()
+    }
+
+    /// Whether an append leaves no fsync to the thread that writes it: the log's fsyncs go to
+    /// its sync group ([`Log::shares_fsyncs`]), or it fsyncs only on flush, roll and close
+    /// ([`Durability::Never`]; a roll is not written by [`Log::try_write_validated`]).
+    pub fn fsyncs_off_thread(&self) -> bool {
+        self.shares_fsyncs() || self.never_syncs.load(Ordering::Acquire)
     }
 
     /// The group this log's waits go to: the one it joined, while it fsyncs every append.

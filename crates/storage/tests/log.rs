@@ -382,6 +382,19 @@ fn interval_durability_flushes_when_due() {
 }
 
 #[test]
+fn only_a_log_without_fsyncs_per_append_or_in_a_group_leaves_none_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), with_durability(Durability::Never)).unwrap();
+    assert!(log.fsyncs_off_thread(), "never: nothing to fsync per append");
+    log.set_config(with_durability(Durability::EveryAppend)).unwrap();
+    assert!(!log.fsyncs_off_thread(), "every append, no group: the writer fsyncs");
+    log.set_config(with_durability(Durability::Interval(SHORT))).unwrap();
+    assert!(!log.fsyncs_off_thread(), "an interval's due fsync is the writer's");
+    log.set_config(with_durability(Durability::Never)).unwrap();
+    assert!(log.fsyncs_off_thread());
+}
+
+#[test]
 fn concurrent_appenders_share_fsyncs_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let log = std::sync::Arc::new(Log::open(dir.path(), LogConfig::default()).unwrap());
