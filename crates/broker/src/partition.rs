@@ -285,7 +285,7 @@ impl Partition {
             .map_err(|_| BrokerError::ShuttingDown)??;
             infos.extend(rest);
         }
-        self.wait_shared_fsync(infos.last()).await?;
+        self.settle_inline_writes(infos.last()).await?;
         self.publish_high_watermark();
         Ok(infos)
     }
@@ -293,8 +293,8 @@ impl Partition {
     /// Writes a batch on the async runtime if that is only a copy into the page cache, in
     /// microseconds, less than a trip to the blocking pool and back: a small batch, to a log
     /// whose fsync is the node's sync group (waited for without a thread) or that has none to
-    /// do per append (`--fsync never`), that neither waits for the log's lock nor rolls a
-    /// segment. `None`: write it on the blocking pool. See `docs/decisions.md`, "Small writes
+    /// do per append (`--fsync never` or `interval:…`), that neither waits for the log's lock
+    /// nor rolls a segment. `None`: write it on the blocking pool. See `docs/decisions.md`, "Small writes
     /// on the async runtime".
     fn try_write_inline(&self, batch: &[u8], header: BatchHeader) -> Option<Result<AppendInfo>> {
         if batch.len() > INLINE_WRITE_BYTES || !self.log.fsyncs_off_thread() {
@@ -450,7 +450,7 @@ impl Partition {
                     let info = written?;
                     self.sequencer.written(term, producer, sequence, records, Some(info));
                     drop(sequenced);
-                    self.wait_shared_fsync(Some(&info)).await?;
+                    self.settle_inline_writes(Some(&info)).await?;
                     self.publish_high_watermark();
                     return Ok(info);
                 }
@@ -488,6 +488,19 @@ impl Partition {
         }
         self.publish_high_watermark();
         Ok(())
+    }
+
+    /// After writes on the async runtime ([`Partition::try_write_inline`]), up to `last`:
+    /// waits for the sync group's round, or runs an interval's fsync that fell due on the
+    /// blocking pool (`--fsync interval:…`: at most that long between fsyncs).
+    async fn settle_inline_writes(&self, last: Option<&AppendInfo>) -> Result<()> {
+        if let Some(&info) = last.filter(|_| self.log.interval_fsync_due()) {
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.make_durable(&info))
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)??;
+        }
+        self.wait_shared_fsync(last).await
     }
 
     /// For a log in the node's sync group: waits, without holding a thread, for the round

@@ -79,9 +79,10 @@ pub struct Log {
     /// Whether the configuration in force fsyncs every append: read on every append through
     /// [`Log::shares_fsyncs`], so kept here rather than looked up in `config`.
     every_append: AtomicBool,
-    /// Whether the configuration in force fsyncs only on flush, roll and close
-    /// ([`Durability::Never`]): read on every append through [`Log::fsyncs_off_thread`].
-    never_syncs: AtomicBool,
+    /// Whether the configuration in force fsyncs no append before it returns
+    /// ([`Durability::Never`] or [`Durability::Interval`]): read on every append through
+    /// [`Log::fsyncs_off_thread`].
+    appends_unsynced: AtomicBool,
     /// Names this log in write-ahead frames (`log.id`).
     id: u64,
     /// How far the active segment is durable, by fsync or in the write-ahead file: a
@@ -266,7 +267,7 @@ impl Log {
         // Everything up to here is durable: the active segment was just fsynced.
         let logged = state.end_mark();
         let every_append = config.durability == Durability::EveryAppend;
-        let never_syncs = config.durability == Durability::Never;
+        let appends_unsynced = config.durability != Durability::EveryAppend;
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
             dir,
@@ -279,7 +280,7 @@ impl Log {
             beside: RwLock::new(()),
             sync_group: OnceLock::new(),
             every_append: AtomicBool::new(every_append),
-            never_syncs: AtomicBool::new(never_syncs),
+            appends_unsynced: AtomicBool::new(appends_unsynced),
             id,
             logged: Mutex::new(logged),
             tail_mark: Mutex::new(TailMarkState { generation: 0, saved: recovered.tail_mark }),
@@ -409,10 +410,9 @@ impl Log {
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
         let every_append = config.durability == Durability::EveryAppend;
-        let never_syncs = config.durability == Durability::Never;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         self.every_append.store(every_append, Ordering::Release);
-        self.never_syncs.store(never_syncs, Ordering::Release);
+        self.appends_unsynced.store(!every_append, Ordering::Release);
         Ok(())
     }
 
@@ -531,11 +531,22 @@ impl Log {
         self.shared_sync_group().is_some()
     }
 
-    /// Whether an append leaves no fsync to the thread that writes it: the log's fsyncs go to
-    /// its sync group ([`Log::shares_fsyncs`]), or it fsyncs only on flush, roll and close
-    /// ([`Durability::Never`]; a roll is not written by [`Log::try_write_validated`]).
+    /// Whether an append needs no fsync before it returns on the thread that writes it: the
+    /// log's fsyncs go to its sync group ([`Log::shares_fsyncs`]), or it fsyncs only on flush,
+    /// roll and close ([`Durability::Never`]; a roll is not written by
+    /// [`Log::try_write_validated`]), or once an interval has passed
+    /// ([`Durability::Interval`]: [`Log::interval_fsync_due`] tells when).
     pub fn fsyncs_off_thread(&self) -> bool {
-        self.shares_fsyncs() || self.never_syncs.load(Ordering::Acquire)
+        self.shares_fsyncs() || self.appends_unsynced.load(Ordering::Acquire)
+    }
+
+    /// Whether [`Log::make_durable`] would fsync now: with [`Durability::Interval`], the
+    /// interval has passed since the last fsync and something was written since. False while
+    /// an fsync is in flight (it is recent by definition).
+    pub fn interval_fsync_due(&self) -> bool {
+        let Durability::Interval(every) = self.config().durability else { return false };
+        let Ok(last_sync) = self.sync.try_lock() else { return false };
+        last_sync.elapsed() >= every && self.durable_end_offset() < self.end_offset()
     }
 
     /// The group this log's waits go to: the one it joined, while it fsyncs every append.

@@ -382,16 +382,38 @@ fn interval_durability_flushes_when_due() {
 }
 
 #[test]
-fn only_a_log_without_fsyncs_per_append_or_in_a_group_leaves_none_to_the_writer() {
+fn only_a_log_fsyncing_every_append_outside_a_group_fsyncs_on_the_writing_thread() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), with_durability(Durability::Never)).unwrap();
     assert!(log.fsyncs_off_thread(), "never: nothing to fsync per append");
     log.set_config(with_durability(Durability::EveryAppend)).unwrap();
     assert!(!log.fsyncs_off_thread(), "every append, no group: the writer fsyncs");
     log.set_config(with_durability(Durability::Interval(SHORT))).unwrap();
-    assert!(!log.fsyncs_off_thread(), "an interval's due fsync is the writer's");
+    assert!(log.fsyncs_off_thread(), "an interval: the writer fsyncs only once it is due");
     log.set_config(with_durability(Durability::Never)).unwrap();
     assert!(log.fsyncs_off_thread());
+}
+
+#[test]
+fn an_interval_fsync_falls_due_once_the_interval_passed_with_something_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), with_durability(Durability::Interval(SHORT))).unwrap();
+    std::thread::sleep(SHORT * 2);
+    assert!(!log.interval_fsync_due(), "nothing written since the last fsync");
+    // Written without the durability step, as the broker writes on its async runtime.
+    let data = batch(1, 10, 0);
+    let info = log.write_validated(&data, *RecordBatch::new(&data).unwrap().header()).unwrap();
+    assert!(log.interval_fsync_due());
+    log.make_durable(&info).unwrap();
+    assert!(!log.interval_fsync_due(), "just fsynced");
+    assert_eq!(log.durable_end_offset(), Offset(1));
+    log.append(&batch(1, 10, 1)).unwrap();
+    assert!(!log.interval_fsync_due(), "the interval has not passed");
+    let never = tempfile::tempdir().unwrap();
+    let never = Log::open(never.path(), with_durability(Durability::Never)).unwrap();
+    never.append(&batch(1, 10, 0)).unwrap();
+    std::thread::sleep(SHORT * 2);
+    assert!(!never.interval_fsync_due());
 }
 
 #[test]
