@@ -8,7 +8,8 @@
 # read them all back. Durability: every write fsynced before it is acknowledged (Strata
 # `--fsync every`, acks=all; Redis AOF `appendfsync always`), and Redis also with AOF
 # `everysec` (at most a second of acknowledged writes lost on a crash), the setting the
-# comparison in the performance issue quotes.
+# comparison in the performance issue quotes, against Strata with `--fsync interval:1s`, its
+# counterpart.
 # NATS JetStream is Debian's nats-server 2.9.10 with a file-backed stream at its default
 # durability: it fsyncs in the background every 2 minutes and has no per-write fsync option
 # before 2.10 (an acknowledged message can be lost on a power cut, as with Redis everysec).
@@ -107,31 +108,35 @@ redis_e2e_run() {
     redis_stop
 }
 
+# strata_e2e_run FSYNC: as redis_e2e_run, for a node started with `--fsync FSYNC`.
 strata_e2e_run() {
-    (cd "$work" && "$BENCH" e2e --spawn 1 --rate "$E2E_RATE" --records "$E2E_RECORDS" --format json 2>/dev/null | tail -n 1) |
+    (cd "$work" && "$BENCH" e2e --spawn 1 --fsync "$1" --rate "$E2E_RATE" --records "$E2E_RECORDS" --format json 2>/dev/null | tail -n 1) |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["p50_ms"], d["p99_ms"], d["p999_ms"])'
 }
 
+# strata_run FSYNC: as redis_run, for a node started with `--fsync FSYNC`.
 strata_run() {
     local produce consume
-    produce="$(cd "$work" && "$BENCH" produce --spawn 1 --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
-    consume="$(cd "$work" && "$BENCH" consume --spawn 1 --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
+    produce="$(cd "$work" && "$BENCH" produce --spawn 1 --fsync "$1" --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
+    consume="$(cd "$work" && "$BENCH" consume --spawn 1 --fsync "$1" --records "$RECORDS" --format json 2>/dev/null | tail -n 1)"
     python3 -c "import json,sys; p=json.loads(sys.argv[1]); c=json.loads(sys.argv[2]); print(p['records_per_s'], c['records_per_s'])" "$produce" "$consume"
 }
 
-read -r s_prod s_cons < <(strata_run)
+read -r s_prod s_cons < <(strata_run every)
+read -r si_prod si_cons < <(strata_run interval:1s)
 read -r ra_prod ra_cons < <(redis_run always)
 read -r re_prod re_cons < <(redis_run everysec)
 read -r n_prod n_cons < <(nats_run)
 
-python3 - "$RECORDS" "$s_prod" "$s_cons" "$ra_prod" "$ra_cons" "$re_prod" "$re_cons" "$n_prod" "$n_cons" <<'PY'
+python3 - "$RECORDS" "$s_prod" "$s_cons" "$si_prod" "$si_cons" "$ra_prod" "$ra_cons" "$re_prod" "$re_cons" "$n_prod" "$n_cons" <<'PY'
 import sys
-n, sp, sc, rap, rac, rep, rec, nap, nac = sys.argv[1], *map(float, sys.argv[2:])
+n, sp, sc, sip, sic, rap, rac, rep, rec, nap, nac = sys.argv[1], *map(float, sys.argv[2:])
 mb = lambda r: r * 1024 / 1e6
 print(f"{n} records of 1 KiB, one stream/partition, one client, loopback")
 print(f"{'system':<44}{'produce rec/s':>14}{'MB/s':>9}{'consume rec/s':>15}{'MB/s':>9}")
 for name, p, c in [
     ("Strata (fsync every append, acks=all)", sp, sc),
+    ("Strata (fsync every second, acks=all)", sip, sic),
     ("Redis Streams (AOF appendfsync always)", rap, rac),
     ("Redis Streams (AOF appendfsync everysec)", rep, rec),
     ("NATS JetStream 2.9 (file, fsync every 2 min)", nap, nac),
@@ -140,10 +145,11 @@ for name, p, c in [
 PY
 
 # End-to-end latency at a fixed rate, interleaved so that the machine's drift hits all alike.
-read -r s_e50 s_e99 s_e999 < <(strata_e2e_run)
+read -r s_e50 s_e99 s_e999 < <(strata_e2e_run every)
+read -r si_e50 si_e99 si_e999 < <(strata_e2e_run interval:1s)
 read -r ra_e50 ra_e99 ra_e999 < <(redis_e2e_run always)
 read -r re_e50 re_e99 re_e999 < <(redis_e2e_run everysec)
-python3 - "$E2E_RATE" "$E2E_RECORDS" "$s_e50" "$s_e99" "$s_e999" "$ra_e50" "$ra_e99" "$ra_e999" "$re_e50" "$re_e99" "$re_e999" <<'PY'
+python3 - "$E2E_RATE" "$E2E_RECORDS" "$s_e50" "$s_e99" "$s_e999" "$si_e50" "$si_e99" "$si_e999" "$ra_e50" "$ra_e99" "$ra_e999" "$re_e50" "$re_e99" "$re_e999" <<'PY'
 import sys
 rate, n, *v = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
 print()
@@ -151,6 +157,7 @@ print(f"end to end at {rate} records/s, {n} records of 1 KiB, send to receipt, l
 print(f"{'system':<44}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}")
 for i, name in enumerate([
     "Strata (fsync every append, acks=all)",
+    "Strata (fsync every second, acks=all)",
     "Redis Streams (AOF appendfsync always)",
     "Redis Streams (AOF appendfsync everysec)",
 ]):
