@@ -293,11 +293,11 @@ impl Partition {
     /// Writes a batch on the async runtime if that is only a copy into the page cache, in
     /// microseconds, less than a trip to the blocking pool and back: a small batch, to a log
     /// whose fsync is the node's sync group (waited for without a thread) or that has none to
-    /// do per append (`--fsync never` or `interval:…`), that neither waits for the log's lock
-    /// nor rolls a segment. `None`: write it on the blocking pool. See `docs/decisions.md`, "Small writes
-    /// on the async runtime".
+    /// do per append (`--fsync never` or `interval:…`), that neither waits for the log's
+    /// lock nor rolls a segment. `None`: write it on the blocking pool. See
+    /// `docs/decisions.md`, "Small writes on the async runtime".
     fn try_write_inline(&self, batch: &[u8], header: BatchHeader) -> Option<Result<AppendInfo>> {
-        if batch.len() > INLINE_WRITE_BYTES || !self.log.fsyncs_off_thread() {
+        if batch.len() > INLINE_WRITE_BYTES || self.log.writer_fsyncs_every_append() {
             return None;
         }
         Some(self.log.try_write_validated(batch, header)?.map_err(Into::into))
@@ -491,10 +491,14 @@ impl Partition {
     }
 
     /// After writes on the async runtime ([`Partition::try_write_inline`]), up to `last`:
-    /// waits for the sync group's round, or runs an interval's fsync that fell due on the
-    /// blocking pool (`--fsync interval:…`: at most that long between fsyncs).
+    /// waits for the sync group's round, or runs on the blocking pool an interval's fsync that
+    /// fell due (`--fsync interval:…`: at most that long between fsyncs), or the fsync of a
+    /// log whose settings changed to fsync every append meanwhile.
     async fn settle_inline_writes(&self, last: Option<&AppendInfo>) -> Result<()> {
-        if let Some(&info) = last.filter(|_| self.log.interval_fsync_due()) {
+        let fsync_here = |info: &&AppendInfo| {
+            self.log.interval_fsync_due(info) || self.log.writer_fsyncs_every_append()
+        };
+        if let Some(&info) = last.filter(fsync_here) {
             let log = self.log.clone();
             tokio::task::spawn_blocking(move || log.make_durable(&info))
                 .await
@@ -505,7 +509,8 @@ impl Partition {
 
     /// For a log in the node's sync group: waits, without holding a thread, for the round
     /// that makes `last` (and every batch before it) durable. Otherwise nothing: the log's own
-    /// fsync already ran where the batch was written (`fsync_unless_shared`).
+    /// fsync, if its setting asks for one, already ran where the batch was written
+    /// (`fsync_unless_shared`) or after it (`settle_inline_writes`).
     async fn wait_shared_fsync(&self, last: Option<&AppendInfo>) -> Result<()> {
         let Some(last) = last.filter(|_| self.log.shares_fsyncs()) else { return Ok(()) };
         let (done, outcome) = tokio::sync::oneshot::channel();
@@ -732,7 +737,7 @@ fn fsync_unless_shared(log: &Log, info: &AppendInfo) -> Result<()> {
     Ok(())
 }
 
-/// Writes up to this size to a log in the node's sync group are made on the async runtime.
+/// Writes up to this size are made on the async runtime (see `Partition::try_write_inline`).
 const INLINE_WRITE_BYTES: usize = 64 * 1024;
 
 /// Requests up to this size, uncompressed, are validated on the async runtime.
@@ -765,4 +770,32 @@ fn check_batches(batches: &[Bytes]) -> Result<Vec<BatchHeader>> {
         .enumerate()
         .map(|(index, batch)| check_batch(index, batch).map(|b| *b.header()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(value: u8) -> Bytes {
+        let mut builder = strata_record::BatchBuilder::new();
+        builder.push(Timestamp(1), None, Some(&[value; 100]), &[]);
+        builder.build(Offset(0))
+    }
+
+    #[tokio::test]
+    async fn a_small_write_with_an_interval_runs_the_fsync_that_fell_due_before_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = Duration::from_millis(300);
+        let config = LogConfig { durability: Durability::Interval(every), ..LogConfig::default() };
+        let topic = TopicName::new("t").unwrap();
+        let partition = Arc::new(Partition::open(topic, 0, dir.path(), config).unwrap());
+        let first = partition.append(vec![batch(1)]).await.unwrap();
+        assert!(partition.log().durable_end_offset() <= first[0].last_offset, "not due yet");
+        tokio::time::sleep(every * 2).await;
+        let second = partition.append(vec![batch(2)]).await.unwrap();
+        assert!(
+            partition.log().durable_end_offset() > second[0].last_offset,
+            "the interval passed: the write that found it so is durable when answered"
+        );
+    }
 }

@@ -76,7 +76,9 @@ struct PartitionQueue {
     /// between a few records (sent as soon as there is room in flight) and full ones, so the
     /// last batch alone is a poor guide: by it, a full batch after a small one grew from a
     /// few KiB (session 17). A batch that used much less (compressed) gives the room back when
-    /// it is built.
+    /// it is built. The room is allocated, not counted against `buffer_bytes`: after a burst of
+    /// full batches a partition's next few open batches hold up to `batch_bytes` each (64 KiB
+    /// by default), mostly untouched pages.
     recent_batch_bytes: usize,
 }
 
@@ -373,7 +375,8 @@ impl Accumulator {
         if !fits {
             queue.batches.push_back(Batch {
                 builder: {
-                    let room = (2 * queue.recent_batch_bytes).min(limit);
+                    let room = (2 * queue.recent_batch_bytes)
+                        .min(limit.saturating_sub(strata_record::BATCH_HEADER_LEN));
                     let mut builder = BatchBuilder::with_capacity(room);
                     builder.grow_up_to(limit);
                     builder

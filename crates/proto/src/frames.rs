@@ -103,10 +103,12 @@ pub async fn read_unary(mut body: Body, max_message: usize) -> Result<Unary, Sta
             Ok(Unary { message: Some(message), trailers })
         }
         // A message cut short by a sender that gave up says why in its trailers, if it says.
+        // (Not OUT_OF_RANGE: `calls::unary_call` reads that code as this reader's own size
+        // limit.)
         _ => Err(trailers
             .as_ref()
             .and_then(Status::from_header_map)
-            .filter(|status| status.code() != tonic::Code::Ok)
+            .filter(|status| !matches!(status.code(), tonic::Code::Ok | tonic::Code::OutOfRange))
             .unwrap_or_else(|| Status::internal("Unexpected EOF decoding stream."))),
     }
 }

@@ -160,7 +160,7 @@ impl BatchBuilder {
         }
         self.max_timestamp = self.max_timestamp.max(timestamp.0);
         let out = &mut self.buf;
-        let needed = body + 5;
+        let needed = varlong_len(body as i64) + body;
         if out.capacity() - out.len() < needed {
             let grown = (2 * out.capacity()).min(self.growth_cap).max(out.len() + needed);
             out.reserve_exact(grown - out.len());
@@ -288,12 +288,21 @@ mod tests {
             assert!(builder.buf.capacity() <= cap, "{} > {cap}", builder.buf.capacity());
         }
         assert_eq!(builder.len(), 3);
+        // A record that fills the buffer to the byte stays within it.
+        let left = cap - builder.size();
+        let header_bytes = builder.record_size(Timestamp(0), None, Some(&[]), &[]);
+        let mut filler = vec![3u8; left - header_bytes];
+        while builder.record_size(Timestamp(0), None, Some(&filler), &[]) > left {
+            filler.pop(); // the value's length prefix grew by a byte
+        }
+        builder.push(Timestamp(0), None, Some(&filler), &[]);
+        assert_eq!(builder.buf.capacity(), cap);
         let large = vec![2u8; 2 * cap];
         builder.push(Timestamp(0), None, Some(&large), &[]);
         assert!(builder.buf.capacity() >= builder.size());
         let bytes = builder.build(Offset(0));
         let batch = RecordBatch::new(&bytes).unwrap();
         batch.validate_records().unwrap();
-        assert_eq!(batch.records().unwrap().count(), 4);
+        assert_eq!(batch.records().unwrap().count(), 5);
     }
 }

@@ -79,9 +79,9 @@ pub struct Log {
     /// Whether the configuration in force fsyncs every append: read on every append through
     /// [`Log::shares_fsyncs`], so kept here rather than looked up in `config`.
     every_append: AtomicBool,
-    /// Whether the configuration in force fsyncs no append before it returns
+    /// Whether the configuration in force fsyncs only some appends, or none
     /// ([`Durability::Never`] or [`Durability::Interval`]): read on every append through
-    /// [`Log::fsyncs_off_thread`].
+    /// [`Log::writer_fsyncs_every_append`].
     appends_unsynced: AtomicBool,
     /// Names this log in write-ahead frames (`log.id`).
     id: u64,
@@ -531,22 +531,24 @@ impl Log {
         self.shared_sync_group().is_some()
     }
 
-    /// Whether an append needs no fsync before it returns on the thread that writes it: the
-    /// log's fsyncs go to its sync group ([`Log::shares_fsyncs`]), or it fsyncs only on flush,
-    /// roll and close ([`Durability::Never`]; a roll is not written by
-    /// [`Log::try_write_validated`]), or once an interval has passed
-    /// ([`Durability::Interval`]: [`Log::interval_fsync_due`] tells when).
-    pub fn fsyncs_off_thread(&self) -> bool {
-        self.shares_fsyncs() || self.appends_unsynced.load(Ordering::Acquire)
+    /// Whether the thread that writes an append must fsync it before it is answered: the log
+    /// fsyncs every append ([`Durability::EveryAppend`]) and not through a sync group. Otherwise
+    /// its fsyncs go to the group ([`Log::shares_fsyncs`]), or happen only on flush, roll and
+    /// close ([`Durability::Never`]; a roll is not written by [`Log::try_write_validated`]),
+    /// or once an interval has passed ([`Durability::Interval`]: [`Log::interval_fsync_due`]
+    /// tells when).
+    pub fn writer_fsyncs_every_append(&self) -> bool {
+        !self.shares_fsyncs() && !self.appends_unsynced.load(Ordering::Acquire)
     }
 
-    /// Whether [`Log::make_durable`] would fsync now: with [`Durability::Interval`], the
-    /// interval has passed since the last fsync and something was written since. False while
-    /// an fsync is in flight (it is recent by definition).
-    pub fn interval_fsync_due(&self) -> bool {
+    /// Whether [`Log::make_durable`] would fsync `written` now: with [`Durability::Interval`],
+    /// the interval has passed since the last fsync, which did not cover `written`. False while
+    /// an fsync is in flight (it is recent by definition). Takes no lock that a write or a
+    /// segment roll holds.
+    pub fn interval_fsync_due(&self, written: &AppendInfo) -> bool {
         let Durability::Interval(every) = self.config().durability else { return false };
         let Ok(last_sync) = self.sync.try_lock() else { return false };
-        last_sync.elapsed() >= every && self.durable_end_offset() < self.end_offset()
+        last_sync.elapsed() >= every && self.durable_end_offset() <= written.last_offset
     }
 
     /// The group this log's waits go to: the one it joined, while it fsyncs every append.

@@ -385,35 +385,43 @@ fn interval_durability_flushes_when_due() {
 fn only_a_log_fsyncing_every_append_outside_a_group_fsyncs_on_the_writing_thread() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), with_durability(Durability::Never)).unwrap();
-    assert!(log.fsyncs_off_thread(), "never: nothing to fsync per append");
+    assert!(!log.writer_fsyncs_every_append(), "never: nothing to fsync per append");
     log.set_config(with_durability(Durability::EveryAppend)).unwrap();
-    assert!(!log.fsyncs_off_thread(), "every append, no group: the writer fsyncs");
+    assert!(log.writer_fsyncs_every_append(), "every append, no group: the writer fsyncs");
     log.set_config(with_durability(Durability::Interval(SHORT))).unwrap();
-    assert!(log.fsyncs_off_thread(), "an interval: the writer fsyncs only once it is due");
+    assert!(!log.writer_fsyncs_every_append(), "an interval: only once it is due");
     log.set_config(with_durability(Durability::Never)).unwrap();
-    assert!(log.fsyncs_off_thread());
+    assert!(!log.writer_fsyncs_every_append());
 }
 
 #[test]
 fn an_interval_fsync_falls_due_once_the_interval_passed_with_something_written() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), with_durability(Durability::Interval(SHORT))).unwrap();
-    std::thread::sleep(SHORT * 2);
-    assert!(!log.interval_fsync_due(), "nothing written since the last fsync");
     // Written without the durability step, as the broker writes on its async runtime.
-    let data = batch(1, 10, 0);
-    let info = log.write_validated(&data, *RecordBatch::new(&data).unwrap().header()).unwrap();
-    assert!(log.interval_fsync_due());
+    let write = |log: &Log, base: i64| {
+        let data = batch(1, 10, base);
+        log.write_validated(&data, *RecordBatch::new(&data).unwrap().header()).unwrap()
+    };
+    let info = write(&log, 0);
+    std::thread::sleep(SHORT * 2);
+    assert!(log.interval_fsync_due(&info));
     log.make_durable(&info).unwrap();
-    assert!(!log.interval_fsync_due(), "just fsynced");
     assert_eq!(log.durable_end_offset(), Offset(1));
-    log.append(&batch(1, 10, 1)).unwrap();
-    assert!(!log.interval_fsync_due(), "the interval has not passed");
+    assert!(!log.interval_fsync_due(&info), "that fsync covered it");
+    let long = tempfile::tempdir().unwrap();
+    let long = Log::open(
+        long.path(),
+        with_durability(Durability::Interval(std::time::Duration::from_secs(3600))),
+    )
+    .unwrap();
+    let info = write(&long, 0);
+    assert!(!long.interval_fsync_due(&info), "the interval has not passed");
     let never = tempfile::tempdir().unwrap();
     let never = Log::open(never.path(), with_durability(Durability::Never)).unwrap();
-    never.append(&batch(1, 10, 0)).unwrap();
+    let info = write(&never, 0);
     std::thread::sleep(SHORT * 2);
-    assert!(!never.interval_fsync_due());
+    assert!(!never.interval_fsync_due(&info));
 }
 
 #[test]
