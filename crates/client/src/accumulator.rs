@@ -365,10 +365,12 @@ impl Accumulator {
             Some(queue) => queue,
             None => self.queues.entry(key.clone()).or_default(),
         };
-        let fits = queue.batches.back().is_some_and(|b| {
-            let size = b.builder.record_size(timestamp, record_key, value, &headers);
-            b.builder.size() + size <= limit
-        });
+        // Into the open batch if it stays within the limit with it.
+        let added = queue
+            .batches
+            .back_mut()
+            .and_then(|b| b.builder.push_within(limit, timestamp, record_key, value, &headers));
+        let fits = added.is_some();
         // The monotonic clock is read only where a deadline is set or due at once (no
         // linger): a batch lingering past its deadline is the task's to send.
         let now = (!fits || linger.is_zero()).then(Instant::now);
@@ -388,9 +390,12 @@ impl Accumulator {
         }
         let opened_first = !fits && queue.batches.len() == 1;
         let batch = queue.batches.back_mut().expect("a batch is open");
-        let before = batch.builder.size();
-        batch.builder.push(timestamp, record_key, value, &headers);
-        let size = batch.builder.size() - before;
+        let size = added.unwrap_or_else(|| {
+            // The first record of a new batch goes in whatever its size.
+            let before = batch.builder.size();
+            batch.builder.push(timestamp, record_key, value, &headers);
+            batch.builder.size() - before
+        });
         batch.waiters.push(waiter);
         batch.buffered += bytes;
         let full = batch.builder.size() >= limit;

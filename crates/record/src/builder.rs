@@ -155,6 +155,40 @@ impl BatchBuilder {
         headers: &[(&str, Option<&[u8]>)],
     ) -> &mut Self {
         let body = self.body_len(timestamp, key, value, headers);
+        self.push_measured(body, timestamp, key, value, headers);
+        self
+    }
+
+    /// Appends one record if the batch stays within `limit` bytes with it, and returns the
+    /// bytes it added; `None`, appending nothing, if it would not. The record is measured once:
+    /// [`Self::record_size`] then [`Self::push`] measure it twice, on every record a producer
+    /// adds.
+    pub fn push_within(
+        &mut self,
+        limit: usize,
+        timestamp: Timestamp,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> Option<usize> {
+        let body = self.body_len(timestamp, key, value, headers);
+        let size = varlong_len(body as i64) + body;
+        if self.size() + size > limit {
+            return None;
+        }
+        self.push_measured(body, timestamp, key, value, headers);
+        Some(size)
+    }
+
+    /// Appends one record whose body (`body_len`) is `body` bytes.
+    fn push_measured(
+        &mut self,
+        body: usize,
+        timestamp: Timestamp,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
         if self.count == 0 {
             self.base_timestamp = timestamp.0;
         }
@@ -177,7 +211,6 @@ impl BatchBuilder {
             write_nullable(out, *v);
         }
         self.count += 1;
-        self
     }
 
     /// Finishes the batch with `base_offset` in its header and a valid CRC.
@@ -193,11 +226,7 @@ impl BatchBuilder {
     /// # Panics
     /// If no record was pushed.
     pub fn build_compressed(mut self, base_offset: Offset, codec: Compression) -> Result<Bytes> {
-        if codec != Compression::None {
-            let packed = compress(codec, &self.buf[BATCH_HEADER_LEN..])?;
-            self.buf.truncate(BATCH_HEADER_LEN);
-            self.buf.extend_from_slice(&packed);
-        }
+        self.compress_records(codec)?;
         Ok(self.finish(base_offset, codec))
     }
 
@@ -209,17 +238,21 @@ impl BatchBuilder {
         base_offset: Offset,
         codec: Compression,
     ) -> (Bytes, Option<RecordError>) {
-        if codec == Compression::None {
-            return (self.finish(base_offset, codec), None);
-        }
-        match compress(codec, &self.buf[BATCH_HEADER_LEN..]) {
-            Ok(packed) => {
-                self.buf.truncate(BATCH_HEADER_LEN);
-                self.buf.extend_from_slice(&packed);
-                (self.finish(base_offset, codec), None)
-            }
+        match self.compress_records(codec) {
+            Ok(()) => (self.finish(base_offset, codec), None),
             Err(err) => (self.finish(base_offset, Compression::None), Some(err)),
         }
+    }
+
+    /// Replaces the records section with its compression by `codec` (nothing to do for
+    /// `None`); on an error the records stay as they were.
+    fn compress_records(&mut self, codec: Compression) -> Result<()> {
+        if codec != Compression::None {
+            let packed = compress(codec, &self.buf[BATCH_HEADER_LEN..])?;
+            self.buf.truncate(BATCH_HEADER_LEN);
+            self.buf.extend_from_slice(&packed);
+        }
+        Ok(())
     }
 
     fn finish(mut self, base_offset: Offset, codec: Compression) -> Bytes {
@@ -275,6 +308,21 @@ mod tests {
         }
         let bytes = builder.build(Offset(0));
         RecordBatch::new(&bytes).unwrap().validate_records().unwrap();
+    }
+
+    #[test]
+    fn push_within_adds_what_record_size_predicts_or_nothing_past_the_limit() {
+        let mut builder = BatchBuilder::new();
+        let value = [5u8; 100];
+        let predicted = builder.record_size(Timestamp(0), None, Some(&value), &[]);
+        let limit = builder.size() + predicted;
+        assert_eq!(
+            builder.push_within(limit, Timestamp(0), None, Some(&value), &[]),
+            Some(predicted)
+        );
+        let (size, len) = (builder.size(), builder.len());
+        assert_eq!(builder.push_within(limit, Timestamp(0), None, Some(&value), &[]), None);
+        assert_eq!((builder.size(), builder.len()), (size, len), "nothing appended");
     }
 
     #[test]

@@ -77,12 +77,9 @@ pub struct Log {
     /// The node-wide group commit this log's fsyncs go through, if it joined one.
     sync_group: OnceLock<Arc<SyncGroup>>,
     /// Whether the configuration in force fsyncs every append: read on every append through
-    /// [`Log::shares_fsyncs`], so kept here rather than looked up in `config`.
+    /// [`Log::shares_fsyncs`] and [`Log::writer_fsyncs_every_append`], so kept here rather
+    /// than looked up in `config`.
     every_append: AtomicBool,
-    /// Whether the configuration in force fsyncs only some appends, or none
-    /// ([`Durability::Never`] or [`Durability::Interval`]): read on every append through
-    /// [`Log::writer_fsyncs_every_append`].
-    appends_unsynced: AtomicBool,
     /// Names this log in write-ahead frames (`log.id`).
     id: u64,
     /// How far the active segment is durable, by fsync or in the write-ahead file: a
@@ -267,7 +264,6 @@ impl Log {
         // Everything up to here is durable: the active segment was just fsynced.
         let logged = state.end_mark();
         let every_append = config.durability == Durability::EveryAppend;
-        let appends_unsynced = config.durability != Durability::EveryAppend;
         tracing::debug!(dir = %dir.display(), start = %recovered.log_start, end = %end, "log opened");
         Ok(Log {
             dir,
@@ -280,7 +276,6 @@ impl Log {
             beside: RwLock::new(()),
             sync_group: OnceLock::new(),
             every_append: AtomicBool::new(every_append),
-            appends_unsynced: AtomicBool::new(appends_unsynced),
             id,
             logged: Mutex::new(logged),
             tail_mark: Mutex::new(TailMarkState { generation: 0, saved: recovered.tail_mark }),
@@ -412,7 +407,6 @@ impl Log {
         let every_append = config.durability == Durability::EveryAppend;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         self.every_append.store(every_append, Ordering::Release);
-        self.appends_unsynced.store(!every_append, Ordering::Release);
         Ok(())
     }
 
@@ -538,14 +532,18 @@ impl Log {
     /// or once an interval has passed ([`Durability::Interval`]: [`Log::interval_fsync_due`]
     /// tells when).
     pub fn writer_fsyncs_every_append(&self) -> bool {
-        !self.shares_fsyncs() && !self.appends_unsynced.load(Ordering::Acquire)
+        self.every_append.load(Ordering::Acquire) && self.sync_group.get().is_none()
     }
 
     /// Whether [`Log::make_durable`] would fsync `written` now: with [`Durability::Interval`],
     /// the interval has passed since the last fsync, which did not cover `written`. False while
     /// an fsync is in flight (it is recent by definition). Takes no lock that a write or a
-    /// segment roll holds.
+    /// segment roll holds, and only atomics for a log that fsyncs every append (the default,
+    /// which asks on every append written on the async runtime).
     pub fn interval_fsync_due(&self, written: &AppendInfo) -> bool {
+        if self.every_append.load(Ordering::Acquire) {
+            return false;
+        }
         let Durability::Interval(every) = self.config().durability else { return false };
         let Ok(last_sync) = self.sync.try_lock() else { return false };
         last_sync.elapsed() >= every && self.durable_end_offset() <= written.last_offset
